@@ -1,0 +1,180 @@
+"""MuSE model configuration.
+
+`MuSEConfig` is the only home of MuSE's hyperparameters and of their validation. Field names follow
+the paper (Zhu et al., "Exchanging-based Multimodal Fusion with Transformer") where it names them:
+mu = ``exchange_start_layer``, eta = ``exchange_end_layer``, theta = ``exchange_ratio``, P =
+``image_grid_size``, n = ``max_text_length``, d = ``hidden_size``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+__all__ = ["MuSEConfig"]
+
+
+@strict
+class MuSEConfig(PreTrainedConfig):
+    r"""
+    Configuration of a MuSE model: a text encoder (any `transformers` text model, nested as ``text_config``),
+    an image encoder (a timm CNN backbone), and the CrossTransformer that exchanges tokens between the two.
+
+    Args:
+        text_config (`PreTrainedConfig` or `dict`, *optional*):
+            Configuration of the text encoder (paper eq. 1). Any `AutoConfig` model type; defaults to
+            BERT-base uncased (`BertConfig()`), the encoder of the paper's reference runs.
+        vision_model_name (`str`, *optional*, defaults to `"resnet152"`):
+            timm model name of the image encoder backbone (paper eq. 2).
+        vision_model_kwargs (`dict`, *optional*):
+            Extra keyword arguments for `timm.create_model` (e.g. ``{"layers": [1, 1, 1, 1]}``).
+        vision_trainable_stages (`int`, *optional*):
+            Train only the last ``vision_trainable_stages`` feature stages of the backbone (timm's
+            ``feature_info``: for a ResNet the stem and ``layer1``..``layer4``) and freeze the rest. `None`
+            trains the whole backbone. The reference code froze the stem and trained the last stages.
+        hidden_size (`int`, *optional*):
+            Fusion width d. Defaults to the text encoder's hidden size; a linear projection is added when
+            they differ.
+        num_cross_layers (`int`, *optional*, defaults to 6):
+            Number of CrossTransformer layers L.
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads of each CrossTransformer layer.
+        intermediate_size (`int`, *optional*):
+            Feed-forward width of each CrossTransformer layer; defaults to 4 * hidden_size.
+        cross_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout inside the CrossTransformer (attention weights, residual branches, feed-forward).
+        layer_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the CrossTransformer's LayerNorms.
+        exchange_start_layer (`int`, *optional*, defaults to 2):
+            mu: the first exchange layer (1-based, inclusive).
+        exchange_end_layer (`int`, *optional*, defaults to 4):
+            eta: the last exchange layer (1-based, inclusive).
+        exchange_ratio (`float`, *optional*, defaults to 0.1):
+            theta: the proportion of each sample's valid tokens that are exchanged in an exchange layer.
+            0 switches the exchange off.
+        exchange_mode (`str`, *optional*, defaults to `"residual"`):
+            `"residual"` adds the other modality's mean to a selected token (paper eqs. 10-11);
+            `"replace"` overwrites the token with that mean.
+        image_grid_size (`int`, *optional*, defaults to 8):
+            P: the backbone's feature map is pooled to P x P image tokens.
+        max_text_length (`int`, *optional*, defaults to 64):
+            n: text length in sub-word tokens after padding. Must equal P * P, because the fusion layer
+            pairs text position j with image token j.
+        token_classifier_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout before the emission layer of the NER (CRF) head.
+        sequence_classifier_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout before the output layer of the sentiment head.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialiser of MuSE's own linear layers.
+
+    Example:
+
+    ```python
+    >>> from configuration_muse import MuSEConfig
+    >>> config = MuSEConfig(num_cross_layers=6, exchange_ratio=0.2)
+    >>> config.hidden_size  # taken from BERT-base
+    768
+    ```
+    """
+
+    model_type = "muse"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+
+    text_config: PreTrainedConfig | dict | None = None
+    vision_model_name: str = "resnet152"
+    vision_model_kwargs: dict | None = None
+    vision_trainable_stages: int | None = None
+    hidden_size: int | None = None
+    num_cross_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int | None = None
+    cross_dropout: float | int = 0.1
+    layer_norm_eps: float = 1e-5
+    exchange_start_layer: int = 2
+    exchange_end_layer: int = 4
+    exchange_ratio: float | int = 0.1
+    exchange_mode: Literal["residual", "replace"] = "residual"
+    image_grid_size: int = 8
+    max_text_length: int = 64
+    token_classifier_dropout: float | int = 0.5
+    sequence_classifier_dropout: float | int = 0.5
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.hidden_size is None:
+            self.hidden_size = self.text_config.hidden_size
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        if self.vision_model_kwargs is None:
+            self.vision_model_kwargs = {}
+
+    @property
+    def exchange_layers(self) -> range:
+        """The 1-based indices of the exchange layers, mu..eta inclusive."""
+        return range(self.exchange_start_layer, self.exchange_end_layer + 1)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.image_grid_size * self.image_grid_size
+
+    def validate_muse_fusion_shape(self):
+        if self.image_grid_size < 1:
+            raise ValueError(f"image_grid_size must be at least 1, got {self.image_grid_size}.")
+        if self.num_image_tokens != self.max_text_length:
+            raise ValueError(
+                f"image_grid_size={self.image_grid_size} gives P*P={self.num_image_tokens} image tokens but "
+                f"max_text_length={self.max_text_length}. The fusion layer pairs text position j with image token "
+                f"j, so they must be equal: set max_text_length={self.num_image_tokens}, or choose image_grid_size "
+                f"with image_grid_size**2 == max_text_length."
+            )
+        max_positions = getattr(self.text_config, "max_position_embeddings", None)
+        if max_positions is not None and self.max_text_length > max_positions:
+            raise ValueError(
+                f"max_text_length={self.max_text_length} exceeds the text encoder's max_position_embeddings="
+                f"{max_positions}: lower max_text_length (and image_grid_size with it)."
+            )
+
+    def validate_muse_exchange_layers(self):
+        if self.num_cross_layers < 1:
+            raise ValueError(f"num_cross_layers must be at least 1, got {self.num_cross_layers}.")
+        if self.exchange_start_layer < 1:
+            raise ValueError(
+                f"exchange_start_layer (mu) is 1-based and must be at least 1, got {self.exchange_start_layer}."
+            )
+        if self.exchange_start_layer > self.exchange_end_layer:
+            raise ValueError(
+                f"exchange_start_layer (mu={self.exchange_start_layer}) is after exchange_end_layer "
+                f"(eta={self.exchange_end_layer}): set mu <= eta (to switch the exchange off, set exchange_ratio=0)."
+            )
+        if self.exchange_end_layer > self.num_cross_layers:
+            raise ValueError(
+                f"exchange_end_layer (eta={self.exchange_end_layer}) is past the last CrossTransformer layer "
+                f"(num_cross_layers={self.num_cross_layers}): set eta <= num_cross_layers or add layers."
+            )
+        if not 0.0 <= self.exchange_ratio <= 1.0:
+            raise ValueError(
+                f"exchange_ratio (theta) is a proportion of tokens and must lie in [0, 1], got {self.exchange_ratio}."
+            )
+
+    def validate_muse_widths(self):
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}: "
+                f"choose a number of heads that divides the fusion width."
+            )
+        if self.intermediate_size < 1:
+            raise ValueError(f"intermediate_size must be positive, got {self.intermediate_size}.")
+        if self.vision_trainable_stages is not None and self.vision_trainable_stages < 0:
+            raise ValueError(
+                f"vision_trainable_stages must be None (train everything) or >= 0, got {self.vision_trainable_stages}."
+            )
+
+    def validate_muse_dropouts(self):
+        for name in ("cross_dropout", "token_classifier_dropout", "sequence_classifier_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} is a dropout probability and must lie in [0, 1), got {value}.")

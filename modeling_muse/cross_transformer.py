@@ -1,0 +1,168 @@
+"""CrossTransformer (paper section 3.2, component 4; eqs. 8-13).
+
+Two Transformer encoders with shared parameters: one stack of post-norm layers processes the text stream
+T(0) = [v_cls_t ; T_e] (eq. 8) and the image stream I(0) = [v_cls_i ; I_e] (eq. 9). Because the weights are
+shared, both streams run through each layer as one batch of 2B sequences. Layers mu..eta additionally
+exchange tokens between the streams after their attention sub-module (eqs. 10-11) and before their
+feed-forward sub-module (eqs. 12-13).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from configuration_muse import MuSEConfig
+
+from .exchange import exchange_least_attended_tokens
+
+__all__ = ["CrossTransformer", "CrossTransformerLayer", "CrossTransformerOutput"]
+
+
+class CrossTransformerLayer(nn.Module):
+    """A post-norm Transformer encoder layer (eq. 7), split in its two sub-modules so the exchange fits between.
+
+    ``attend``: multi-head self-attention, Add & LayerNorm. ``feed_forward``: FFN (4d, ReLU), Add & LayerNorm.
+    The attention runs on the fused ``scaled_dot_product_attention`` kernel; the cls row of the attention map,
+    which is all the exchange needs, is computed separately from the cls query alone (O(n) per head), so the
+    full n x n map is never materialised.
+    """
+
+    def __init__(self, config: MuSEConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.cross_dropout
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.attention_output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def attend(
+        self, hidden_states: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention sub-module.
+
+        Args:
+            hidden_states: ``(N, L, d)``.
+            key_mask: ``(N, L)`` bool, True where a key may be attended to.
+            return_cls_attention: also return row 0 of the attention map, averaged over heads, ``(N, L)``.
+        """
+        batch, length, width = hidden_states.shape
+        query, key, value = (
+            self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )
+        attention_mask = key_mask[:, None, None, :]
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        context = context.transpose(1, 2).reshape(batch, length, width)
+        attended = F.dropout(self.attention_output(context), self.dropout, self.training)
+        hidden_states = self.attention_norm(hidden_states + attended)
+
+        cls_attention = None
+        if return_cls_attention:
+            # Selection is not differentiable, so the cls row carries no gradient and is computed without one.
+            with torch.no_grad():
+                scores = query[:, :, :1] @ key.transpose(-1, -2) / math.sqrt(self.head_dim)
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+                cls_attention = scores.softmax(dim=-1).mean(dim=1)[:, 0]
+        return hidden_states, cls_attention
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Feed-forward sub-module (eqs. 12-13)."""
+        intermediate = F.dropout(F.relu(self.intermediate(hidden_states)), self.dropout, self.training)
+        output = F.dropout(self.output(intermediate), self.dropout, self.training)
+        return self.output_norm(hidden_states + output)
+
+
+@dataclass
+class CrossTransformerOutput:
+    """Final streams, ``(B, 1 + n, d)`` each, and per-layer diagnostics when asked for.
+
+    ``*_cls_attentions``: one ``(B, 1 + n)`` tensor per layer. ``*_exchange_masks``: one ``(B, n)`` bool tensor
+    per exchange layer (mu..eta), True at the tokens that were exchanged.
+    """
+
+    text_hidden_state: torch.Tensor
+    image_hidden_state: torch.Tensor
+    text_cls_attentions: tuple[torch.Tensor, ...] | None = None
+    image_cls_attentions: tuple[torch.Tensor, ...] | None = None
+    text_exchange_masks: tuple[torch.Tensor, ...] | None = None
+    image_exchange_masks: tuple[torch.Tensor, ...] | None = None
+
+
+class CrossTransformer(nn.Module):
+    """L shared-weight layers over the text and image streams, exchanging tokens in layers mu..eta."""
+
+    def __init__(self, config: MuSEConfig):
+        super().__init__()
+        self.text_cls = nn.Parameter(torch.empty(1, config.hidden_size))
+        self.image_cls = nn.Parameter(torch.empty(1, config.hidden_size))
+        self.layers = nn.ModuleList(CrossTransformerLayer(config) for _ in range(config.num_cross_layers))
+        self.exchange_layers = frozenset(config.exchange_layers)
+        self.exchange_ratio = config.exchange_ratio
+        self.exchange_mode = config.exchange_mode
+
+    def forward(
+        self,
+        text_embeddings: torch.Tensor,
+        image_embeddings: torch.Tensor,
+        text_mask: torch.Tensor,
+        output_cls_attentions: bool = False,
+        output_exchange_masks: bool = False,
+    ) -> CrossTransformerOutput:
+        """
+        Args:
+            text_embeddings: T_e, ``(B, n, d)``.
+            image_embeddings: I_e, ``(B, n, d)`` (P*P == n image tokens).
+            text_mask: ``(B, n)``, 1 at real text tokens, 0 at padding.
+        """
+        batch = text_embeddings.shape[0]
+        text_cls = self.text_cls.expand(batch, 1, -1)
+        image_cls = self.image_cls.expand(batch, 1, -1)
+        hidden_states = torch.cat(
+            [torch.cat([text_cls, text_embeddings], dim=1), torch.cat([image_cls, image_embeddings], dim=1)]
+        )
+        text_valid = text_mask.bool()
+        valid_mask = torch.stack([text_valid, torch.ones_like(text_valid)])
+        key_mask = F.pad(valid_mask, (1, 0), value=True).flatten(0, 1)
+
+        cls_attentions, exchange_masks = [], []
+        for layer_number, layer in enumerate(self.layers, start=1):
+            exchanges = layer_number in self.exchange_layers and self.exchange_ratio > 0
+            hidden_states, cls_attention = layer.attend(
+                hidden_states, key_mask, return_cls_attention=exchanges or output_cls_attentions
+            )
+            if exchanges:
+                paired_states, selected = exchange_least_attended_tokens(
+                    hidden_states.unflatten(0, (2, batch)),
+                    cls_attention.unflatten(0, (2, batch)),
+                    valid_mask,
+                    self.exchange_ratio,
+                    self.exchange_mode,
+                )
+                hidden_states = paired_states.flatten(0, 1)
+            elif layer_number in self.exchange_layers:
+                selected = torch.zeros_like(valid_mask)
+            hidden_states = layer.feed_forward(hidden_states)
+            if output_cls_attentions:
+                cls_attentions.append(cls_attention.unflatten(0, (2, batch)))
+            if output_exchange_masks and layer_number in self.exchange_layers:
+                exchange_masks.append(selected)
+
+        text_hidden_state, image_hidden_state = hidden_states.unflatten(0, (2, batch))
+        return CrossTransformerOutput(
+            text_hidden_state=text_hidden_state,
+            image_hidden_state=image_hidden_state,
+            text_cls_attentions=tuple(a[0] for a in cls_attentions) if output_cls_attentions else None,
+            image_cls_attentions=tuple(a[1] for a in cls_attentions) if output_cls_attentions else None,
+            text_exchange_masks=tuple(m[0] for m in exchange_masks) if output_exchange_masks else None,
+            image_exchange_masks=tuple(m[1] for m in exchange_masks) if output_exchange_masks else None,
+        )

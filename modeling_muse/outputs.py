@@ -1,0 +1,81 @@
+"""Output dataclasses of the MuSE models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+__all__ = ["MuSEModelOutput", "MuSESequenceClassifierOutput", "MuSETokenClassifierOutput"]
+
+
+@dataclass
+class MuSEModelOutput(ModelOutput):
+    r"""
+    fusion_embeddings (`torch.FloatTensor` of shape `(batch_size, n, d)`):
+        F_e: the position-wise fusion of the two final streams, one vector per text position.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, d)`):
+        The same fusion applied to the two cls positions; the sentiment head reads it.
+    text_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + n, d)`):
+        T(L), the text stream after the last CrossTransformer layer, cls first.
+    image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + n, d)`):
+        I(L), the image stream after the last CrossTransformer layer, cls first.
+    text_cls_attentions, image_cls_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_cls_attentions=True`: per layer, the cls row of the attention map averaged over heads,
+        `(batch_size, 1 + n)`.
+    text_exchange_masks, image_exchange_masks (`tuple(torch.BoolTensor)`, *optional*):
+        With `output_exchange_masks=True`: per exchange layer (mu..eta), `(batch_size, n)`, True at the
+        tokens that were exchanged.
+    """
+
+    fusion_embeddings: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    text_last_hidden_state: torch.FloatTensor | None = None
+    image_last_hidden_state: torch.FloatTensor | None = None
+    text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+    image_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+
+
+@dataclass
+class MuSETokenClassifierOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        With `labels`: the CRF's negative log-likelihood of the gold tag sequences, averaged over samples.
+    logits (`torch.FloatTensor` of shape `(batch_size, n, num_labels)`):
+        The CRF emission scores at every sub-word position (only word-first positions enter the CRF).
+    predicted_tag_ids (`torch.LongTensor` of shape `(batch_size, n)`, *optional*):
+        The CRF's best (Viterbi) tag path, placed at each word's first sub-token and -100 elsewhere, the same
+        layout as `labels`. Filled outside training.
+    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
+        As in [`MuSEModelOutput`], when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    predicted_tag_ids: torch.LongTensor | None = None
+    text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+    image_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+
+
+@dataclass
+class MuSESequenceClassifierOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        With `labels`: cross-entropy of the sentiment logits.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Sentiment scores before softmax.
+    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
+        As in [`MuSEModelOutput`], when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+    image_exchange_masks: tuple[torch.BoolTensor, ...] | None = None

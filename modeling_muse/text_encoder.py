@@ -1,0 +1,60 @@
+"""TextEncoder (paper eq. 1): T_e = TextEncoder(T), shape (B, n, d)."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+
+__all__ = ["TextEncoder", "build_text_backbone"]
+
+
+def _no_pooler_kwargs(model_class: type[nn.Module]) -> dict:
+    # MuSE never reads the encoder's pooled output; an unused pooler would also leave parameters without
+    # gradients, which DistributedDataParallel rejects.
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
+
+
+def build_text_backbone(text_config: PreTrainedConfig) -> PreTrainedModel:
+    """A randomly initialised `AutoModel` for ``text_config``, without its pooling layer when it has one."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    return AutoModel.from_config(text_config, **_no_pooler_kwargs(MODEL_MAPPING[type(text_config)]))
+
+
+def load_pretrained_text_backbone(name_or_path: str, **from_pretrained_kwargs) -> PreTrainedModel:
+    """`AutoModel.from_pretrained` (Hub id or local folder), without the pooling layer when the class has one."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    kwargs = _no_pooler_kwargs(MODEL_MAPPING[type(config)])
+    return AutoModel.from_pretrained(name_or_path, config=config, **kwargs, **from_pretrained_kwargs)
+
+
+class TextEncoder(nn.Module):
+    """Any `transformers` text encoder followed by a projection to the fusion width d.
+
+    T_e is the encoder's last hidden state over all n padded positions (spec section 1); the projection is
+    the identity when the encoder's width already equals d.
+    """
+
+    def __init__(self, text_config: PreTrainedConfig, hidden_size: int):
+        super().__init__()
+        self.backbone = build_text_backbone(text_config)
+        encoder_width = text_config.hidden_size
+        self.projection = nn.Linear(encoder_width, hidden_size) if encoder_width != hidden_size else nn.Identity()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return self.projection(hidden)
