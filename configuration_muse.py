@@ -14,7 +14,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["MuSEConfig"]
+__all__ = ["ABLATION_VARIANTS", "MuSEConfig"]
 
 
 @strict
@@ -69,6 +69,27 @@ class MuSEConfig(PreTrainedConfig):
             Dropout before the output layer of the sentiment head.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of MuSE's own linear layers.
+        use_text, use_image (`bool`, *optional*, default to `True`):
+            Build the text / image branch. Switching one off gives the only-I / only-T ablations (paper
+            Table 3); the CrossTransformer then runs on the remaining stream alone, without exchange.
+        use_cross_transformer (`bool`, *optional*, defaults to `True`):
+            `False` is the w/o-CT ablation: T_e and I_e are fused directly.
+        noise_std (`float`, *optional*, defaults to 1.0):
+            sigma of the Gaussian noise added to T_e and I_e before the regularizers (eqs. 3-4).
+        caption_loss_weight (`float`, *optional*, defaults to 1e-4):
+            alpha in eq. 14, the weight of the image-captioning loss L_it. 0 builds no caption decoder.
+        generation_loss_weight (`float`, *optional*, defaults to 1e-4):
+            beta in eq. 14, the weight of the text-to-image loss L_ti. 0 builds no PixelCNN++ decoder.
+        caption_decoder_dim (`int`, *optional*, defaults to 512):
+            Width of the caption decoder's LSTM, attention and word embeddings.
+        caption_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout before the caption decoder's output layer.
+        pixelcnn_filters (`int`, *optional*, defaults to 80), pixelcnn_resnet_blocks (`int`, *optional*,
+        defaults to 5), pixelcnn_mixtures (`int`, *optional*, defaults to 10), pixelcnn_dropout (`float`,
+        *optional*, defaults to 0.5):
+            Size of the conditional PixelCNN++ text-to-image decoder and its logistic mixture.
+        decoder_image_size (`int`, *optional*, defaults to 32):
+            Side of the images the PixelCNN++ decoder models.
 
     Example:
 
@@ -102,6 +123,19 @@ class MuSEConfig(PreTrainedConfig):
     token_classifier_dropout: float | int = 0.5
     sequence_classifier_dropout: float | int = 0.5
     initializer_range: float = 0.02
+    use_text: bool = True
+    use_image: bool = True
+    use_cross_transformer: bool = True
+    noise_std: float | int = 1.0
+    caption_loss_weight: float | int = 1e-4
+    generation_loss_weight: float | int = 1e-4
+    caption_decoder_dim: int = 512
+    caption_dropout: float | int = 0.5
+    pixelcnn_filters: int = 80
+    pixelcnn_resnet_blocks: int = 5
+    pixelcnn_mixtures: int = 10
+    pixelcnn_dropout: float | int = 0.5
+    decoder_image_size: int = 32
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -155,6 +189,8 @@ class MuSEConfig(PreTrainedConfig):
                 f"exchange_end_layer (eta={self.exchange_end_layer}) is past the last CrossTransformer layer "
                 f"(num_cross_layers={self.num_cross_layers}): set eta <= num_cross_layers or add layers."
             )
+        if self.exchange_mode not in ("residual", "replace"):
+            raise ValueError(f"exchange_mode must be 'residual' or 'replace', got {self.exchange_mode!r}.")
         if not 0.0 <= self.exchange_ratio <= 1.0:
             raise ValueError(
                 f"exchange_ratio (theta) is a proportion of tokens and must lie in [0, 1], got {self.exchange_ratio}."
@@ -174,7 +210,47 @@ class MuSEConfig(PreTrainedConfig):
             )
 
     def validate_muse_dropouts(self):
-        for name in ("cross_dropout", "token_classifier_dropout", "sequence_classifier_dropout"):
+        for name in (
+            "cross_dropout",
+            "token_classifier_dropout",
+            "sequence_classifier_dropout",
+            "caption_dropout",
+            "pixelcnn_dropout",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} is a dropout probability and must lie in [0, 1), got {value}.")
+
+    def validate_muse_branches(self):
+        if not (self.use_text or self.use_image):
+            raise ValueError("use_text and use_image are both False: MuSE needs at least one branch.")
+        for name in ("noise_std", "caption_loss_weight", "generation_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.decoder_image_size % 4 != 0:
+            raise ValueError(
+                f"decoder_image_size={self.decoder_image_size}: the PixelCNN++ halves the resolution twice, so it "
+                f"must be divisible by 4 (the paper uses 32)."
+            )
+
+    @property
+    def has_caption_decoder(self) -> bool:
+        """The image-captioning regularizer exists when it is weighted and both modalities are present."""
+        return self.caption_loss_weight > 0 and self.use_text and self.use_image
+
+    @property
+    def has_generation_decoder(self) -> bool:
+        """The text-to-image regularizer exists when it is weighted and both modalities are present."""
+        return self.generation_loss_weight > 0 and self.use_text and self.use_image
+
+
+ABLATION_VARIANTS: dict[str, dict] = {
+    "full": {},
+    "only_t": {"use_image": False},
+    "only_i": {"use_text": False},
+    "wo_ct": {"use_cross_transformer": False},
+    "only_l_task": {"caption_loss_weight": 0.0, "generation_loss_weight": 0.0},
+    "wo_l_it": {"caption_loss_weight": 0.0},
+    "wo_l_ti": {"generation_loss_weight": 0.0},
+}
+"""The ablation variants of paper Table 3, each as `MuSEConfig` overrides: `MuSEConfig(**ABLATION_VARIANTS["wo_ct"])`."""

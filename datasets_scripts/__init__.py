@@ -1,0 +1,34 @@
+"""Datasets of the MuSE paper as ``datasets`` builders, with one entry point.
+
+Example::
+
+    from datasets_scripts import load_muse_dataset
+    dataset = load_muse_dataset("twitter2017_sample")  # bundled, no images: grey placeholders
+
+See ``datasets_scripts/README.md`` for the datasets, the image policy, the MVSA preprocessing and
+the Parquet export (``python -m datasets_scripts.export``).
+"""
+
+from .images import MissingImagesError, count_placeholder_images, placeholder_image
+from .loading import DATASET_NAMES, SAMPLE_DIR, load_muse_dataset, muse_dataset_builder
+from .mvsa import MVSA_LABELS, MVSABuilder, MVSAConfig, MVSAFormatError
+from .umt import MT_PRODUCT_LABELS, TWITTER_LABELS, UMTFormatError, UMTNerBuilder, UMTNerConfig
+
+__all__ = [
+    "DATASET_NAMES",
+    "MT_PRODUCT_LABELS",
+    "MVSA_LABELS",
+    "SAMPLE_DIR",
+    "TWITTER_LABELS",
+    "MVSABuilder",
+    "MVSAConfig",
+    "MVSAFormatError",
+    "MissingImagesError",
+    "UMTFormatError",
+    "UMTNerBuilder",
+    "UMTNerConfig",
+    "count_placeholder_images",
+    "load_muse_dataset",
+    "muse_dataset_builder",
+    "placeholder_image",
+]

@@ -1,0 +1,28 @@
+"""Split generators shared by the builders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+
+def make_split_generators(
+    examples: Mapping[str, list[dict[str, Any]]], dataset_name: str
+) -> list[datasets.SplitGenerator]:
+    """One generator per split whose examples are passed whole in ``gen_kwargs``.
+
+    An empty split is left out with a warning: ``datasets`` cannot read back a split of zero
+    examples, and only toy data (an empty file, an MVSA folder of fewer than ten posts) has one.
+    """
+    generators = []
+    for split, split_examples in examples.items():
+        if not split_examples:
+            logger.warning("%s: the %s split has no posts and is left out.", dataset_name, split)
+            continue
+        generators.append(datasets.SplitGenerator(name=split, gen_kwargs={"examples": split_examples}))
+    return generators

@@ -1,0 +1,226 @@
+"""Image lookup shared by the MuSE dataset builders.
+
+Text and images of the MuSE datasets are distributed separately, and some images of the public
+releases are known to be missing or unreadable. Every builder therefore resolves its images through
+:func:`resolve_images`, which checks each file once and applies one of two policies:
+
+* ``"error"`` (default): raise :class:`MissingImagesError`, listing the first few offending ids,
+  the file that was looked for and the switch for the other policy;
+* ``"placeholder"``: store a plain 224x224 mid-grey RGB image instead and log ONE warning line per
+  split with the number of replaced images.
+
+Nothing is dropped. A placeholder is stored as image bytes with ``path=None`` while a real image is
+stored as its file path (decoded lazily by :class:`datasets.Image`), which is how
+:func:`count_placeholder_images` tells them apart, also after a Parquet export.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+
+import pyarrow.compute as pc
+from datasets import Dataset
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "MISSING_IMAGE_POLICIES",
+    "PLACEHOLDER_COLOR",
+    "PLACEHOLDER_SIZE",
+    "MissingImagesError",
+    "check_image_file",
+    "count_placeholder_images",
+    "placeholder_image",
+    "placeholder_image_bytes",
+    "resolve_images",
+]
+
+logger = logging.getLogger(__name__)
+
+MISSING_IMAGE_POLICIES = ("error", "placeholder")
+PLACEHOLDER_SIZE = (224, 224)
+PLACEHOLDER_COLOR = (128, 128, 128)
+# How many offending ids an error message lists before it only gives the count.
+_MAX_LISTED = 10
+# JPEG files may carry padding after the end-of-image marker; ignore these bytes when looking for it.
+_JPEG_TRAILING_PADDING = b"\x00\r\n\t "
+_JPEG_TAIL_BYTES = 4096
+
+
+class MissingImagesError(FileNotFoundError):
+    """Raised under ``missing_images="error"`` when images are missing or unreadable."""
+
+
+def placeholder_image() -> Image.Image:
+    """Return the placeholder used for missing images: a 224x224 mid-grey RGB image."""
+    return Image.new("RGB", PLACEHOLDER_SIZE, PLACEHOLDER_COLOR)
+
+
+@cache
+def placeholder_image_bytes() -> bytes:
+    """Return :func:`placeholder_image` encoded as PNG (lossless, so it decodes to exact grey)."""
+    buffer = io.BytesIO()
+    placeholder_image().save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def check_image_file(path: str | os.PathLike) -> str | None:
+    """Check that ``path`` is a readable image without decoding it in the common case.
+
+    Cost per file: one ``stat``, PIL's header/structure ``verify()`` and, for JPEG, a read of the
+    last 4 KiB. ``verify()`` catches missing, empty, non-image and (for PNG) CRC-damaged files but
+    not a truncated JPEG, so a JPEG whose tail lacks the end-of-image marker (``FFD9``, optionally
+    followed by padding) is decoded once to decide. Formats other than JPEG and PNG, which are rare
+    here, are always decoded once because ``verify()`` checks little for them.
+
+    Returns:
+        ``None`` if the image is readable, otherwise a short reason such as ``"missing"``.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    if size == 0:
+        return "unreadable (empty file)"
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            image.verify()
+        if image_format == "PNG":
+            return None
+        if image_format == "JPEG" and _jpeg_has_end_marker(path, size):
+            return None
+        # verify() leaves the image unusable, so reopen it for the decode.
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # PIL reports damaged data as OSError, SyntaxError or ValueError depending on the plugin;
+        # an image PIL refuses as a decompression bomb cannot be loaded with default settings either.
+        return f"unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+def _jpeg_has_end_marker(path: str | os.PathLike, size: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - _JPEG_TAIL_BYTES))
+        tail = handle.read()
+    return tail.rstrip(_JPEG_TRAILING_PADDING).endswith(b"\xff\xd9")
+
+
+def resolve_images(
+    image_ids: Mapping[str, Sequence[str]],
+    image_dir: str | os.PathLike | None,
+    policy: str,
+    dataset_name: str,
+    suffix: str = ".jpg",
+) -> dict[str, list[str | bytes]]:
+    """Look up ``<image_dir>/<image_id><suffix>`` for every post of every split and apply ``policy``.
+
+    Args:
+        image_ids: split name -> the image id of each post, in post order.
+        image_dir: folder holding the images; ``None`` means that no image is available.
+        policy: ``"error"`` or ``"placeholder"`` (see the module docstring).
+        dataset_name: used in messages only.
+        suffix: file name extension of the images.
+
+    Returns:
+        split name -> one value per post for the :class:`datasets.Image` feature: the absolute
+        file path of a readable image, or the placeholder's PNG bytes.
+
+    Raises:
+        MissingImagesError: under ``policy="error"`` if any image is missing or unreadable.
+        ValueError: for an unknown policy.
+    """
+    if policy not in MISSING_IMAGE_POLICIES:
+        raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {policy!r}.")
+    directory = Path(image_dir).resolve() if image_dir is not None else None
+    problems: dict[str, str | None] = {}
+    if directory is not None:
+        for ids in image_ids.values():
+            for image_id in ids:
+                if image_id not in problems:
+                    problems[image_id] = check_image_file(directory / f"{image_id}{suffix}")
+
+    bad_per_split = {
+        split: [image_id for image_id in ids if directory is None or problems[image_id] is not None]
+        for split, ids in image_ids.items()
+    }
+    total_bad = sum(len(bad) for bad in bad_per_split.values())
+    total = sum(len(ids) for ids in image_ids.values())
+    if total_bad and policy == "error":
+        raise MissingImagesError(
+            _error_message(dataset_name, directory, suffix, bad_per_split, problems, total, total_bad)
+        )
+
+    placeholder = placeholder_image_bytes()
+    resolved: dict[str, list[str | bytes]] = {}
+    for split, ids in image_ids.items():
+        if bad_per_split[split]:
+            where = "no image_dir was given" if directory is None else f"looked in {directory}"
+            if directory is not None and not directory.is_dir():
+                where += ", which does not exist"
+            logger.warning(
+                "%s %s: replaced %d of %d images by a %dx%d grey placeholder (missing_images='placeholder'; %s).",
+                dataset_name,
+                split,
+                len(bad_per_split[split]),
+                len(ids),
+                *PLACEHOLDER_SIZE,
+                where,
+            )
+        resolved[split] = [
+            placeholder
+            if directory is None or problems[image_id] is not None
+            else str(directory / f"{image_id}{suffix}")
+            for image_id in ids
+        ]
+    return resolved
+
+
+def _error_message(
+    dataset_name: str,
+    directory: Path | None,
+    suffix: str,
+    bad_per_split: Mapping[str, Sequence[str]],
+    problems: Mapping[str, str | None],
+    total: int,
+    total_bad: int,
+) -> str:
+    switch = "missing_images='placeholder' (command line: --missing_images placeholder)"
+    if directory is None:
+        return (
+            f"{dataset_name}: no image_dir was given, so all {total} images are missing. Pass "
+            f"image_dir=<folder holding <image_id>{suffix}> (command line: --image_dir), or pass "
+            f"{switch} to use a grey placeholder image for every post."
+        )
+    per_split = ", ".join(f"{split}: {len(bad)}" for split, bad in bad_per_split.items() if bad)
+    first = list(dict.fromkeys(image_id for bad in bad_per_split.values() for image_id in bad))
+    listed = "\n".join(
+        f"  {image_id}: {problems[image_id]} ({directory / f'{image_id}{suffix}'})" for image_id in first[:_MAX_LISTED]
+    )
+    more = f"\n  ... and {len(first) - _MAX_LISTED} more" if len(first) > _MAX_LISTED else ""
+    missing_dir = "" if directory.is_dir() else f" The image_dir {directory} does not exist."
+    return (
+        f"{dataset_name}: {total_bad} of {total} images are missing or unreadable ({per_split}); "
+        f"looked for <image_dir>/<image_id>{suffix} with image_dir={directory}.{missing_dir}\n"
+        f"{listed}{more}\n"
+        f"Pass {switch} to replace them by a {PLACEHOLDER_SIZE[0]}x{PLACEHOLDER_SIZE[1]} grey placeholder "
+        "image (counted and logged, nothing is dropped)."
+    )
+
+
+def count_placeholder_images(dataset: Dataset, column: str = "image") -> int:
+    """Count the rows of ``dataset`` whose image is the missing-image placeholder.
+
+    Reads only the Arrow storage (no decoding): placeholders are the rows stored with image bytes
+    and no path, see the module docstring.
+    """
+    table = dataset.select_columns([column]).with_format("arrow")[:]
+    paths = pc.struct_field(table.column(column), "path")
+    return pc.sum(pc.is_null(paths)).as_py() or 0

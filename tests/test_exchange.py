@@ -1,0 +1,174 @@
+"""The vectorised exchange and CrossTransformer against a deliberately naive reference.
+
+The reference below loops over samples, modalities and tokens, materialises the full attention map, and
+implements spec section 3 literally. It shares only the parameters with the module under test.
+"""
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from modeling_muse.cross_transformer import CrossTransformer
+from modeling_muse.exchange import num_tokens_to_exchange
+from tiny_models import tiny_config
+
+
+def naive_layer_attention(layer, x, key_valid):
+    """x: (L, d) one sequence; returns the attention sub-module output and the head-averaged cls row."""
+    length, width = x.shape
+    heads, head_dim = layer.num_heads, layer.head_dim
+    qkv = x @ layer.qkv.weight.T + layer.qkv.bias
+    q, k, v = qkv[:, :width], qkv[:, width : 2 * width], qkv[:, 2 * width :]
+    contexts, cls_rows = [], []
+    for h in range(heads):
+        columns = slice(h * head_dim, (h + 1) * head_dim)
+        scores = q[:, columns] @ k[:, columns].T / math.sqrt(head_dim)
+        scores = scores.masked_fill(~torch.tensor(key_valid), float("-inf"))
+        attention_map = scores.softmax(dim=-1)  # the full (L, L) map, explicitly
+        cls_rows.append(attention_map[0])
+        contexts.append(attention_map @ v[:, columns])
+    attended = torch.cat(contexts, dim=-1) @ layer.attention_output.weight.T + layer.attention_output.bias
+    out = F.layer_norm(x + attended, (width,), layer.attention_norm.weight, layer.attention_norm.bias,
+                       layer.attention_norm.eps)
+    return out, torch.stack(cls_rows).mean(dim=0)
+
+
+def naive_feed_forward(layer, x):
+    hidden = torch.relu(x @ layer.intermediate.weight.T + layer.intermediate.bias)
+    out = hidden @ layer.output.weight.T + layer.output.bias
+    return F.layer_norm(x + out, (x.shape[-1],), layer.output_norm.weight, layer.output_norm.bias,
+                        layer.output_norm.eps)
+
+
+def naive_cross_transformer(module, config, text, image, text_mask):
+    batch, n, _ = text.shape
+    theta = Fraction(str(config.exchange_ratio))
+    streams = [
+        [torch.cat([module.text_cls, text[b]]) for b in range(batch)],
+        [torch.cat([module.image_cls, image[b]]) for b in range(batch)],
+    ]
+    valid = [[[bool(text_mask[b, i]) for i in range(n)] for b in range(batch)], [[True] * n for _ in range(batch)]]
+    masks = []
+    for layer_number, layer in enumerate(module.layers, start=1):
+        cls_rows = [[None] * batch, [None] * batch]
+        for modality in range(2):
+            for b in range(batch):
+                key_valid = [True] + valid[modality][b]
+                streams[modality][b], cls_rows[modality][b] = naive_layer_attention(layer, streams[modality][b], key_valid)
+        if layer_number in config.exchange_layers and config.exchange_ratio > 0:
+            selected = [[[False] * n for _ in range(batch)] for _ in range(2)]
+            for b in range(batch):
+                means = []
+                for modality in range(2):
+                    tokens = [streams[modality][b][1 + i] for i in range(n) if valid[modality][b][i]]
+                    means.append(sum(tokens) / len(tokens))
+                for modality in range(2):
+                    candidates = [i for i in range(n) if valid[modality][b][i]]
+                    k = math.ceil(theta * len(candidates))
+                    ranked = sorted(candidates, key=lambda i: (cls_rows[modality][b][1 + i].item(), i))
+                    for i in ranked[:k]:
+                        selected[modality][b][i] = True
+                new_streams = []
+                for modality in range(2):
+                    rows = list(streams[modality][b])
+                    other_mean = means[1 - modality]
+                    for i in range(n):
+                        if selected[modality][b][i]:
+                            if config.exchange_mode == "residual":
+                                rows[1 + i] = rows[1 + i] + other_mean
+                            else:
+                                rows[1 + i] = other_mean
+                    new_streams.append(torch.stack(rows))
+                streams[0][b], streams[1][b] = new_streams
+            masks.append(selected)
+        for modality in range(2):
+            for b in range(batch):
+                streams[modality][b] = naive_feed_forward(layer, streams[modality][b])
+    return torch.stack(streams[0]), torch.stack(streams[1]), masks
+
+
+def make_inputs(batch, n, width, lengths, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randn(batch, n, width, generator=generator, dtype=torch.float64)
+    image = torch.randn(batch, n, width, generator=generator, dtype=torch.float64)
+    text_mask = torch.zeros(batch, n, dtype=torch.long)
+    for b, length in enumerate(lengths):
+        text_mask[b, :length] = 1
+    return text, image, text_mask
+
+
+@pytest.mark.parametrize(
+    "ratio, mode, last_exchange_layer, lengths",
+    [
+        (0.25, "residual", 3, [16, 9, 3]),  # padded batch
+        (0.0, "residual", 3, [16, 5, 2]),  # theta = 0: no exchange
+        (1.0, "residual", 3, [16, 7, 4]),  # theta = 1: every valid token
+        (0.3, "residual", 3, [1, 16, 6]),  # a sample with one valid token
+        # Replacement makes tokens identical, so a later exchange layer would rank exact ties, which either
+        # implementation may break differently at the last bit; one exchange layer keeps the comparison exact.
+        (0.5, "replace", 2, [11, 16, 1]),
+    ],
+)
+def test_vectorised_cross_transformer_matches_naive_reference(ratio, mode, last_exchange_layer, lengths):
+    config = tiny_config(
+        exchange_ratio=ratio, exchange_mode=mode, exchange_end_layer=last_exchange_layer, cross_dropout=0.0
+    )
+    torch.manual_seed(0)
+    module = CrossTransformer(config).double().eval()
+    torch.nn.init.normal_(module.text_cls)
+    torch.nn.init.normal_(module.image_cls)
+    text, image, text_mask = make_inputs(3, config.max_text_length, config.hidden_size, lengths)
+
+    inputs = [text.clone().requires_grad_(), image.clone().requires_grad_()]
+    output = module(*inputs, text_mask, output_exchange_masks=True)
+    reference_inputs = [text.clone().requires_grad_(), image.clone().requires_grad_()]
+    reference_text, reference_image, reference_masks = naive_cross_transformer(
+        module, config, *reference_inputs, text_mask
+    )
+
+    torch.testing.assert_close(output.text_hidden_state, reference_text, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(output.image_hidden_state, reference_image, rtol=1e-9, atol=1e-9)
+    exchange_layers = list(config.exchange_layers)
+    assert len(output.text_exchange_masks) == len(exchange_layers)
+    if ratio == 0:
+        assert not any(mask.any() for mask in output.text_exchange_masks + output.image_exchange_masks)
+    else:
+        for layer_index, selected in enumerate(reference_masks):
+            assert output.text_exchange_masks[layer_index].tolist() == selected[0]
+            assert output.image_exchange_masks[layer_index].tolist() == selected[1]
+        assert not (output.text_exchange_masks[0] & ~text_mask.bool()).any(), "padding was selected"
+        if ratio == 1.0:
+            assert torch.equal(output.text_exchange_masks[0], text_mask.bool())
+
+    weights = torch.randn_like(output.text_hidden_state), torch.randn_like(output.image_hidden_state)
+    loss = (output.text_hidden_state * weights[0]).sum() + (output.image_hidden_state * weights[1]).sum()
+    reference_loss = (reference_text * weights[0]).sum() + (reference_image * weights[1]).sum()
+    parameters = list(module.parameters())
+    gradients = torch.autograd.grad(loss, inputs + parameters)
+    reference_gradients = torch.autograd.grad(reference_loss, reference_inputs + parameters)
+    for gradient, reference_gradient in zip(gradients, reference_gradients):
+        torch.testing.assert_close(gradient, reference_gradient, rtol=1e-8, atol=1e-9)
+
+
+def test_selected_counts_follow_ceil_theta_n_valid():
+    num_valid = torch.tensor([30, 10, 1, 0, 7, 64])
+    assert num_tokens_to_exchange(0.1, num_valid).tolist() == [3, 1, 1, 0, 1, 7]
+    assert num_tokens_to_exchange(0.0, num_valid).tolist() == [0] * 6
+    assert num_tokens_to_exchange(1.0, num_valid).tolist() == num_valid.tolist()
+
+
+def test_cls_attention_rows_are_distributions_that_ignore_padding():
+    config = tiny_config(cross_dropout=0.0)
+    module = CrossTransformer(config).eval()
+    torch.nn.init.normal_(module.text_cls)
+    torch.nn.init.normal_(module.image_cls)
+    text, image, text_mask = make_inputs(2, config.max_text_length, config.hidden_size, [16, 5])
+    output = module(text.float(), image.float(), text_mask, output_cls_attentions=True)
+    assert len(output.text_cls_attentions) == config.num_cross_layers
+    for rows in output.text_cls_attentions + output.image_cls_attentions:
+        torch.testing.assert_close(rows.sum(-1), torch.ones(2))
+    assert (output.text_cls_attentions[0][1, 6:] == 0).all()
+    assert (output.text_cls_attentions[0][1, :6] > 0).all()
