@@ -90,6 +90,9 @@ class MuSEConfig(PreTrainedConfig):
             Size of the conditional PixelCNN++ text-to-image decoder and its logistic mixture.
         decoder_image_size (`int`, *optional*, defaults to 32):
             Side of the images the PixelCNN++ decoder models.
+        include_regularizers (`bool`, *optional*, defaults to `True`):
+            `False` builds the model without its decoder weights, for serving a trained model
+            (`MuSEPreTrainedModel.remove_regularizers()` sets it); the loss weights stay as a record of training.
 
     Example:
 
@@ -136,6 +139,7 @@ class MuSEConfig(PreTrainedConfig):
     pixelcnn_mixtures: int = 10
     pixelcnn_dropout: float | int = 0.5
     decoder_image_size: int = 32
+    include_regularizers: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -236,12 +240,12 @@ class MuSEConfig(PreTrainedConfig):
     @property
     def has_caption_decoder(self) -> bool:
         """The image-captioning regularizer exists when it is weighted and both modalities are present."""
-        return self.caption_loss_weight > 0 and self.use_text and self.use_image
+        return self.include_regularizers and self.caption_loss_weight > 0 and self.use_text and self.use_image
 
     @property
     def has_generation_decoder(self) -> bool:
         """The text-to-image regularizer exists when it is weighted and both modalities are present."""
-        return self.generation_loss_weight > 0 and self.use_text and self.use_image
+        return self.include_regularizers and self.generation_loss_weight > 0 and self.use_text and self.use_image
 
 
 ABLATION_VARIANTS: dict[str, dict] = {

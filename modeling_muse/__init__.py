@@ -35,4 +35,8 @@ __all__ = [
     "MuSEProcessor",
     "MuSESequenceClassifierOutput",
     "MuSETokenClassifierOutput",
+    "MultimodalNERPipeline",
+    "MultimodalSentimentPipeline",
 ]
+
+from .pipelines import MultimodalNERPipeline, MultimodalSentimentPipeline  # noqa: E402  registers the pipeline tasks

@@ -84,14 +84,15 @@ class CrossTransformerLayer(nn.Module):
 
 @dataclass
 class CrossTransformerOutput:
-    """Final streams, ``(B, 1 + n, d)`` each, and per-layer diagnostics when asked for.
+    """Final streams, ``(B, 1 + n, d)`` each (None for a branch the model does not have), and per-layer
+    diagnostics when asked for.
 
     ``*_cls_attentions``: one ``(B, 1 + n)`` tensor per layer. ``*_exchange_masks``: one ``(B, n)`` bool tensor
     per exchange layer (mu..eta), True at the tokens that were exchanged.
     """
 
-    text_hidden_state: torch.Tensor
-    image_hidden_state: torch.Tensor
+    text_hidden_state: torch.Tensor | None
+    image_hidden_state: torch.Tensor | None
     text_cls_attentions: tuple[torch.Tensor, ...] | None = None
     image_cls_attentions: tuple[torch.Tensor, ...] | None = None
     text_exchange_masks: tuple[torch.Tensor, ...] | None = None
@@ -99,12 +100,16 @@ class CrossTransformerOutput:
 
 
 class CrossTransformer(nn.Module):
-    """L shared-weight layers over the text and image streams, exchanging tokens in layers mu..eta."""
+    """L shared-weight layers over the text and image streams, exchanging tokens in layers mu..eta.
+
+    With one branch switched off (the only-T / only-I ablations) the stack runs on the remaining stream
+    alone and nothing is exchanged.
+    """
 
     def __init__(self, config: MuSEConfig):
         super().__init__()
-        self.text_cls = nn.Parameter(torch.empty(1, config.hidden_size))
-        self.image_cls = nn.Parameter(torch.empty(1, config.hidden_size))
+        self.text_cls = nn.Parameter(torch.empty(1, config.hidden_size)) if config.use_text else None
+        self.image_cls = nn.Parameter(torch.empty(1, config.hidden_size)) if config.use_image else None
         self.layers = nn.ModuleList(CrossTransformerLayer(config) for _ in range(config.num_cross_layers))
         self.exchange_layers = frozenset(config.exchange_layers)
         self.exchange_ratio = config.exchange_ratio
@@ -112,34 +117,39 @@ class CrossTransformer(nn.Module):
 
     def forward(
         self,
-        text_embeddings: torch.Tensor,
-        image_embeddings: torch.Tensor,
-        text_mask: torch.Tensor,
+        text_embeddings: torch.Tensor | None,
+        image_embeddings: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
     ) -> CrossTransformerOutput:
         """
         Args:
-            text_embeddings: T_e, ``(B, n, d)``.
-            image_embeddings: I_e, ``(B, n, d)`` (P*P == n image tokens).
+            text_embeddings: T_e, ``(B, n, d)``, or None without a text branch.
+            image_embeddings: I_e, ``(B, n, d)`` (P*P == n image tokens), or None without an image branch.
             text_mask: ``(B, n)``, 1 at real text tokens, 0 at padding.
         """
-        batch = text_embeddings.shape[0]
-        text_cls = self.text_cls.expand(batch, 1, -1)
-        image_cls = self.image_cls.expand(batch, 1, -1)
-        hidden_states = torch.cat(
-            [torch.cat([text_cls, text_embeddings], dim=1), torch.cat([image_cls, image_embeddings], dim=1)]
-        )
-        text_valid = text_mask.bool()
-        valid_mask = torch.stack([text_valid, torch.ones_like(text_valid)])
+        streams, valid_masks = [], []
+        if text_embeddings is not None:
+            streams.append(torch.cat([self.text_cls.expand(len(text_embeddings), 1, -1), text_embeddings], dim=1))
+            valid_masks.append(text_mask.bool())
+        if image_embeddings is not None:
+            streams.append(torch.cat([self.image_cls.expand(len(image_embeddings), 1, -1), image_embeddings], dim=1))
+            valid_masks.append(torch.ones(image_embeddings.shape[:2], dtype=torch.bool, device=image_embeddings.device))
+        num_streams, batch = len(streams), len(streams[0])
+        hidden_states = torch.cat(streams)
+        valid_mask = torch.stack(valid_masks)
         key_mask = F.pad(valid_mask, (1, 0), value=True).flatten(0, 1)
+        exchanging = num_streams == 2 and self.exchange_ratio > 0
 
         cls_attentions, exchange_masks = [], []
         for layer_number, layer in enumerate(self.layers, start=1):
-            exchanges = layer_number in self.exchange_layers and self.exchange_ratio > 0
+            is_exchange_layer = layer_number in self.exchange_layers
+            exchanges = exchanging and is_exchange_layer
             hidden_states, cls_attention = layer.attend(
                 hidden_states, key_mask, return_cls_attention=exchanges or output_cls_attentions
             )
+            selected = torch.zeros_like(valid_mask)
             if exchanges:
                 paired_states, selected = exchange_least_attended_tokens(
                     hidden_states.unflatten(0, (2, batch)),
@@ -149,20 +159,24 @@ class CrossTransformer(nn.Module):
                     self.exchange_mode,
                 )
                 hidden_states = paired_states.flatten(0, 1)
-            elif layer_number in self.exchange_layers:
-                selected = torch.zeros_like(valid_mask)
             hidden_states = layer.feed_forward(hidden_states)
             if output_cls_attentions:
-                cls_attentions.append(cls_attention.unflatten(0, (2, batch)))
-            if output_exchange_masks and layer_number in self.exchange_layers:
+                cls_attentions.append(cls_attention.unflatten(0, (num_streams, batch)))
+            if output_exchange_masks and is_exchange_layer:
                 exchange_masks.append(selected)
 
-        text_hidden_state, image_hidden_state = hidden_states.unflatten(0, (2, batch))
+        finals = list(hidden_states.unflatten(0, (num_streams, batch)))
+        text_index = 0 if text_embeddings is not None else None
+        image_index = num_streams - 1 if image_embeddings is not None else None
+
+        def per_stream(items: list[torch.Tensor], index: int | None) -> tuple[torch.Tensor, ...] | None:
+            return None if index is None else tuple(item[index] for item in items)
+
         return CrossTransformerOutput(
-            text_hidden_state=text_hidden_state,
-            image_hidden_state=image_hidden_state,
-            text_cls_attentions=tuple(a[0] for a in cls_attentions) if output_cls_attentions else None,
-            image_cls_attentions=tuple(a[1] for a in cls_attentions) if output_cls_attentions else None,
-            text_exchange_masks=tuple(m[0] for m in exchange_masks) if output_exchange_masks else None,
-            image_exchange_masks=tuple(m[1] for m in exchange_masks) if output_exchange_masks else None,
+            text_hidden_state=None if text_index is None else finals[text_index],
+            image_hidden_state=None if image_index is None else finals[image_index],
+            text_cls_attentions=per_stream(cls_attentions, text_index) if output_cls_attentions else None,
+            image_cls_attentions=per_stream(cls_attentions, image_index) if output_cls_attentions else None,
+            text_exchange_masks=per_stream(exchange_masks, text_index) if output_exchange_masks else None,
+            image_exchange_masks=per_stream(exchange_masks, image_index) if output_exchange_masks else None,
         )

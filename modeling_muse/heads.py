@@ -85,6 +85,42 @@ class CRFTaggingHead(nn.Module):
         padded = torch.tensor([path + [0] * (width - len(path)) for path in paths], device=emissions.device)
         return words.scatter(padded, emissions.shape[1], fill_value=-100)
 
+    def marginals(self, emissions: torch.Tensor, words: WordPositions) -> torch.Tensor:
+        """Posterior probability of every tag at every word under the CRF, ``(B, max_words, num_labels)``.
+
+        ``out[b, w, k] = p(tag of word w = k | post b)``, summed over all tag paths, from the forward-backward
+        algorithm in log space (logsumexp) with the CRF's ``start_transitions``, ``transitions`` and
+        ``end_transitions``, vectorised over the batch. Rows of padding words (and of posts without words)
+        are zero; every real word's row sums to 1. Computed in float32 whatever the emissions' dtype.
+        """
+        scores = words.gather(emissions).float()
+        mask = words.mask
+        start = self.crf.start_transitions.float()
+        transitions = self.crf.transitions.float()  # [i, j]: score of tag i followed by tag j
+        end = self.crf.end_transitions.float()
+        num_steps = scores.shape[1]
+
+        # alpha[t][b, j]: log-sum of the scores of all paths over words 0..t that end in tag j. Past a post's
+        # last word alpha is carried unchanged, so the last step holds the value at its last real word.
+        alphas = [start + scores[:, 0]]
+        for step in range(1, num_steps):
+            extended = torch.logsumexp(alphas[-1].unsqueeze(2) + transitions + scores[:, step].unsqueeze(1), dim=1)
+            alphas.append(torch.where(mask[:, step : step + 1], extended, alphas[-1]))
+        log_partition = torch.logsumexp(alphas[-1] + end, dim=1)
+
+        # beta[t][b, i]: log-sum of the scores of all continuations after word t given tag i at t. At a post's
+        # last word (and beyond) only the end transition remains; masks are left-packed, so "the next word is
+        # padding" means exactly that.
+        final = end.expand_as(alphas[0])
+        betas = [final]
+        for step in range(num_steps - 2, -1, -1):
+            extended = torch.logsumexp(transitions + (scores[:, step + 1] + betas[-1]).unsqueeze(1), dim=2)
+            betas.append(torch.where(mask[:, step + 1 : step + 2], extended, final))
+        betas.reverse()
+
+        log_marginals = torch.stack(alphas, dim=1) + torch.stack(betas, dim=1) - log_partition[:, None, None]
+        return log_marginals.exp() * mask.unsqueeze(-1)
+
 
 class SentimentHead(nn.Module):
     """Dropout and a linear layer on the fused cls vector (paper section 4.2)."""

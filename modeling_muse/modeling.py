@@ -1,7 +1,16 @@
 """MuSE models: the bare fusion model and its NER and sentiment heads.
 
 Data path (paper Figure 2): TextEncoder (eq. 1) and ImageEncoder (eq. 2) -> [embedding regularizers,
-training only, eqs. 3-6] -> CrossTransformer (eqs. 8-13) -> fusion Linear(2d -> d) -> task head.
+training only, eqs. 3-6] -> CrossTransformer (eqs. 8-13) -> fusion Linear(2d -> d) -> task head, with the
+total loss of eq. 14.
+
+The fusion layer is applied position-wise to all 1 + n positions of the two final streams: positions 1..n
+are F_e (spec section 4), position 0 fuses the two cls vectors, which is the "fusion embedding of the cls
+token" the sentiment head reads (paper section 4.2). One layer serves both heads.
+
+Ablations (paper Table 3) are configurations: without a branch (only-T / only-I) the fusion reads the one
+remaining stream; without the CrossTransformer (w/o-CT) each stream is [mean of its valid tokens ; tokens],
+so the fused cls slot is the fusion of the two mean-pooled embeddings.
 """
 
 from __future__ import annotations
@@ -20,13 +29,22 @@ from .cross_transformer import CrossTransformer
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
 from .image_encoder import ImageEncoder, create_vision_backbone
 from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
+from .regularizers import EmbeddingRegularizers
 from .text_encoder import TextEncoder, load_pretrained_text_backbone
 
 __all__ = ["MuSEForSequenceClassification", "MuSEForTokenClassification", "MuSEModel", "MuSEPreTrainedModel"]
 
 logger = logging.getLogger(__name__)
 
-_DIAGNOSTIC_FIELDS = ("text_cls_attentions", "image_cls_attentions", "text_exchange_masks", "image_exchange_masks")
+_PASSED_THROUGH_FIELDS = (
+    "text_cls_attentions",
+    "image_cls_attentions",
+    "text_exchange_masks",
+    "image_exchange_masks",
+    "caption_loss",
+    "generation_loss",
+    "generation_bits_per_dim",
+)
 
 
 class MuSEPreTrainedModel(PreTrainedModel):
@@ -41,8 +59,12 @@ class MuSEPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, CrossTransformer):
             # Paper section 4: the cls vectors use Kaiming initialisation.
-            init.kaiming_normal_(module.text_cls)
-            init.kaiming_normal_(module.image_cls)
+            for cls_vector in (module.text_cls, module.image_cls):
+                if cls_vector is not None:
+                    init.kaiming_normal_(cls_vector)
+        elif isinstance(module, nn.LSTMCell):
+            for name, parameter in module.named_parameters():
+                (init.xavier_uniform_ if "weight" in name else init.zeros_)(parameter)
         elif isinstance(module, CRF):
             # pytorch-crf's own initialisation, which the generic one would otherwise skip.
             init.uniform_(module.start_transitions, -0.1, 0.1)
@@ -75,9 +97,10 @@ class MuSEPreTrainedModel(PreTrainedModel):
         text_backbone = load_pretrained_text_backbone(text_model_name_or_path, **(text_model_kwargs or {}))
         config = MuSEConfig(text_config=text_backbone.config, vision_model_name=vision_model_name, **config_kwargs)
         model = cls(config)
-        muse = model.muse if hasattr(model, "muse") else model
-        muse.text_encoder.backbone.load_state_dict(text_backbone.state_dict())
-        if pretrained_vision:
+        muse = model.base_muse
+        if muse.text_encoder is not None:
+            muse.text_encoder.backbone.load_state_dict(text_backbone.state_dict())
+        if pretrained_vision and muse.image_encoder is not None:
             vision_backbone = create_vision_backbone(vision_model_name, config.vision_model_kwargs, pretrained=True)
             muse.image_encoder.backbone.load_state_dict(vision_backbone.state_dict())
         logger.warning(
@@ -88,48 +111,76 @@ class MuSEPreTrainedModel(PreTrainedModel):
         )
         return model
 
+    @property
+    def base_muse(self) -> MuSEModel:
+        """The bare `MuSEModel` inside this model (the model itself for `MuSEModel`)."""
+        return getattr(self, self.base_model_prefix, self)
 
-def _check_inputs(config: MuSEConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  pixel_values: torch.Tensor | None) -> None:
-    if input_ids is None or input_ids.dim() != 2:
-        shape = None if input_ids is None else tuple(input_ids.shape)
-        raise ValueError(f"input_ids must be a (batch, max_text_length) tensor of token ids, got shape {shape}.")
-    if input_ids.shape[1] != config.max_text_length:
-        raise ValueError(
-            f"input_ids has {input_ids.shape[1]} positions but this MuSE model fuses exactly max_text_length="
-            f"{config.max_text_length} text positions with {config.num_image_tokens} image tokens: pad or truncate "
-            f"to max_length={config.max_text_length} (MuSEProcessor does this)."
-        )
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
-        )
-    if pixel_values is None:
-        raise ValueError("pixel_values is required: MuSE fuses text with an image (MuSEProcessor(images=...)).")
-    if pixel_values.dim() != 4 or pixel_values.shape[1] != 3 or pixel_values.shape[0] != input_ids.shape[0]:
-        raise ValueError(
-            f"pixel_values must be a (batch={input_ids.shape[0]}, 3, height, width) tensor, got shape "
-            f"{tuple(pixel_values.shape)}."
-        )
+    def remove_regularizers(self) -> None:
+        """Drop the decoder weights for serving: `save_pretrained` then writes a checkpoint without them,
+        which every Auto class loads, since the config now says `include_regularizers=False`."""
+        self.base_muse.regularizers = None
+        self.config.include_regularizers = False
+
+
+def _check_inputs(
+    config: MuSEConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    pixel_values: torch.Tensor | None,
+) -> None:
+    if config.use_text:
+        if input_ids is None or input_ids.dim() != 2:
+            shape = None if input_ids is None else tuple(input_ids.shape)
+            raise ValueError(f"input_ids must be a (batch, max_text_length) tensor of token ids, got shape {shape}.")
+        if input_ids.shape[1] != config.max_text_length:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} positions but this MuSE model fuses exactly max_text_length="
+                f"{config.max_text_length} text positions with {config.num_image_tokens} image tokens: pad or "
+                f"truncate to max_length={config.max_text_length} (MuSEProcessor does this)."
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
+            )
+    if config.use_image:
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: MuSE fuses text with an image (MuSEProcessor(images=...)).")
+        batch = input_ids.shape[0] if config.use_text else pixel_values.shape[0]
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3 or pixel_values.shape[0] != batch:
+            raise ValueError(
+                f"pixel_values must be a (batch={batch}, 3, height, width) tensor, got shape "
+                f"{tuple(pixel_values.shape)}."
+            )
+
+
+def _with_mean_summary(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[mean of the valid tokens ; tokens]: the w/o-CT stand-in for a CrossTransformer stream."""
+    weights = valid.unsqueeze(-1).to(tokens.dtype)
+    mean = (tokens * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.cat([mean, tokens], dim=1)
 
 
 class MuSEModel(MuSEPreTrainedModel):
-    """The bare MuSE model: encoders, CrossTransformer and fusion, returning the fusion embeddings F_e."""
-
-    base_model_prefix = "muse"
+    """The bare MuSE model: encoders, regularizers (training only), CrossTransformer and fusion."""
 
     def __init__(self, config: MuSEConfig):
         super().__init__(config)
-        self.text_encoder = TextEncoder(config.text_config, config.hidden_size)
-        self.image_encoder = ImageEncoder(
-            config.vision_model_name,
-            config.vision_model_kwargs,
-            config.image_grid_size,
-            config.hidden_size,
-            config.vision_trainable_stages,
-        )
-        self.cross_transformer = CrossTransformer(config)
-        self.fusion = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.text_encoder = TextEncoder(config.text_config, config.hidden_size) if config.use_text else None
+        self.image_encoder = None
+        if config.use_image:
+            self.image_encoder = ImageEncoder(
+                config.vision_model_name,
+                config.vision_model_kwargs,
+                config.image_grid_size,
+                config.hidden_size,
+                config.vision_trainable_stages,
+            )
+        has_regularizers = config.has_caption_decoder or config.has_generation_decoder
+        self.regularizers = EmbeddingRegularizers(config) if has_regularizers else None
+        self.cross_transformer = CrossTransformer(config) if config.use_cross_transformer else None
+        num_streams = int(config.use_text) + int(config.use_image)
+        self.fusion = nn.Linear(num_streams * config.hidden_size, config.hidden_size)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -137,7 +188,7 @@ class MuSEModel(MuSEPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
@@ -145,6 +196,7 @@ class MuSEModel(MuSEPreTrainedModel):
         word_start_mask: torch.Tensor | None = None,
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
+        compute_regularizer_losses: bool | None = None,
     ) -> MuSEModelOutput:
         r"""
         Args:
@@ -153,44 +205,89 @@ class MuSEModel(MuSEPreTrainedModel):
             attention_mask: `(batch, n)`, 1 at real tokens; defaults to all ones.
             token_type_ids: passed to the text encoder when given.
             decoder_pixel_values: `(batch, 3, 32, 32)` images in [-1, 1], the text-to-image regularizer's
-                target; unused at inference. Accepted so that processor outputs pass as `**inputs`.
-            word_start_mask: unused by the bare model (the NER head reads it); accepted for the same reason.
+                target; needed only when that regularizer runs.
+            word_start_mask: unused by the bare model (the NER head reads it); accepted so that processor
+                outputs pass as `**inputs`.
             output_cls_attentions: return each layer's cls attention row per modality.
             output_exchange_masks: return each exchange layer's boolean exchange masks per modality.
+            compute_regularizer_losses: run the regularizer decoders (eqs. 3-6); defaults to `self.training`.
+                Never runs without decoder weights.
         """
         _check_inputs(self.config, input_ids, attention_mask, pixel_values)
-        if attention_mask is None:
+        if self.config.use_text and attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        text_embeddings = self.text_encoder(input_ids, attention_mask, token_type_ids)
-        image_embeddings = self.image_encoder(pixel_values)
-        cross = self.cross_transformer(
-            text_embeddings,
-            image_embeddings,
-            attention_mask,
-            output_cls_attentions=output_cls_attentions,
-            output_exchange_masks=output_exchange_masks,
+        text_embeddings = (
+            self.text_encoder(input_ids, attention_mask, token_type_ids) if self.text_encoder is not None else None
         )
-        fused = self.fusion(torch.cat([cross.text_hidden_state, cross.image_hidden_state], dim=-1))
+        image_embeddings = self.image_encoder(pixel_values) if self.image_encoder is not None else None
+
+        if compute_regularizer_losses is None:
+            compute_regularizer_losses = self.training
+        regularizer_losses = None
+        if compute_regularizer_losses and self.regularizers is not None:
+            regularizer_losses = self.regularizers(
+                text_embeddings, image_embeddings, input_ids, attention_mask, decoder_pixel_values
+            )
+
+        if self.cross_transformer is not None:
+            cross = self.cross_transformer(
+                text_embeddings,
+                image_embeddings,
+                attention_mask,
+                output_cls_attentions=output_cls_attentions,
+                output_exchange_masks=output_exchange_masks,
+            )
+            text_states, image_states = cross.text_hidden_state, cross.image_hidden_state
+            diagnostics = {
+                "text_cls_attentions": cross.text_cls_attentions,
+                "image_cls_attentions": cross.image_cls_attentions,
+                "text_exchange_masks": cross.text_exchange_masks,
+                "image_exchange_masks": cross.image_exchange_masks,
+            }
+        else:
+            text_states = None if text_embeddings is None else _with_mean_summary(text_embeddings, attention_mask)
+            image_states = (
+                None
+                if image_embeddings is None
+                else _with_mean_summary(image_embeddings, torch.ones(image_embeddings.shape[:2], device=image_embeddings.device))
+            )
+            diagnostics = {}
+        fused = self.fusion(torch.cat([s for s in (text_states, image_states) if s is not None], dim=-1))
         return MuSEModelOutput(
             fusion_embeddings=fused[:, 1:],
             pooler_output=fused[:, 0],
-            text_last_hidden_state=cross.text_hidden_state,
-            image_last_hidden_state=cross.image_hidden_state,
-            text_cls_attentions=cross.text_cls_attentions,
-            image_cls_attentions=cross.image_cls_attentions,
-            text_exchange_masks=cross.text_exchange_masks,
-            image_exchange_masks=cross.image_exchange_masks,
+            text_last_hidden_state=text_states,
+            image_last_hidden_state=image_states,
+            caption_loss=regularizer_losses.caption_loss if regularizer_losses else None,
+            generation_loss=regularizer_losses.generation_loss if regularizer_losses else None,
+            generation_bits_per_dim=regularizer_losses.generation_bits_per_dim if regularizer_losses else None,
+            **diagnostics,
         )
 
 
-def _diagnostics(outputs: MuSEModelOutput) -> dict:
-    return {name: getattr(outputs, name) for name in _DIAGNOSTIC_FIELDS}
+def _passed_through(outputs: MuSEModelOutput) -> dict:
+    return {name: getattr(outputs, name) for name in _PASSED_THROUGH_FIELDS}
+
+
+def _total_loss(config: MuSEConfig, task_loss: torch.Tensor, outputs: MuSEModelOutput) -> torch.Tensor:
+    """L = L_task + alpha * L_it + beta * L_ti (eq. 14); absent regularizer terms count as 0."""
+    loss = task_loss
+    if outputs.caption_loss is not None:
+        loss = loss + config.caption_loss_weight * outputs.caption_loss
+    if outputs.generation_loss is not None:
+        loss = loss + config.generation_loss_weight * outputs.generation_loss
+    return loss
 
 
 class MuSEForTokenClassification(MuSEPreTrainedModel):
     """MuSE for multimodal named entity recognition: fusion embeddings -> emissions -> CRF over words."""
 
     def __init__(self, config: MuSEConfig):
+        if not config.use_text:
+            raise ValueError(
+                "MuSEForTokenClassification tags words, so it needs the text branch: use_text=False (the only-I "
+                "ablation) is defined for sentiment analysis only (paper Table 3)."
+            )
         super().__init__(config)
         self.muse = MuSEModel(config)
         self.tagger = CRFTaggingHead(config.hidden_size, config.num_labels, config.token_classifier_dropout)
@@ -212,7 +309,8 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
         Args:
             word_start_mask: `(batch, n)`, 1 at each word's first sub-token (MuSEProcessor returns it). The CRF
                 runs over these positions. Derived from `labels != -100` when only labels are given.
-            labels: `(batch, n)` tag ids at word-first sub-tokens, -100 elsewhere.
+            labels: `(batch, n)` tag ids at word-first sub-tokens, -100 elsewhere. In training, the regularizer
+                decoders run only when labels are given.
 
             Other arguments as in [`MuSEModel.forward`].
         """
@@ -240,12 +338,18 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
             decoder_pixel_values=decoder_pixel_values,
             output_cls_attentions=output_cls_attentions,
             output_exchange_masks=output_exchange_masks,
+            compute_regularizer_losses=self.training and labels is not None,
         )
         emissions = self.tagger.emissions(outputs.fusion_embeddings)
         words = WordPositions(word_start_mask)
-        loss = self.tagger.negative_log_likelihood(emissions, words, labels) if labels is not None else None
+        task_loss = loss = None
+        if labels is not None:
+            task_loss = self.tagger.negative_log_likelihood(emissions, words, labels)
+            loss = _total_loss(self.config, task_loss, outputs)
         predicted = None if self.training else self.tagger.decode(emissions, words)
-        return MuSETokenClassifierOutput(loss=loss, logits=emissions, predicted_tag_ids=predicted, **_diagnostics(outputs))
+        return MuSETokenClassifierOutput(
+            loss=loss, task_loss=task_loss, logits=emissions, predicted_tag_ids=predicted, **_passed_through(outputs)
+        )
 
 
 class MuSEForSequenceClassification(MuSEPreTrainedModel):
@@ -259,7 +363,7 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
@@ -271,7 +375,8 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
     ) -> MuSESequenceClassifierOutput:
         r"""
         Args:
-            labels: `(batch,)` class ids in `[0, num_labels)`.
+            labels: `(batch,)` class ids in `[0, num_labels)`. In training, the regularizer decoders run only when
+                labels are given.
 
             Other arguments as in [`MuSEModel.forward`].
         """
@@ -283,13 +388,15 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
             decoder_pixel_values=decoder_pixel_values,
             output_cls_attentions=output_cls_attentions,
             output_exchange_masks=output_exchange_masks,
+            compute_regularizer_losses=self.training and labels is not None,
         )
         logits = self.classifier(outputs.pooler_output)
-        loss = None
+        task_loss = loss = None
         if labels is not None:
-            if labels.shape != (input_ids.shape[0],):
+            if labels.shape != logits.shape[:1]:
                 raise ValueError(
-                    f"labels must be a (batch={input_ids.shape[0]},) tensor of class ids, got shape {tuple(labels.shape)}."
+                    f"labels must be a (batch={logits.shape[0]},) tensor of class ids, got shape {tuple(labels.shape)}."
                 )
-            loss = nn.functional.cross_entropy(logits, labels)
-        return MuSESequenceClassifierOutput(loss=loss, logits=logits, **_diagnostics(outputs))
+            task_loss = nn.functional.cross_entropy(logits, labels)
+            loss = _total_loss(self.config, task_loss, outputs)
+        return MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **_passed_through(outputs))

