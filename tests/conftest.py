@@ -1,5 +1,18 @@
 import os
 
+import pytest
+import torch
+
 # Nothing in the test suite may reach the Hugging Face Hub; with the Hub offline, a stray download fails fast.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    # The test models are tiny: intra-op threads cost more in synchronisation than they save, and on a busy
+    # 2-core machine a call can take a second instead of milliseconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,16 +11,6 @@ VOCAB = 13
 NUM_REGIONS = 4
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # These tensors are tiny: intra-op threads cost more in synchronisation than they save, and
-    # far more when the machine is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_decoder(seed: int = 0, **kwargs) -> CaptionDecoder:
     torch.manual_seed(seed)
     options = dict(decoder_dim=16, attention_dim=12, embedding_dim=10, dropout=0.0)

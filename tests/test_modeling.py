@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from transformers import (
     AutoProcessor,
 )
 
-import modeling_muse
 from modeling_muse import (
     MuSEConfig,
     MuSEForSequenceClassification,
@@ -196,6 +194,7 @@ LOAD_IN_FRESH_PROCESS = """
 import sys, torch
 import modeling_muse
 from transformers import AutoModel, AutoModelForTokenClassification
+torch.set_num_threads(1)  # as in the test process: the same reduction order gives bit-identical outputs
 folder, inputs_path, out_path = sys.argv[1:]
 inputs = torch.load(inputs_path)
 base = AutoModel.from_pretrained(folder).eval()

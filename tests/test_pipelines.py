@@ -29,16 +29,6 @@ from processing_muse import MuSEProcessor
 TEXT = "Lionel Messi  visits\tParis with   friends"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The tiny models run in milliseconds on one thread but can take a second per call when several threads spin
-    # on the few cores that parallel test runs share.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_image(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)

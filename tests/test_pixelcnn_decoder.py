@@ -14,16 +14,6 @@ from modeling_muse.pixelcnn_decoder import (
 CONDITION_DIM = 4
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # These tensors are tiny: intra-op threads cost more in synchronisation than they save, and
-    # far more when the machine is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_decoder(seed: int = 0, **kwargs) -> PixelCNNPlusPlusDecoder:
     torch.manual_seed(seed)
     options = dict(num_filters=8, num_resnet_blocks=1, num_mixtures=2, dropout=0.0)

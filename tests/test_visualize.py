@@ -19,16 +19,6 @@ TEXT = "Lionel Messi visits Paris with friends"
 DPI = 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The tiny model runs in milliseconds on one thread but can take a second per call when several threads spin
-    # on the few cores that parallel test runs share.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)

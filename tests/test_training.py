@@ -1,0 +1,445 @@
+"""Tests of the training scripts (`run_mner.py`, `run_msa.py`) and their shared module `training_common.py`.
+
+Fast tests check arguments, optimizer groups, checkpoint discovery, metrics and the Hub upload list. The slow ones
+train a tiny MuSE (a tiny random BERT saved to a temporary folder, timm's `test_resnet`, n = 16 = 4 x 4) in
+subprocesses, exactly as a user runs the scripts: end to end for both tasks, an interrupted-and-resumed run
+against an uninterrupted one, and a two-process (gloo) run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The training scripts and training_common.py are files at the repository root, not package modules.
+sys.path.insert(0, str(REPO_ROOT))
+
+import run_mner  # noqa: E402
+import run_msa  # noqa: E402
+import training_common  # noqa: E402
+from datasets_scripts import SAMPLE_DIR  # noqa: E402
+from training_common import (  # noqa: E402
+    EvaluationOutput,
+    TrainingProgress,
+    files_to_upload,
+    find_latest_checkpoint,
+    optimizer_parameter_groups,
+    parse_args,
+    push_to_hub,
+)
+
+# Time-derived entries differ between two runs of the same training.
+TIMING_KEYS = ("train_runtime_seconds", "train_samples_per_second", "wall_time_seconds")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "sample_files"),
+    [(run_mner, ["twitter2017/train.txt", "twitter2017/valid.txt", "twitter2017/test.txt"]),
+     (run_msa, ["mvsa_single/labelResultAll.txt", "mvsa_single/data"])],
+)
+def test_quickstart_defaults_parse_and_point_at_bundled_files(script, sample_files):
+    args = parse_args(script.TASK, [])
+    assert args.dataset_name == script.TASK.datasets[0] and args.dataset_name.endswith("_sample")
+    assert args.is_quickstart and args.data_dir is None
+    for relative in sample_files:
+        assert (SAMPLE_DIR / relative).exists(), relative
+    text_model = Path(args.text_model_name_or_path)
+    assert (text_model / "config.json").is_file() and (text_model / "model.safetensors").is_file()
+    assert args.output_dir == f"outputs/muse-{args.dataset_name.replace('_', '-')}"
+    # The small, offline configuration: no pretrained download, fast backbone, fused text length = P * P.
+    assert (args.vision_model_name, args.pretrained_vision, args.image_size) == ("resnet18", False, 96)
+    assert args.muse_config["max_text_length"] == args.muse_config["image_grid_size"] ** 2
+    assert args.muse_config["num_cross_layers"] == 2
+    assert (args.learning_rate, args.head_learning_rate, args.weight_decay, args.seed) == (1e-4, 1e-4, 0.01, 42)
+    assert args.checkpointing_steps is None and args.resume_from_checkpoint is None and not args.push_to_hub
+
+
+def _umt_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "umt"
+    folder.mkdir()
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (folder / name).write_text("IMGID:1\nObama\tB-PER\n")
+    return folder
+
+
+def test_full_datasets_take_the_paper_defaults(tmp_path):
+    args = parse_args(run_mner.TASK, ["--dataset_name", "twitter2017", "--data_dir", str(_umt_folder(tmp_path))])
+    assert not args.is_quickstart
+    assert (args.vision_model_name, args.pretrained_vision, args.image_size) == ("resnet152", True, 224)
+    assert (args.learning_rate, args.per_device_train_batch_size, args.num_train_epochs) == (5e-5, 40, 10)
+    # Only the variant's overrides: every MuSE hyperparameter keeps MuSEConfig's (the paper's) default.
+    assert args.muse_config == {}
+
+
+def test_explicit_arguments_win_over_defaults_and_variants_apply():
+    args = parse_args(
+        run_mner.TASK,
+        ["--num_cross_layers", "3", "--exchange_end_layer", "3", "--learning_rate", "3e-5", "--variant", "wo_l_ti"],
+    )
+    assert args.muse_config["num_cross_layers"] == 3 and args.muse_config["exchange_end_layer"] == 3
+    assert args.muse_config["generation_loss_weight"] == 0.0
+    assert args.learning_rate == 3e-5
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--dataset_name", "conll2003"], "--dataset_name"),
+        (["--checkpointing_steps", "often"], "--checkpointing_steps"),
+        (["--checkpointing_steps", "0"], "--checkpointing_steps"),
+        (["--dataset_name", "twitter2015"], "needs --data_dir"),
+        (["--dataset_name", "twitter2015", "--data_dir", "/nonexistent/twitter2015"], "--data_dir /nonexistent"),
+        (["--data_dir", "somewhere"], "takes no --data_dir"),
+        (["--variant", "only_i"], "--variant"),
+        (["--variant", "only_l_task", "--caption_loss_weight", "0.1"], "contradicts --variant only_l_task"),
+        (["--max_text_length", "50"], "max_text_length=49"),
+        (["--warmup_ratio", "2"], "--warmup_ratio"),
+        (["--text_model_name_or_path", "/nonexistent/encoder"], "--text_model_name_or_path"),
+    ],
+)
+def test_bad_arguments_are_reported_with_the_argument_and_the_fix(argv, expected, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(run_mner.TASK, argv)
+    assert expected in capsys.readouterr().err
+
+
+def test_a_data_dir_without_the_dataset_files_names_them(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(run_mner.TASK, ["--dataset_name", "twitter2015", "--data_dir", str(tmp_path)])
+    message = capsys.readouterr().err
+    assert "--data_dir" in message and "train.txt" in message and "test.txt" in message
+    with pytest.raises(SystemExit):
+        parse_args(run_msa.TASK, ["--dataset_name", "mvsa_single", "--data_dir", str(tmp_path)])
+    assert "labelResultAll.txt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimizer, checkpoints, metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _ToyTagger(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.muse = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 4))
+        self.tagger = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+        self.muse[2].weight.requires_grad = False
+
+
+def test_optimizer_groups_split_head_and_decay():
+    model = _ToyTagger()
+    groups = optimizer_parameter_groups(model, ["tagger"], learning_rate=1e-5, head_learning_rate=1e-3, weight_decay=0.01)
+    placed = {id(p): (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
+    assert sum(len(group["params"]) for group in groups) == len(placed)  # no parameter twice
+    assert placed == {
+        id(model.muse[0].weight): (1e-5, 0.01),
+        id(model.muse[0].bias): (1e-5, 0.0),
+        id(model.muse[1].weight): (1e-5, 0.0),  # LayerNorm
+        id(model.muse[1].bias): (1e-5, 0.0),
+        id(model.muse[2].bias): (1e-5, 0.0),  # the frozen weight is left out
+        id(model.tagger[0].weight): (1e-3, 0.01),
+        id(model.tagger[0].bias): (1e-3, 0.0),
+        id(model.tagger[1].weight): (1e-3, 0.0),
+        id(model.tagger[1].bias): (1e-3, 0.0),
+    }
+    with pytest.raises(ValueError, match="classifier"):
+        optimizer_parameter_groups(model, ["classifier"], 1e-5, 1e-3, 0.01)
+
+
+def _fake_checkpoint(folder: Path, steps: int) -> None:
+    folder.mkdir(parents=True)
+    TrainingProgress(completed_steps=steps).save(folder)
+
+
+def test_latest_checkpoint_is_the_one_with_most_steps(tmp_path):
+    assert find_latest_checkpoint(tmp_path) is None
+    _fake_checkpoint(tmp_path / "step_2", 2)
+    _fake_checkpoint(tmp_path / "step_10", 10)  # more steps, although "step_2" sorts after it as text
+    _fake_checkpoint(tmp_path / "epoch_1", 5)
+    _fake_checkpoint(tmp_path / "step_12.incomplete", 12)  # being written when the run died
+    (tmp_path / "step_14").mkdir()  # no progress file: not a checkpoint of ours
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "step_10"
+    _fake_checkpoint(tmp_path / "epoch_2", 10)  # saved after the validation that follows step 10
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "epoch_2"
+
+
+def test_ner_metrics_are_entity_level():
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    gold = np.array([[-100, 1, 2, -100, 0, 3, -100], [-100, 3, 4, 0, -100, -100, -100]])
+    # Post 1: PER right, LOC missed; post 2: LOC cut short (B-LOC O instead of B-LOC I-LOC) is wrong.
+    predicted = np.array([[-100, 1, 2, -100, 0, 0, -100], [-100, 3, 0, 0, -100, -100, -100]])
+    metrics = run_mner.ner_metrics(EvaluationOutput(predicted, gold, loss=1.5), labels)
+    assert metrics["precision"] == pytest.approx(1 / 2)
+    assert metrics["recall"] == pytest.approx(1 / 3)
+    assert metrics["f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+    assert metrics["PER_f1"] == 1.0 and metrics["LOC_f1"] == 0.0 and metrics["loss"] == 1.5
+    assert "PER" in metrics["report"] and "LOC" in metrics["report"]
+
+
+def test_sentiment_metrics_match_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=50)
+    predictions = np.where(rng.random(50) < 0.6, labels, rng.integers(0, 2, size=50))  # class 2 rarely predicted
+    metrics = run_msa.sentiment_metrics(EvaluationOutput(predictions, labels, loss=0.7), ["positive", "neutral", "negative"])
+    assert metrics["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(labels, predictions))
+    assert metrics["f1"] == pytest.approx(sklearn_metrics.f1_score(labels, predictions, average="weighted", zero_division=0))
+    per_class = sklearn_metrics.f1_score(labels, predictions, average=None, zero_division=0)
+    assert [metrics["positive_f1"], metrics["neutral_f1"], metrics["negative_f1"]] == pytest.approx(list(per_class))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub upload (no network: HfApi is replaced by a recorder)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _RecordingHfApi:
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, token=None):
+        self.calls.append(("init", {"token": token}))
+
+    def create_repo(self, repo_id, exist_ok=False, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, "exist_ok": exist_ok}))
+        return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+
+
+def _fake_output_dir(root: Path) -> Path:
+    for relative in (
+        "model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md",
+        "all_results.json", training_common.BEST_MODEL_MARKER, "step_4/model.safetensors",
+        "epoch_1/optimizer.bin", "step_6.incomplete/model.safetensors", ".cache/huggingface/x", "run_mner/events.log",
+    ):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(relative)
+    return root
+
+
+def test_push_to_hub_uploads_the_model_folder_without_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setattr(training_common, "HfApi", _RecordingHfApi)
+    _RecordingHfApi.calls = []
+    output_dir = _fake_output_dir(tmp_path / "muse-out")
+    assert training_common.create_hub_repo("muse-out", token="secret") == "someone/muse-out"
+    uploaded = push_to_hub(output_dir, "someone/muse-out", token="secret")
+    expected = ["README.md", "all_results.json", "config.json", "model.safetensors", "processor_config.json",
+                "run_mner/events.log", "tokenizer.json"]
+    assert uploaded == expected == files_to_upload(output_dir)
+    (_, create), (_, upload) = [call for call in _RecordingHfApi.calls if call[0] != "init"]
+    assert create == {"repo_id": "muse-out", "exist_ok": True}
+    assert upload["repo_id"] == "someone/muse-out" and upload["folder_path"] == str(output_dir)
+    assert upload["allow_patterns"] == expected
+    assert all(call[1]["token"] == "secret" for call in _RecordingHfApi.calls if call[0] == "init")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Slow: the scripts in subprocesses
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory) -> Path:
+    """A tiny random BERT with the offline MiniLM tokenizer, saved like a pretrained text encoder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(training_common.offline_text_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def script_env(tmp_path_factory) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("datasets-cache")),
+        "TOKENIZERS_PARALLELISM": "false",
+        # One thread: the machine is shared, and fixed single-threaded reductions keep runs bitwise comparable.
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _tiny_args(text_model: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--text_model_name_or_path", str(text_model), "--vision_model_name", "test_resnet", "--image_size", "32",
+        "--max_text_length", "16", "--image_grid_size", "4", "--num_cross_layers", "2", "--num_attention_heads", "2",
+        "--exchange_start_layer", "1", "--exchange_end_layer", "2", "--caption_decoder_dim", "16",
+        "--pixelcnn_filters", "8", "--pixelcnn_resnet_blocks", "1", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "4", "--max_train_samples", "24", "--max_eval_samples", "10",
+        "--num_train_epochs", "2", "--logging_steps", "2", "--learning_rate", "1e-3", "--head_learning_rate", "1e-2",
+        "--output_dir", str(output_dir), *extra,
+    ]
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def _results(output_dir: Path) -> dict:
+    return json.loads((output_dir / "all_results.json").read_text())
+
+
+def _rescore_saved_mner_model(output_dir: Path) -> dict[str, float]:
+    """Test F1 and loss of the model saved in output_dir, loaded with the Auto classes and run here in one batch."""
+    import modeling_muse  # noqa: F401
+    from transformers import AutoModelForTokenClassification, AutoProcessor
+
+    from datasets_scripts import load_muse_dataset
+
+    model = AutoModelForTokenClassification.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    test = load_muse_dataset("twitter2017_sample")["test"].select(range(10))
+    assert all(row["tokens"] for row in test)  # the loss is then a plain mean over posts, whatever the batching
+    batch = run_mner.MNERCollator(processor)(list(test))
+    with torch.no_grad():
+        outputs = model(**batch)
+    evaluation = EvaluationOutput(outputs.predicted_tag_ids.numpy(), batch["labels"].numpy(), float(outputs.loss))
+    return run_mner.ner_metrics(evaluation, [model.config.id2label[i] for i in range(model.config.num_labels)])
+
+
+def _assert_rescored_like_reported(output_dir: Path) -> None:
+    rescored, reported = _rescore_saved_mner_model(output_dir), _results(output_dir)
+    for name in ("f1", "precision", "recall", "loss"):
+        assert rescored[name] == pytest.approx(reported[f"test_{name}"], rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.slow
+def test_run_mner_end_to_end(tiny_text_model, script_env, tmp_path):
+    output_dir = tmp_path / "out"
+    result = _run([sys.executable, "run_mner.py", *_tiny_args(tiny_text_model, output_dir)], script_env)
+    import modeling_muse  # noqa: F401
+    from transformers import AutoModel
+
+    assert type(AutoModel.from_pretrained(output_dir)).__name__ == "MuSEModel"
+    results = _results(output_dir)
+    for key in ("test_f1", "test_precision", "test_recall", "eval_f1", "eval_precision", "eval_recall",
+                "best_epoch", "wall_time_seconds", "train_samples_per_second"):
+        assert key in results, key
+    assert (results["num_train_samples"], results["num_test_samples"], results["train_steps"]) == (24, 10, 12)
+    # The kept model is the one tested: scoring it again from disk gives the reported test scores.
+    _assert_rescored_like_reported(output_dir)
+    card = (output_dir / "README.md").read_text()
+    assert "library_name: transformers" in card and "AutoModelForTokenClassification.from_pretrained" in card
+    assert f"{results['test_f1']:.4g}" in card and "twitter2017_sample" in card and "exchange_ratio" in card
+    assert {"model.safetensors", "config.json", "processor_config.json", "README.md", "all_results.json"} <= set(
+        files_to_upload(output_dir)
+    )
+    # Each loss term is logged on its own, with the throughput.
+    for term in ("| task ", "| L_it ", "| L_ti ", "L_ti_bits_per_dim", "samples/s", "validation per type"):
+        assert term in result.stderr, term
+    assert "Test (twitter2017_sample, best epoch" in result.stdout
+
+
+@pytest.mark.slow
+def test_run_msa_end_to_end(tiny_text_model, script_env, tmp_path):
+    output_dir = tmp_path / "out"
+    result = _run([sys.executable, "run_msa.py", *_tiny_args(tiny_text_model, output_dir)], script_env)
+    import modeling_muse  # noqa: F401
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    assert type(AutoModel.from_pretrained(output_dir)).__name__ == "MuSEModel"
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir)
+    assert model.config.id2label == {0: "positive", 1: "neutral", 2: "negative"}
+    results = _results(output_dir)
+    assert {"test_accuracy", "test_f1", "eval_accuracy", "eval_f1"} <= set(results)
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and 0.0 <= results["test_f1"] <= 1.0
+    assert "AutoModelForSequenceClassification" in (output_dir / "README.md").read_text()
+    assert "Test (mvsa_single_sample, best epoch" in result.stdout
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def _assert_same_weights(first: Path, second: Path) -> None:
+    a, b = _weights(first), _weights(second)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"{name} differs")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tiny_text_model, script_env, tmp_path):
+    """Kill a run for real after its second checkpoint, resume it with 'latest', compare with an uninterrupted run."""
+    extra = ["--checkpointing_steps", "2", "--num_train_epochs", "3", "--max_train_samples", "32"]
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    _run([sys.executable, "run_mner.py", *_tiny_args(tiny_text_model, uninterrupted, *extra)], script_env)
+
+    command = [sys.executable, "run_mner.py", *_tiny_args(tiny_text_model, interrupted, *extra)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=script_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (interrupted / "step_4").is_dir():
+            assert process.poll() is None, "the run ended before its second checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.02)
+        process.kill()
+    finally:
+        process.wait()
+    assert not (interrupted / "all_results.json").exists(), "the run finished before it could be killed"
+    killed_at = find_latest_checkpoint(interrupted)
+    assert killed_at is not None and killed_at.name != "step_24"
+
+    resumed = _run([sys.executable, "run_mner.py", *_tiny_args(tiny_text_model, interrupted, *extra),
+                    "--resume_from_checkpoint", "latest"], script_env)
+    assert f"Resumed from {killed_at}" in resumed.stderr
+
+    # 32 posts / 4 per batch = 8 steps per epoch, 24 in all: the last checkpoint holds the final weights.
+    _assert_same_weights(uninterrupted / "step_24" / "model.safetensors", interrupted / "step_24" / "model.safetensors")
+    _assert_same_weights(uninterrupted / "model.safetensors", interrupted / "model.safetensors")
+    expected, actual = _results(uninterrupted), _results(interrupted)
+    for key in TIMING_KEYS:
+        expected.pop(key), actual.pop(key)
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        assert actual[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_score_every_test_post_once(tiny_text_model, script_env, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: one gloo group, metrics without duplicates."""
+    output_dir = tmp_path / "two"
+    # 10 test posts over 2 processes x 4 per batch: the last round is padded with repeats that must be dropped.
+    result = _run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "run_mner.py", *_tiny_args(tiny_text_model, output_dir)],
+        {**script_env, "MASTER_PORT": "29517"},
+    )
+    assert "Distributed environment: MULTI_CPU" in result.stderr and "Num processes: 2" in result.stderr
+    results = _results(output_dir)
+    # Each process sees half of the 24 training posts per epoch: 3 steps of 4 posts, 2 epochs.
+    assert results["train_steps"] == 6
+    assert result.stdout.count("Test (twitter2017_sample") == 1  # printed by the main process only
+    # The reported test scores are the saved model's over exactly the 10 test posts, scored in one process: a
+    # duplicate post would change the mean loss.
+    _assert_rescored_like_reported(output_dir)
