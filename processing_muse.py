@@ -23,13 +23,20 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature, ProcessorMixin
 
-__all__ = ["MuSEProcessor", "load_rgb_image", "split_words_with_offsets"]
+__all__ = ["PLACEHOLDER_COLOR", "PLACEHOLDER_SIZE", "MuSEProcessor", "load_rgb_image", "placeholder_image", "split_words_with_offsets"]
 
 logger = logging.getLogger(__name__)
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
 _WORD = re.compile(r"\S+")
+PLACEHOLDER_SIZE = (224, 224)
+PLACEHOLDER_COLOR = (128, 128, 128)
+
+
+def placeholder_image() -> Image.Image:
+    """The stand-in for a missing image, used alike by the dataset builders and the pipelines: 224x224, mid-grey."""
+    return Image.new("RGB", PLACEHOLDER_SIZE, PLACEHOLDER_COLOR)
 
 
 def split_words_with_offsets(text: str) -> tuple[list[str], list[tuple[int, int]]]:

@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from PIL import Image, UnidentifiedImageError
 
+from processing_muse import PLACEHOLDER_COLOR, PLACEHOLDER_SIZE, placeholder_image
+
 __all__ = [
     "MISSING_IMAGE_POLICIES",
     "PLACEHOLDER_COLOR",
@@ -42,8 +44,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MISSING_IMAGE_POLICIES = ("error", "placeholder")
-PLACEHOLDER_SIZE = (224, 224)
-PLACEHOLDER_COLOR = (128, 128, 128)
 # How many offending ids an error message lists before it only gives the count.
 _MAX_LISTED = 10
 # JPEG files may carry padding after the end-of-image marker; ignore these bytes when looking for it.
@@ -53,11 +53,6 @@ _JPEG_TAIL_BYTES = 4096
 
 class MissingImagesError(FileNotFoundError):
     """Raised under ``missing_images="error"`` when images are missing or unreadable."""
-
-
-def placeholder_image() -> Image.Image:
-    """Return the placeholder used for missing images: a 224x224 mid-grey RGB image."""
-    return Image.new("RGB", PLACEHOLDER_SIZE, PLACEHOLDER_COLOR)
 
 
 @cache

@@ -44,6 +44,7 @@ from typing import Any
 import datasets
 
 from ._splits import make_split_generators
+from .errors import DataFormatError
 from .images import MISSING_IMAGE_POLICIES, resolve_images
 
 __all__ = [
@@ -86,13 +87,8 @@ def _latin1_for_unassigned(error: UnicodeError) -> tuple[str, int]:
 codecs.register_error("datasets_scripts.latin1", _latin1_for_unassigned)
 
 
-class MVSAFormatError(ValueError):
+class MVSAFormatError(DataFormatError):
     """``labelResultAll.txt`` violates the layout; the message starts with ``file:line:``."""
-
-    def __init__(self, path: str | os.PathLike, line: int, message: str) -> None:
-        self.path = str(path)
-        self.line = line
-        super().__init__(f"{self.path}:{line}: {message}")
 
 
 @dataclass(frozen=True)

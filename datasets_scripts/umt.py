@@ -39,6 +39,7 @@ from typing import Any
 import datasets
 
 from ._splits import make_split_generators
+from .errors import DataFormatError
 from .images import MISSING_IMAGE_POLICIES, resolve_images
 
 __all__ = [
@@ -75,13 +76,8 @@ with Unified Multimodal Transformer. ACL 2020.
 """
 
 
-class UMTFormatError(ValueError):
+class UMTFormatError(DataFormatError):
     """A UMT-format file violates the format; the message starts with ``file:line:``."""
-
-    def __init__(self, path: str | os.PathLike, line: int, message: str) -> None:
-        self.path = str(path)
-        self.line = line
-        super().__init__(f"{self.path}:{line}: {message}")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,15 @@ from PIL import Image, UnidentifiedImageError
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from processing_muse import MuSEProcessor, load_rgb_image, split_words_with_offsets
+# The placeholder is the one the dataset builders store for missing images, so that a post without an image looks
+# to the model exactly like the image-less training posts did.
+from processing_muse import (
+    PLACEHOLDER_SIZE,
+    MuSEProcessor,
+    load_rgb_image,
+    placeholder_image,
+    split_words_with_offsets,
+)
 
 from .heads import WordPositions
 
@@ -56,17 +64,12 @@ __all__ = [
     "WordAggregation",
     "aggregate_word_tags",
     "load_post_image",
-    "placeholder_image",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 OUTSIDE_TAG = "O"
-# The placeholder the dataset builders store for missing images (datasets_scripts.images), so that a post without
-# an image looks to the model exactly like the image-less training posts did.
-PLACEHOLDER_SIZE = (224, 224)
-PLACEHOLDER_COLOR = (128, 128, 128)
 # What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
 
@@ -114,11 +117,6 @@ class PostText:
         if text is None:
             raise ValueError("text: the post has no text; give {'text': <string or list of words>, 'image': ...}.")
         raise TypeError(f"text: expected a string or a list of words, got {type(text).__name__}.")
-
-
-def placeholder_image() -> Image.Image:
-    """The stand-in for a missing image: 224x224, mid-grey, RGB."""
-    return Image.new("RGB", PLACEHOLDER_SIZE, PLACEHOLDER_COLOR)
 
 
 def _fetch_image(url: str, timeout: float) -> Image.Image:
