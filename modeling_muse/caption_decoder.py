@@ -181,13 +181,14 @@ class CaptionDecoder(nn.Module):
             hiddens.append(h)
             attention_weights.append(alpha)
 
-        logits = self.fc(self.dropout(torch.stack(hiddens, dim=1)))
-        step_weights = step_mask.to(logits.dtype)
-
-        targets = caption_ids[:, 1:]
-        token_nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        hidden_states = self.dropout(torch.stack(hiddens, dim=1))
+        step_weights = step_mask.to(hidden_states.dtype)
+        # The vocabulary projection dominates the decoder's cost, so it runs on the real steps only (posts fill
+        # about a third of the padded length); full logits are computed only when asked for.
+        real_logits = self.fc(hidden_states[step_mask])
+        token_nll = F.cross_entropy(real_logits, caption_ids[:, 1:][step_mask], reduction="sum")
         has_steps = step_mask.any(dim=1).to(token_nll.dtype)
-        token_loss = (token_nll * step_weights).sum() / has_steps.sum().clamp(min=1.0)
+        token_loss = token_nll / has_steps.sum().clamp(min=1.0)
 
         alphas = torch.stack(attention_weights, dim=1) * step_weights.unsqueeze(-1)
         per_sample_penalty = (1.0 - alphas.sum(dim=1)).pow(2).sum(dim=-1)
@@ -200,5 +201,5 @@ class CaptionDecoder(nn.Module):
             token_loss=token_loss,
             attention_penalty=attention_penalty,
             attention_weights=alphas,
-            logits=logits if return_logits else None,
+            logits=self.fc(hidden_states) if return_logits else None,
         )
