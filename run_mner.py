@@ -43,7 +43,7 @@ from training_common import (
     finish,
     fit,
     load_splits,
-    make_dataloader,
+    make_dataloaders,
     parse_args,
     prepare_output_dir,
     resume,
@@ -145,14 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     processor = build_processor(args, model.config, label_names)
     collate = MNERCollator(processor)
-    train_dataloader, eval_dataloader, test_dataloader = (
-        make_dataloader(raw_datasets[split].select_columns(COLUMNS), collate, batch_size, split == "train", args)
-        for split, batch_size in (
-            ("train", args.per_device_train_batch_size),
-            ("validation", args.per_device_eval_batch_size),
-            ("test", args.per_device_eval_batch_size),
-        )
-    )
+    train_dataloader, eval_dataloader, test_dataloader = make_dataloaders(raw_datasets, COLUMNS, collate, args)
 
     # Optimizer (separate learning rate for the CRF head), devices, schedule, and the state of a resumed run.
     optimizer = create_optimizer(model, TASK.head_modules, args)

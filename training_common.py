@@ -72,7 +72,7 @@ __all__ = [
     "fit",
     "load_best_weights",
     "load_splits",
-    "make_dataloader",
+    "make_dataloaders",
     "muse_config_overrides",
     "offline_text_model_path",
     "optimizer_parameter_groups",
@@ -594,23 +594,31 @@ def build_processor(args: argparse.Namespace, config: MuSEConfig, label_names: S
     )
 
 
-def make_dataloader(
-    dataset: datasets.Dataset,
+def make_dataloaders(
+    raw_datasets: datasets.DatasetDict,
+    columns: Sequence[str],
     collate_fn: Callable[[list[dict]], Any],
-    batch_size: int,
-    shuffle: bool,
     args: argparse.Namespace,
-) -> DataLoader:
-    """A data loader over dataset rows, batched by ``collate_fn`` (the processor) on the fly."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        collate_fn=collate_fn,
-        num_workers=args.dataloader_num_workers,
-        # Its own generator, so that starting an epoch never draws from the global RNG that dropout and the
-        # regularizer noise use: a resumed run then replays that RNG exactly.
-        generator=torch.Generator().manual_seed(args.seed),
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Train (shuffled), validation and test loaders over the ``columns`` of each split's rows, batched by
+    ``collate_fn`` (the processor) on the fly."""
+
+    def loader(split: str, batch_size: int) -> DataLoader:
+        return DataLoader(
+            raw_datasets[split].select_columns(list(columns)),
+            batch_size=batch_size,
+            shuffle=split == "train",
+            collate_fn=collate_fn,
+            num_workers=args.dataloader_num_workers,
+            # Its own generator, so that starting an epoch never draws from the global RNG that dropout and the
+            # regularizer noise use: a resumed run then replays that RNG exactly.
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+
+    return (
+        loader("train", args.per_device_train_batch_size),
+        loader("validation", args.per_device_eval_batch_size),
+        loader("test", args.per_device_eval_batch_size),
     )
 
 
