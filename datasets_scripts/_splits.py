@@ -1,4 +1,4 @@
-"""Split generators shared by the builders."""
+"""What the builders share: the configuration check and the split generators."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from typing import Any
 
 import datasets
 
+from .images import check_missing_images_policy
+
 logger = logging.getLogger(__name__)
+
+
+def check_builder_config(builder: datasets.DatasetBuilder) -> None:
+    """Reject an unnamed configuration and an unknown ``missing_images`` policy before any file is read."""
+    if builder.config.name not in builder.builder_configs:
+        # Without config_name, datasets would build a "default" configuration from the kwargs.
+        raise ValueError(f"Pass config_name=, one of {list(builder.builder_configs)}; got {builder.config.name!r}.")
+    check_missing_images_policy(builder.config.missing_images)
 
 
 def make_split_generators(

@@ -31,6 +31,7 @@ from processing_muse import PLACEHOLDER_COLOR, PLACEHOLDER_SIZE, placeholder_ima
 
 __all__ = [
     "MISSING_IMAGE_POLICIES",
+    "check_missing_images_policy",
     "PLACEHOLDER_COLOR",
     "PLACEHOLDER_SIZE",
     "MissingImagesError",
@@ -49,6 +50,12 @@ _MAX_LISTED = 10
 # JPEG files may carry padding after the end-of-image marker; ignore these bytes when looking for it.
 _JPEG_TRAILING_PADDING = b"\x00\r\n\t "
 _JPEG_TAIL_BYTES = 4096
+
+
+def check_missing_images_policy(policy: str) -> None:
+    """Reject a ``missing_images`` value that is not one of :data:`MISSING_IMAGE_POLICIES`."""
+    if policy not in MISSING_IMAGE_POLICIES:
+        raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {policy!r}.")
 
 
 class MissingImagesError(FileNotFoundError):
@@ -132,8 +139,7 @@ def resolve_images(
         MissingImagesError: under ``policy="error"`` if any image is missing or unreadable.
         ValueError: for an unknown policy.
     """
-    if policy not in MISSING_IMAGE_POLICIES:
-        raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {policy!r}.")
+    check_missing_images_policy(policy)
     directory = Path(image_dir).resolve() if image_dir is not None else None
     problems: dict[str, str | None] = {}
     if directory is not None:

@@ -43,9 +43,9 @@ from typing import Any
 
 import datasets
 
-from ._splits import make_split_generators
+from ._splits import check_builder_config, make_split_generators
 from .errors import DataFormatError
-from .images import MISSING_IMAGE_POLICIES, resolve_images
+from .images import resolve_images
 
 __all__ = [
     "DROP_REASONS",
@@ -250,13 +250,7 @@ class MVSABuilder(datasets.GeneratorBasedBuilder):
     ]
 
     def _info(self) -> datasets.DatasetInfo:
-        if self.config.name not in self.builder_configs:
-            # Without config_name, datasets would build a "default" configuration from the kwargs.
-            raise ValueError(f"Pass config_name=, one of {list(self.builder_configs)}; got {self.config.name!r}.")
-        if self.config.missing_images not in MISSING_IMAGE_POLICIES:
-            raise ValueError(
-                f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {self.config.missing_images!r}."
-            )
+        check_builder_config(self)
         if self.config.annotators not in (1, 3):
             raise ValueError(f"annotators must be 1 (MVSA-Single) or 3 (MVSA-Multiple), got {self.config.annotators}.")
         label = datasets.ClassLabel(names=list(MVSA_LABELS))

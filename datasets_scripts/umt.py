@@ -38,9 +38,9 @@ from typing import Any
 
 import datasets
 
-from ._splits import make_split_generators
+from ._splits import check_builder_config, make_split_generators
 from .errors import DataFormatError
-from .images import MISSING_IMAGE_POLICIES, resolve_images
+from .images import resolve_images
 
 __all__ = [
     "MT_PRODUCT_LABELS",
@@ -261,13 +261,7 @@ class UMTNerBuilder(datasets.GeneratorBasedBuilder):
         return paths
 
     def _info(self) -> datasets.DatasetInfo:
-        if self.config.name not in self.builder_configs:
-            # Without config_name, datasets would build a "default" configuration from the kwargs.
-            raise ValueError(f"Pass config_name=, one of {list(self.builder_configs)}; got {self.config.name!r}.")
-        if self.config.missing_images not in MISSING_IMAGE_POLICIES:
-            raise ValueError(
-                f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {self.config.missing_images!r}."
-            )
+        check_builder_config(self)
         return datasets.DatasetInfo(
             description=self.config.description or "",
             features=datasets.Features(
