@@ -752,14 +752,25 @@ def evaluate_model(
     predictions, labels, losses = [], [], []
     for batch in dataloader:
         outputs = model(**batch)
-        gathered = accelerator.gather_for_metrics(
-            (predictions_of(outputs), batch["labels"], losses_of(outputs, batch).detach().float())
-        )
+        per_position = [predictions_of(outputs), batch["labels"]]
+        if per_position[0].dim() == 2:
+            # Each batch is padded to its own longest post, so processes may hold different widths.
+            per_position = [accelerator.pad_across_processes(values, dim=1, pad_index=-100) for values in per_position]
+        gathered = accelerator.gather_for_metrics((*per_position, losses_of(outputs, batch).detach().float()))
         for store, values in zip((predictions, labels, losses), gathered, strict=True):
             store.append(values.cpu().numpy())
     losses = np.concatenate(losses)
     mean_loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else float("nan")
-    return EvaluationOutput(np.concatenate(predictions), np.concatenate(labels), mean_loss)
+    return EvaluationOutput(_concatenate_rows(predictions), _concatenate_rows(labels), mean_loss)
+
+
+def _concatenate_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate batches along the first axis, padding per-position values (batches of different widths) with
+    -100, the label value that marks a position without a word."""
+    if arrays[0].ndim == 1:
+        return np.concatenate(arrays)
+    width = max(array.shape[1] for array in arrays)
+    return np.concatenate([np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=-100) for array in arrays])
 
 
 # ----------------------------------------------------------------------------------------------------------------

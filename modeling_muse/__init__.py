@@ -1,31 +1,41 @@
 """MuSE (Zhu et al., "Exchanging-based Multimodal Fusion with Transformer") as a `transformers` model.
 
-Importing this package registers MuSE with the Auto classes, so that `AutoConfig`, `AutoModel`,
-`AutoModelForTokenClassification`, `AutoModelForSequenceClassification` and `AutoProcessor` load MuSE
-checkpoints.
+Importing this package registers MuSE with the Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForTokenClassification`, `AutoModelForSequenceClassification`, `AutoProcessor`) and the pipeline tasks
+``multimodal-ner`` and ``multimodal-sentiment``, so that MuSE checkpoints load with this installed code.
+
+Every file of the package imports the others relatively and nothing outside it, so that `save_pretrained` can copy
+the code beside the weights: the classes are also registered for their Auto classes (``auto_map``), which lets a
+checkpoint load with ``trust_remote_code=True`` where this package is not installed.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoProcessor,
+from transformers import AutoConfig, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .configuration_muse import ABLATION_VARIANTS, MuSEConfig
+from .modeling import (
+    AUTO_MODEL_CLASSES,
+    MuSEForSequenceClassification,
+    MuSEForTokenClassification,
+    MuSEModel,
+    MuSEPreTrainedModel,
 )
-
-from configuration_muse import MuSEConfig
-from processing_muse import MuSEProcessor
-
-from .modeling import MuSEForSequenceClassification, MuSEForTokenClassification, MuSEModel, MuSEPreTrainedModel
 from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
+from .pipelines import PIPELINE_TASKS, MultimodalNERPipeline, MultimodalSentimentPipeline
+from .processing_muse import MuSEProcessor
 
 AutoConfig.register(MuSEConfig.model_type, MuSEConfig, exist_ok=True)
-AutoModel.register(MuSEConfig, MuSEModel, exist_ok=True)
-AutoModelForTokenClassification.register(MuSEConfig, MuSEForTokenClassification, exist_ok=True)
-AutoModelForSequenceClassification.register(MuSEConfig, MuSEForSequenceClassification, exist_ok=True)
 AutoProcessor.register(MuSEConfig, MuSEProcessor, exist_ok=True)
+MuSEConfig.register_for_auto_class()
+MuSEProcessor.register_for_auto_class()
+for _auto_class, _model_class in AUTO_MODEL_CLASSES.items():
+    _auto_class.register(MuSEConfig, _model_class, exist_ok=True)
+    _model_class.register_for_auto_class(_auto_class.__name__)
+for _task, (_pipeline_class, _auto_model_class) in PIPELINE_TASKS.items():
+    PIPELINE_REGISTRY.register_pipeline(_task, pipeline_class=_pipeline_class, pt_model=_auto_model_class, type="multimodal")
 
 __all__ = [
+    "ABLATION_VARIANTS",
     "MuSEConfig",
     "MuSEForSequenceClassification",
     "MuSEForTokenClassification",
@@ -38,5 +48,3 @@ __all__ = [
     "MultimodalNERPipeline",
     "MultimodalSentimentPipeline",
 ]
-
-from .pipelines import MultimodalNERPipeline, MultimodalSentimentPipeline  # noqa: E402  registers the pipeline tasks

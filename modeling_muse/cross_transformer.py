@@ -1,8 +1,8 @@
 """CrossTransformer (paper section 3.2, component 4; eqs. 8-13).
 
 Two Transformer encoders with shared parameters: one stack of post-norm layers processes the text stream
-T(0) = [v_cls_t ; T_e] (eq. 8) and the image stream I(0) = [v_cls_i ; I_e] (eq. 9). Because the weights are
-shared, both streams run through each layer as one batch of 2B sequences. Layers mu..eta additionally
+T(0) = [v_cls_t ; T_e] (eq. 8) and the image stream I(0) = [v_cls_i ; I_e] (eq. 9), each on its own length (the
+text stream is padded to its batch's longest post, the image stream has P*P tokens). Layers mu..eta additionally
 exchange tokens between the streams after their attention sub-module (eqs. 10-11) and before their
 feed-forward sub-module (eqs. 12-13).
 """
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from configuration_muse import MuSEConfig
+from .configuration_muse import MuSEConfig
 
 from .exchange import exchange_least_attended_tokens
 
@@ -125,10 +125,13 @@ class CrossTransformer(nn.Module):
     ) -> CrossTransformerOutput:
         """
         Args:
-            text_embeddings: T_e, ``(B, n, d)``, or None without a text branch.
-            image_embeddings: I_e, ``(B, n, d)`` (P*P == n image tokens), or None without an image branch.
-            text_mask: ``(B, n)``, 1 at real text tokens, 0 at padding.
+            text_embeddings: T_e, ``(B, n_t, d)`` with n_t the batch's padded text length, or None without a text
+                branch.
+            image_embeddings: I_e, ``(B, P*P, d)``, or None without an image branch.
+            text_mask: ``(B, n_t)``, 1 at real text tokens, 0 at padding.
         """
+        # Each stream runs through the shared layers on its own length: the text stream is no longer than its
+        # batch's longest post, while the image stream keeps its P*P tokens.
         streams, valid_masks = [], []
         if text_embeddings is not None:
             streams.append(torch.cat([self.text_cls.expand(len(text_embeddings), 1, -1), text_embeddings], dim=1))
@@ -136,45 +139,37 @@ class CrossTransformer(nn.Module):
         if image_embeddings is not None:
             streams.append(torch.cat([self.image_cls.expand(len(image_embeddings), 1, -1), image_embeddings], dim=1))
             valid_masks.append(torch.ones(image_embeddings.shape[:2], dtype=torch.bool, device=image_embeddings.device))
-        num_streams, batch = len(streams), len(streams[0])
-        hidden_states = torch.cat(streams)
-        valid_mask = torch.stack(valid_masks)
-        key_mask = F.pad(valid_mask, (1, 0), value=True).flatten(0, 1)
-        exchanging = num_streams == 2 and self.exchange_ratio > 0
+        key_masks = [F.pad(valid, (1, 0), value=True) for valid in valid_masks]
+        exchanging = len(streams) == 2 and self.exchange_ratio > 0
 
         cls_attentions, exchange_masks = [], []
         for layer_number, layer in enumerate(self.layers, start=1):
             is_exchange_layer = layer_number in self.exchange_layers
             exchanges = exchanging and is_exchange_layer
-            hidden_states, cls_attention = layer.attend(
-                hidden_states, key_mask, return_cls_attention=exchanges or output_cls_attentions
-            )
-            selected = torch.zeros_like(valid_mask)
+            attended = [
+                layer.attend(stream, key_mask, return_cls_attention=exchanges or output_cls_attentions)
+                for stream, key_mask in zip(streams, key_masks)
+            ]
+            streams, cls_attention = [states for states, _ in attended], [row for _, row in attended]
+            selected = [torch.zeros_like(valid) for valid in valid_masks]
             if exchanges:
-                paired_states, selected = exchange_least_attended_tokens(
-                    hidden_states.unflatten(0, (2, batch)),
-                    cls_attention.unflatten(0, (2, batch)),
-                    valid_mask,
-                    self.exchange_ratio,
-                    self.exchange_mode,
+                streams, selected = exchange_least_attended_tokens(
+                    streams, cls_attention, valid_masks, self.exchange_ratio, self.exchange_mode
                 )
-                hidden_states = paired_states.flatten(0, 1)
-            hidden_states = layer.feed_forward(hidden_states)
-            if output_cls_attentions:
-                cls_attentions.append(cls_attention.unflatten(0, (num_streams, batch)))
-            if output_exchange_masks and is_exchange_layer:
+            streams = [layer.feed_forward(stream) for stream in streams]
+            cls_attentions.append(cls_attention)
+            if is_exchange_layer:
                 exchange_masks.append(selected)
 
-        finals = list(hidden_states.unflatten(0, (num_streams, batch)))
         text_index = 0 if text_embeddings is not None else None
-        image_index = num_streams - 1 if image_embeddings is not None else None
+        image_index = len(streams) - 1 if image_embeddings is not None else None
 
-        def per_stream(items: list[torch.Tensor], index: int | None) -> tuple[torch.Tensor, ...] | None:
+        def per_stream(items: list[list[torch.Tensor]], index: int | None) -> tuple[torch.Tensor, ...] | None:
             return None if index is None else tuple(item[index] for item in items)
 
         return CrossTransformerOutput(
-            text_hidden_state=None if text_index is None else finals[text_index],
-            image_hidden_state=None if image_index is None else finals[image_index],
+            text_hidden_state=None if text_index is None else streams[text_index],
+            image_hidden_state=None if image_index is None else streams[image_index],
             text_cls_attentions=per_stream(cls_attentions, text_index) if output_cls_attentions else None,
             image_cls_attentions=per_stream(cls_attentions, image_index) if output_cls_attentions else None,
             text_exchange_masks=per_stream(exchange_masks, text_index) if output_exchange_masks else None,

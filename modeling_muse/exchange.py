@@ -13,11 +13,13 @@ least-attended tokens are moved towards the other modality's mean token:
 Deliberate difference from the public reference code (documented in the README): there the mean also
 covered the cls token and padding, and padding positions could be selected.
 
-Everything is vectorised over samples and tokens and stays on the device: no Python loop, no host sync.
+Everything is vectorised over samples and tokens and stays on the device: no loop over samples or tokens, no host
+sync.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -34,42 +36,61 @@ def num_tokens_to_exchange(exchange_ratio: float, num_valid: torch.Tensor) -> to
     return torch.ceil(exchange_ratio * num_valid.double() - _CEIL_TOLERANCE).clamp(min=0).to(num_valid.dtype)
 
 
+def _least_attended(cls_attention: torch.Tensor, valid_mask: torch.Tensor, exchange_ratio: float) -> torch.Tensor:
+    """The k = ceil(theta * n_valid) valid tokens of each sample with the smallest cls attention, ``(B, n)`` bool.
+
+    ``cls_attention`` is ``(B, n)`` without the cls position; ties go to the earlier position (stable sort).
+    """
+    num_selected = num_tokens_to_exchange(exchange_ratio, valid_mask.sum(dim=-1))
+    scores = cls_attention.masked_fill(~valid_mask, float("inf"))
+    order = scores.argsort(dim=-1, stable=True)
+    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(-1, order, positions)
+    return ranks < num_selected.unsqueeze(-1)
+
+
+def _valid_mean(tokens: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each sample's valid tokens, ``(B, d)``."""
+    weights = valid_mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(dim=-2) / valid_mask.sum(dim=-1, keepdim=True).clamp(min=1).to(tokens.dtype)
+
+
 def exchange_least_attended_tokens(
-    states: torch.Tensor,
-    cls_attention: torch.Tensor,
-    valid_mask: torch.Tensor,
+    states: Sequence[torch.Tensor],
+    cls_attentions: Sequence[torch.Tensor],
+    valid_masks: Sequence[torch.Tensor],
     exchange_ratio: float,
     mode: Literal["residual", "replace"] = "residual",
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Exchange the least cls-attended tokens of each modality with the other modality's mean token.
 
+    The two modalities may differ in length: the text stream is padded to its batch's longest post, the image
+    stream always holds P*P tokens.
+
     Args:
-        states: ``(2, B, 1 + n, d)``, modality 0 = text, 1 = image, position 0 = the CrossTransformer's cls.
-        cls_attention: ``(2, B, 1 + n)``, row 0 of each modality's attention map, averaged over heads.
-        valid_mask: ``(2, B, n)`` bool, True at real (non-padding) non-cls tokens.
+        states: ``[text, image]``, each ``(B, 1 + n_m, d)`` with position 0 the CrossTransformer's cls.
+        cls_attentions: ``[text, image]``, each ``(B, 1 + n_m)``: row 0 of the modality's attention map, averaged
+            over heads.
+        valid_masks: ``[text, image]``, each ``(B, n_m)`` bool, True at real (non-padding) non-cls tokens.
         exchange_ratio: theta in [0, 1].
         mode: ``"residual"`` (eqs. 10-11) or ``"replace"``.
 
     Returns:
-        The updated states (same shape) and the boolean exchange mask ``(2, B, n)``.
+        The updated ``[text, image]`` states (same shapes) and their boolean exchange masks ``[(B, n_t), (B, n_i)]``.
     """
-    tokens = states[:, :, 1:]
-    num_valid = valid_mask.sum(dim=-1)
-    num_selected = num_tokens_to_exchange(exchange_ratio, num_valid)
-
-    scores = cls_attention[:, :, 1:].masked_fill(~valid_mask, float("inf"))
-    order = scores.argsort(dim=-1, stable=True)
-    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
-    ranks = torch.empty_like(order).scatter_(-1, order, positions)
-    selected = ranks < num_selected.unsqueeze(-1)
-
-    valid = valid_mask.unsqueeze(-1).to(tokens.dtype)
-    means = (tokens * valid).sum(dim=-2) / num_valid.clamp(min=1).unsqueeze(-1).to(tokens.dtype)
-    other_mean = means.flip(0).unsqueeze(-2)
-    if mode == "residual":
-        exchanged = tokens + selected.unsqueeze(-1).to(tokens.dtype) * other_mean
-    elif mode == "replace":
-        exchanged = torch.where(selected.unsqueeze(-1), other_mean.expand_as(tokens), tokens)
-    else:
+    if mode not in ("residual", "replace"):
         raise ValueError(f"exchange mode must be 'residual' or 'replace', got {mode!r}.")
-    return torch.cat([states[:, :, :1], exchanged], dim=2), selected
+    selections = [
+        _least_attended(attention[:, 1:], valid, exchange_ratio) for attention, valid in zip(cls_attentions, valid_masks)
+    ]
+    # Both means are taken before either modality changes.
+    means = [_valid_mean(stream[:, 1:], valid) for stream, valid in zip(states, valid_masks)]
+    exchanged_states = []
+    for stream, selected, other_mean in zip(states, selections, reversed(means)):
+        tokens, other_mean = stream[:, 1:], other_mean.unsqueeze(-2)
+        if mode == "residual":
+            tokens = tokens + selected.unsqueeze(-1).to(tokens.dtype) * other_mean
+        else:
+            tokens = torch.where(selected.unsqueeze(-1), other_mean.expand_as(tokens), tokens)
+        exchanged_states.append(torch.cat([stream[:, :1], tokens], dim=1))
+    return exchanged_states, selections

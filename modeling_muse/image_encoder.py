@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ImageEncoder", "create_vision_backbone"]
+from .hub import hub_unreachable_reason
+
+__all__ = ["ImageEncoder", "create_vision_backbone", "load_pretrained_vision_backbone"]
+
+# The file names under which timm publishes weights on the Hub, in the order timm tries them.
+_TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def create_vision_backbone(model_name: str, model_kwargs: dict, pretrained: bool = False) -> nn.Module:
@@ -17,6 +23,44 @@ def create_vision_backbone(model_name: str, model_kwargs: dict, pretrained: bool
     cache); nothing is downloaded otherwise.
     """
     return timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="", **model_kwargs)
+
+
+def load_pretrained_vision_backbone(model_name: str, model_kwargs: dict) -> nn.Module:
+    """`create_vision_backbone` with timm's pretrained weights, from the local Hugging Face cache when they are there.
+
+    Without a cached copy the weights are downloaded; when the Hub cannot be reached (``HF_HUB_OFFLINE=1`` or no
+    connection) this fails at once, naming the backbone and ``pretrained_vision=False``, instead of after a minute
+    of retries with a generic error.
+    """
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
+    if not hub_id:
+        raise ValueError(
+            f"vision_model_name={model_name!r}: timm publishes no pretrained weights for it on the Hugging Face Hub; "
+            f"choose a backbone that has them (e.g. 'resnet152') or pass pretrained_vision=False."
+        )
+    for file_name in _TIMM_WEIGHT_FILES:
+        cached = try_to_load_from_cache(hub_id, file_name)
+        if isinstance(cached, str):
+            return timm.create_model(
+                model_name, pretrained=True, pretrained_cfg_overlay={"file": cached}, num_classes=0, global_pool="",
+                **model_kwargs,
+            )
+    switch = "pretrained_vision=False (command line: --no-pretrained_vision) to start the backbone from random weights"
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise OSError(
+            f"vision_model_name={model_name!r}: timm's pretrained weights ({hub_id} on the Hugging Face Hub) are not in "
+            f"the local cache and cannot be downloaded: {reason}. Download them once with a connection, or pass "
+            f"{switch}."
+        )
+    try:
+        return create_vision_backbone(model_name, model_kwargs, pretrained=True)
+    except OSError as error:
+        raise OSError(
+            f"vision_model_name={model_name!r}: downloading timm's pretrained weights ({hub_id}) failed: {error}. "
+            f"Check the connection, or pass {switch}."
+        ) from error
 
 
 class ImageEncoder(nn.Module):

@@ -6,7 +6,9 @@ total loss of eq. 14.
 
 The fusion layer is applied position-wise to all 1 + n positions of the two final streams: positions 1..n
 are F_e (spec section 4), position 0 fuses the two cls vectors, which is the "fusion embedding of the cls
-token" the sentiment head reads (paper section 4.2). One layer serves both heads.
+token" the sentiment head reads (paper section 4.2). One layer serves both heads. n is the batch's padded text
+length: the processor pads to the longest post, not to max_text_length, and since padding is kept out of every
+attention, exchange and mean, the outputs at real positions do not depend on it.
 
 Ablations (paper Table 3) are configurations: without a branch (only-T / only-I) the fusion reads the one
 remaining stream; without the CrossTransformer (w/o-CT) each stream is [mean of its valid tokens ; tokens],
@@ -16,23 +18,36 @@ so the fused cls slot is the fusion of the two mean-pooled embeddings.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
 from torchcrf import CRF
-from transformers import PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 
-from configuration_muse import MuSEConfig
+from .configuration_muse import MuSEConfig
 
 from .cross_transformer import CrossTransformer
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
-from .image_encoder import ImageEncoder, create_vision_backbone
+from .image_encoder import ImageEncoder, load_pretrained_vision_backbone
 from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
+from .pipelines import PIPELINE_TASKS
 from .regularizers import EmbeddingRegularizers
 from .text_encoder import TextEncoder, load_pretrained_text_backbone
 
-__all__ = ["MuSEForSequenceClassification", "MuSEForTokenClassification", "MuSEModel", "MuSEPreTrainedModel"]
+__all__ = [
+    "AUTO_MODEL_CLASSES",
+    "MuSEForSequenceClassification",
+    "MuSEForTokenClassification",
+    "MuSEModel",
+    "MuSEPreTrainedModel",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +105,9 @@ class MuSEPreTrainedModel(PreTrainedModel):
         Args:
             text_model_name_or_path: Hub id or local folder of any `AutoModel` text encoder.
             vision_model_name: timm model name, e.g. ``"resnet152"``.
-            pretrained_vision: load timm's pretrained weights for the backbone (downloads them).
+            pretrained_vision: load timm's pretrained weights for the backbone: from the local Hugging Face cache,
+                else from the Hub. Without the Hub (``HF_HUB_OFFLINE=1`` or no connection) and without a cached copy,
+                fails at once naming the backbone; ``False`` starts the backbone from random weights.
             text_model_kwargs: extra arguments for `AutoModel.from_pretrained` (``revision``, ``token``, ...).
             **config_kwargs: `MuSEConfig` fields (``num_cross_layers``, ``exchange_ratio``, ``id2label``, ...).
         """
@@ -101,7 +118,7 @@ class MuSEPreTrainedModel(PreTrainedModel):
         if muse.text_encoder is not None:
             muse.text_encoder.backbone.load_state_dict(text_backbone.state_dict())
         if pretrained_vision and muse.image_encoder is not None:
-            vision_backbone = create_vision_backbone(vision_model_name, config.vision_model_kwargs, pretrained=True)
+            vision_backbone = load_pretrained_vision_backbone(vision_model_name, config.vision_model_kwargs)
             muse.image_encoder.backbone.load_state_dict(vision_backbone.state_dict())
         logger.warning(
             "MuSE was built around pretrained towers (%s, %s); its projections, CrossTransformer, fusion layer "
@@ -115,6 +132,30 @@ class MuSEPreTrainedModel(PreTrainedModel):
     def base_muse(self) -> MuSEModel:
         """The bare `MuSEModel` inside this model (the model itself for `MuSEModel`)."""
         return getattr(self, self.base_model_prefix, self)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, writing the code beside the weights.
+
+        MuSE's classes are registered for their Auto classes (`modeling_muse/__init__.py`), so transformers copies
+        `modeling.py` and every file it imports relatively (the whole of `modeling_muse/` that a model needs, the
+        pipelines included) into ``save_directory``. Added here: the ``auto_map`` lists all three model classes,
+        so that any Auto model class loads any MuSE checkpoint with ``trust_remote_code=True`` as it does with
+        this package installed, and ``custom_pipelines`` lists the two pipeline tasks.
+        """
+        references = {
+            auto_class.__name__: f"{model_class.__module__.rpartition('.')[2]}.{model_class.__name__}"
+            for auto_class, model_class in AUTO_MODEL_CLASSES.items()
+        }
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **references}
+        self.config.custom_pipelines = {
+            task: {
+                "impl": f"{pipeline_class.__module__.rpartition('.')[2]}.{pipeline_class.__name__}",
+                "pt": [auto_model_class.__name__],
+                "type": "multimodal",
+            }
+            for task, (pipeline_class, auto_model_class) in PIPELINE_TASKS.items()
+        }
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def remove_regularizers(self) -> None:
         """Drop the decoder weights for serving: `save_pretrained` then writes a checkpoint without them,
@@ -133,11 +174,11 @@ def _check_inputs(
         if input_ids is None or input_ids.dim() != 2:
             shape = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"input_ids must be a (batch, max_text_length) tensor of token ids, got shape {shape}.")
-        if input_ids.shape[1] != config.max_text_length:
+        if input_ids.shape[1] > config.max_text_length:
             raise ValueError(
-                f"input_ids has {input_ids.shape[1]} positions but this MuSE model fuses exactly max_text_length="
-                f"{config.max_text_length} text positions with {config.num_image_tokens} image tokens: pad or "
-                f"truncate to max_length={config.max_text_length} (MuSEProcessor does this)."
+                f"input_ids has {input_ids.shape[1]} positions but this MuSE model fuses text position j with image "
+                f"token j and has {config.num_image_tokens} image tokens: truncate to at most max_text_length="
+                f"{config.max_text_length} (MuSEProcessor does this)."
             )
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
@@ -200,7 +241,8 @@ class MuSEModel(MuSEPreTrainedModel):
     ) -> MuSEModelOutput:
         r"""
         Args:
-            input_ids: `(batch, n)` token ids, padded to `config.max_text_length`.
+            input_ids: `(batch, n)` token ids, n at most `config.max_text_length` (MuSEProcessor pads to the batch's
+                longest post; padding changes nothing at real positions).
             pixel_values: `(batch, 3, H, W)` normalised images for the image encoder.
             attention_mask: `(batch, n)`, 1 at real tokens; defaults to all ones.
             token_type_ids: passed to the text encoder when given.
@@ -252,7 +294,11 @@ class MuSEModel(MuSEPreTrainedModel):
                 else _with_mean_summary(image_embeddings, torch.ones(image_embeddings.shape[:2], device=image_embeddings.device))
             )
             diagnostics = {}
-        fused = self.fusion(torch.cat([s for s in (text_states, image_states) if s is not None], dim=-1))
+        streams = [states for states in (text_states, image_states) if states is not None]
+        # Position j fuses text position j with image token j; image tokens past the batch's text length have no
+        # text partner and stay out of the fusion (they still took part in the CrossTransformer).
+        length = streams[0].shape[1]
+        fused = self.fusion(torch.cat([states[:, :length] for states in streams], dim=-1))
         return MuSEModelOutput(
             fusion_embeddings=fused[:, 1:],
             pooler_output=fused[:, 0],
@@ -400,3 +446,12 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
             task_loss = nn.functional.cross_entropy(logits, labels)
             loss = _total_loss(self.config, task_loss, outputs)
         return MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **_passed_through(outputs))
+
+
+# The Auto class of each MuSE model: `modeling_muse` registers them, and every saved checkpoint names all of them in
+# its auto_map (see `MuSEPreTrainedModel.save_pretrained`).
+AUTO_MODEL_CLASSES: dict[type, type[MuSEPreTrainedModel]] = {
+    AutoModel: MuSEModel,
+    AutoModelForTokenClassification: MuSEForTokenClassification,
+    AutoModelForSequenceClassification: MuSEForSequenceClassification,
+}

@@ -14,19 +14,20 @@ __all__ = ["MuSEModelOutput", "MuSESequenceClassifierOutput", "MuSETokenClassifi
 class MuSEModelOutput(ModelOutput):
     r"""
     fusion_embeddings (`torch.FloatTensor` of shape `(batch_size, n, d)`):
-        F_e: the position-wise fusion of the two final streams, one vector per text position.
+        F_e: the position-wise fusion of the two final streams, one vector per text position; n is the batch's
+        padded text length (at most `max_text_length`; P*P without a text branch).
     pooler_output (`torch.FloatTensor` of shape `(batch_size, d)`):
         The same fusion applied to the two cls positions; the sentiment head reads it.
     text_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + n, d)`):
         T(L), the text stream after the last CrossTransformer layer, cls first.
-    image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + n, d)`):
+    image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + P*P, d)`):
         I(L), the image stream after the last CrossTransformer layer, cls first.
     text_cls_attentions, image_cls_attentions (`tuple(torch.FloatTensor)`, *optional*):
         With `output_cls_attentions=True`: per layer, the cls row of the attention map averaged over heads,
-        `(batch_size, 1 + n)`.
+        `(batch_size, 1 + n)` for text and `(batch_size, 1 + P*P)` for the image.
     text_exchange_masks, image_exchange_masks (`tuple(torch.BoolTensor)`, *optional*):
-        With `output_exchange_masks=True`: per exchange layer (mu..eta), `(batch_size, n)`, True at the
-        tokens that were exchanged.
+        With `output_exchange_masks=True`: per exchange layer (mu..eta), `(batch_size, n)` for text and
+        `(batch_size, P*P)` for the image, True at the tokens that were exchanged.
     caption_loss (`torch.FloatTensor` of shape `()`, *optional*):
         L_it, the image-captioning regularizer's loss (eq. 6), unweighted; only in training.
     generation_loss (`torch.FloatTensor` of shape `()`, *optional*):

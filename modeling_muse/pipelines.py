@@ -43,11 +43,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, Pipeline
-from transformers.pipelines import PIPELINE_REGISTRY
 
 # The placeholder is the one the dataset builders store for missing images, so that a post without an image looks
 # to the model exactly like the image-less training posts did.
-from processing_muse import (
+from .processing_muse import (
     PLACEHOLDER_SIZE,
     MuSEProcessor,
     load_rgb_image,
@@ -58,6 +57,7 @@ from processing_muse import (
 from .heads import WordPositions
 
 __all__ = [
+    "PIPELINE_TASKS",
     "MultimodalNERPipeline",
     "MultimodalSentimentPipeline",
     "PostText",
@@ -253,7 +253,9 @@ class MuSEPipeline(Pipeline):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.processor, MuSEProcessor):
+        # By name, not isinstance: code loaded with trust_remote_code gives every file its own module, so a processor
+        # loaded through AutoProcessor and the MuSEProcessor this file imports can be distinct classes.
+        if type(self.processor).__name__ != MuSEProcessor.__name__:
             raise TypeError(
                 f"processor: MuSE pipelines need a MuSEProcessor, got {type(self.processor).__name__}. Load the "
                 f"pipeline from a folder holding the model and its processor (processor.save_pretrained(folder)), "
@@ -499,15 +501,9 @@ class MultimodalSentimentPipeline(MuSEPipeline):
         return prediction
 
 
-PIPELINE_REGISTRY.register_pipeline(
-    "multimodal-ner",
-    pipeline_class=MultimodalNERPipeline,
-    pt_model=AutoModelForTokenClassification,
-    type="multimodal",
-)
-PIPELINE_REGISTRY.register_pipeline(
-    "multimodal-sentiment",
-    pipeline_class=MultimodalSentimentPipeline,
-    pt_model=AutoModelForSequenceClassification,
-    type="multimodal",
-)
+# Task name -> (pipeline class, the Auto class of its model). `modeling_muse` registers these tasks on import, and
+# every saved MuSE model lists them as `custom_pipelines`, so a checkpoint also serves them without this package.
+PIPELINE_TASKS: dict[str, tuple[type[MuSEPipeline], type]] = {
+    "multimodal-ner": (MultimodalNERPipeline, AutoModelForTokenClassification),
+    "multimodal-sentiment": (MultimodalSentimentPipeline, AutoModelForSequenceClassification),
+}

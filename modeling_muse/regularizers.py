@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from configuration_muse import MuSEConfig
+from .configuration_muse import MuSEConfig
 
 from .caption_decoder import CaptionDecoder
 from .pixelcnn_decoder import PixelCNNPlusPlusDecoder

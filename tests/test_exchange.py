@@ -44,13 +44,17 @@ def naive_feed_forward(layer, x):
 
 
 def naive_cross_transformer(module, config, text, image, text_mask):
-    batch, n, _ = text.shape
+    batch = text.shape[0]
+    lengths = [text.shape[1], image.shape[1]]  # the text stream may be shorter than the image's P*P tokens
     theta = Fraction(str(config.exchange_ratio))
     streams = [
         [torch.cat([module.text_cls, text[b]]) for b in range(batch)],
         [torch.cat([module.image_cls, image[b]]) for b in range(batch)],
     ]
-    valid = [[[bool(text_mask[b, i]) for i in range(n)] for b in range(batch)], [[True] * n for _ in range(batch)]]
+    valid = [
+        [[bool(text_mask[b, i]) for i in range(lengths[0])] for b in range(batch)],
+        [[True] * lengths[1] for _ in range(batch)],
+    ]
     masks = []
     for layer_number, layer in enumerate(module.layers, start=1):
         cls_rows = [[None] * batch, [None] * batch]
@@ -59,14 +63,14 @@ def naive_cross_transformer(module, config, text, image, text_mask):
                 key_valid = [True] + valid[modality][b]
                 streams[modality][b], cls_rows[modality][b] = naive_layer_attention(layer, streams[modality][b], key_valid)
         if layer_number in config.exchange_layers and config.exchange_ratio > 0:
-            selected = [[[False] * n for _ in range(batch)] for _ in range(2)]
+            selected = [[[False] * lengths[modality] for _ in range(batch)] for modality in range(2)]
             for b in range(batch):
                 means = []
                 for modality in range(2):
-                    tokens = [streams[modality][b][1 + i] for i in range(n) if valid[modality][b][i]]
+                    tokens = [streams[modality][b][1 + i] for i in range(lengths[modality]) if valid[modality][b][i]]
                     means.append(sum(tokens) / len(tokens))
                 for modality in range(2):
-                    candidates = [i for i in range(n) if valid[modality][b][i]]
+                    candidates = [i for i in range(lengths[modality]) if valid[modality][b][i]]
                     k = math.ceil(theta * len(candidates))
                     ranked = sorted(candidates, key=lambda i: (cls_rows[modality][b][1 + i].item(), i))
                     for i in ranked[:k]:
@@ -75,7 +79,7 @@ def naive_cross_transformer(module, config, text, image, text_mask):
                 for modality in range(2):
                     rows = list(streams[modality][b])
                     other_mean = means[1 - modality]
-                    for i in range(n):
+                    for i in range(lengths[modality]):
                         if selected[modality][b][i]:
                             if config.exchange_mode == "residual":
                                 rows[1 + i] = rows[1 + i] + other_mean
@@ -90,29 +94,31 @@ def naive_cross_transformer(module, config, text, image, text_mask):
     return torch.stack(streams[0]), torch.stack(streams[1]), masks
 
 
-def make_inputs(batch, n, width, lengths, seed=0):
+def make_inputs(batch, n, width, lengths, seed=0, text_length=None):
+    """Text padded to ``text_length`` (default n, the image's P*P), image of n tokens, real text lengths ``lengths``."""
     generator = torch.Generator().manual_seed(seed)
-    text = torch.randn(batch, n, width, generator=generator, dtype=torch.float64)
+    text = torch.randn(batch, text_length or n, width, generator=generator, dtype=torch.float64)
     image = torch.randn(batch, n, width, generator=generator, dtype=torch.float64)
-    text_mask = torch.zeros(batch, n, dtype=torch.long)
+    text_mask = torch.zeros(batch, text_length or n, dtype=torch.long)
     for b, length in enumerate(lengths):
         text_mask[b, :length] = 1
     return text, image, text_mask
 
 
 @pytest.mark.parametrize(
-    "ratio, mode, last_exchange_layer, lengths",
+    "ratio, mode, last_exchange_layer, lengths, text_length",
     [
-        (0.25, "residual", 3, [16, 9, 3]),  # padded batch
-        (0.0, "residual", 3, [16, 5, 2]),  # theta = 0: no exchange
-        (1.0, "residual", 3, [16, 7, 4]),  # theta = 1: every valid token
-        (0.3, "residual", 3, [1, 16, 6]),  # a sample with one valid token
+        (0.25, "residual", 3, [16, 9, 3], 16),  # padded batch
+        (0.25, "residual", 3, [9, 4, 7], 9),  # text padded to its longest post, shorter than the image stream
+        (0.0, "residual", 3, [16, 5, 2], 16),  # theta = 0: no exchange
+        (1.0, "residual", 3, [16, 7, 4], 16),  # theta = 1: every valid token
+        (0.3, "residual", 3, [1, 16, 6], 16),  # a sample with one valid token
         # Replacement makes tokens identical, so a later exchange layer would rank exact ties, which either
         # implementation may break differently at the last bit; one exchange layer keeps the comparison exact.
-        (0.5, "replace", 2, [11, 16, 1]),
+        (0.5, "replace", 2, [11, 6, 1], 11),
     ],
 )
-def test_vectorised_cross_transformer_matches_naive_reference(ratio, mode, last_exchange_layer, lengths):
+def test_vectorised_cross_transformer_matches_naive_reference(ratio, mode, last_exchange_layer, lengths, text_length):
     config = tiny_config(
         exchange_ratio=ratio, exchange_mode=mode, exchange_end_layer=last_exchange_layer, cross_dropout=0.0
     )
@@ -120,7 +126,7 @@ def test_vectorised_cross_transformer_matches_naive_reference(ratio, mode, last_
     module = CrossTransformer(config).double().eval()
     torch.nn.init.normal_(module.text_cls)
     torch.nn.init.normal_(module.image_cls)
-    text, image, text_mask = make_inputs(3, config.max_text_length, config.hidden_size, lengths)
+    text, image, text_mask = make_inputs(3, config.max_text_length, config.hidden_size, lengths, text_length=text_length)
 
     inputs = [text.clone().requires_grad_(), image.clone().requires_grad_()]
     output = module(*inputs, text_mask, output_exchange_masks=True)

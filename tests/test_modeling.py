@@ -267,4 +267,88 @@ def test_processor_outputs_feed_the_models(ner_model, sentiment_model):
     assert (outputs.predicted_tag_ids != -100).sum(dim=1).tolist() == [3, 1]
     batch.pop("labels")
     assert sentiment_model(**batch).logits.shape == (2, 3)
-    assert MuSEModel(tiny_config())(**batch).fusion_embeddings.shape[1] == TINY_LENGTH
+    # Padded to the longest post, [CLS] Obama visits Paris [SEP], not to max_length.
+    assert batch["input_ids"].shape[1] == 5
+    assert MuSEModel(tiny_config())(**batch).fusion_embeddings.shape[1] == 5
+
+
+POSTS = [["Lionel", "Messi", "visits", "Paris", "with", "friends"], ["RT", "@nba", ":", "Kawhi", "wins"], ["hello"]]
+POST_LABELS = [[1, 2, 0, 3, 0, 0], [0, 0, 0, 1, 0], [0]]
+
+
+def _padding_pair(processor):
+    from PIL import Image
+
+    images = [Image.new("RGB", (40, 30), color) for color in ("red", "green", "blue")]
+    encodings = [
+        processor(images=images, text=POSTS, word_labels=POST_LABELS, padding=padding, return_tensors="pt")
+        for padding in ("longest", "max_length")
+    ]
+    assert encodings[0]["input_ids"].shape[1] < encodings[1]["input_ids"].shape[1] == TINY_LENGTH
+    return encodings
+
+
+def _without_labels(encoding):
+    return {name: value for name, value in encoding.items() if name != "labels"}
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_padding_to_the_longest_post_changes_no_valid_output(training):
+    # Every dropout off and no regularizer noise, so that training mode is deterministic; the exchange is on.
+    text_config = tiny_config().text_config
+    text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = 0.0
+    config = tiny_config(
+        text_config=text_config, cross_dropout=0.0, token_classifier_dropout=0.0, caption_dropout=0.0,
+        pixelcnn_dropout=0.0, noise_std=0.0, caption_loss_weight=1e-4, generation_loss_weight=1e-4,
+        caption_decoder_dim=16, pixelcnn_filters=8, pixelcnn_resnet_blocks=1,
+    )
+    torch.manual_seed(0)
+    model = MuSEForTokenClassification(config).train(training)
+    torch.nn.init.normal_(model.tagger.classifier.weight, std=1.0)
+    short, full = _padding_pair(tiny_processor())
+    diagnostics = {"output_cls_attentions": True, "output_exchange_masks": True}
+    with torch.no_grad():
+        outputs = [model(**encoding, **diagnostics) for encoding in (short, full)]
+        streams = [model.muse(**_without_labels(encoding), **diagnostics) for encoding in (short, full)]
+    length = short["input_ids"].shape[1]
+    real = short["attention_mask"].bool()
+    close = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(streams[0].fusion_embeddings[real], streams[1].fusion_embeddings[:, :length][real], **close)
+    torch.testing.assert_close(streams[0].pooler_output, streams[1].pooler_output, **close)
+    text_real = torch.nn.functional.pad(real, (1, 0), value=True)
+    torch.testing.assert_close(
+        streams[0].text_last_hidden_state[text_real], streams[1].text_last_hidden_state[:, : 1 + length][text_real], **close
+    )
+    torch.testing.assert_close(streams[0].image_last_hidden_state, streams[1].image_last_hidden_state, **close)
+    assert streams[0].image_last_hidden_state.shape[1] == 1 + config.num_image_tokens
+    for masks_short, masks_full in zip(streams[0].text_exchange_masks, streams[1].text_exchange_masks):
+        assert torch.equal(masks_short, masks_full[:, :length]) and not masks_full[:, length:].any()
+    for masks_short, masks_full in zip(streams[0].image_exchange_masks, streams[1].image_exchange_masks):
+        assert torch.equal(masks_short, masks_full)
+    torch.testing.assert_close(outputs[0].logits[real], outputs[1].logits[:, :length][real], **close)
+    for name in ("loss", "task_loss", "caption_loss", "generation_loss"):
+        value = getattr(outputs[0], name)
+        assert (value is not None) == (name in ("loss", "task_loss") or training), name
+        if value is not None:
+            torch.testing.assert_close(value, getattr(outputs[1], name), **close)
+    if not training:
+        assert torch.equal(outputs[0].predicted_tag_ids, outputs[1].predicted_tag_ids[:, :length])
+
+
+def test_each_word_reads_the_fusion_of_its_own_first_subtoken_and_cls_reads_position_0():
+    torch.manual_seed(0)
+    model = MuSEForTokenClassification(tiny_config()).eval()
+    torch.nn.init.normal_(model.tagger.classifier.weight, std=1.0)
+    encoding, _ = _padding_pair(tiny_processor())
+    with torch.no_grad():
+        streams = model.muse(**_without_labels(encoding))
+        emissions = model(**encoding).logits
+        text, image = streams.text_last_hidden_state, streams.image_last_hidden_state
+        for post, starts in enumerate(encoding["word_start_mask"]):
+            for position in starts.nonzero().flatten().tolist():
+                # Sub-token `position` of input_ids sits at stream position 1 + position, behind the CrossTransformer's
+                # own cls, in both streams.
+                fused = model.muse.fusion(torch.cat([text[post, 1 + position], image[post, 1 + position]]))
+                torch.testing.assert_close(emissions[post, position], model.tagger.classifier(fused))
+        pooled = model.muse.fusion(torch.cat([text[:, 0], image[:, 0]], dim=-1))
+        torch.testing.assert_close(streams.pooler_output, pooled)

@@ -30,7 +30,11 @@ def test_labels_align_to_first_subtokens_of_hard_words():
     assert [label for label in encoding["labels"][0] if label != -100] == labels
     assert all((label != -100) == bool(start) for label, start in zip(encoding["labels"][0], starts))
     assert first_subtokens(processor, encoding) == ["rt", "@", ":", "unbelievable", "[UNK]", "https", "#", "北", "!"]
-    assert tokens[0] == "[CLS]" and len(tokens) == 64
+    # Padded to the post's own length, or with padding="max_length" to max_length.
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and len(tokens) == 28
+    fixed = processor(text=[words], word_labels=[labels], padding="max_length")
+    assert len(fixed["input_ids"][0]) == 64 and fixed["input_ids"][0][:28] == encoding["input_ids"][0]
+    assert fixed["labels"][0][:28] == encoding["labels"][0] and set(fixed["labels"][0][28:]) == {-100}
     # Continuation pieces of a word are not starts: "@barackobama" is '@', 'barack', '##oba', '##ma'.
     assert starts[2:6] == [1, 0, 0, 0]
 

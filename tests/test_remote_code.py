@@ -1,0 +1,197 @@
+"""Checkpoints carry their code: they load and predict with `transformers` alone (``trust_remote_code=True``).
+
+The main test saves tiny NER and sentiment models with their processor, then runs `remote_code_client.py` in a
+subprocess that blocks every module of this project, and compares what it loads and predicts with this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from tiny_models import MINILM_DIR, NER_LABELS, SENTIMENT_LABELS, tiny_config, tiny_processor
+from transformers import pipeline
+
+import configuration_muse
+import processing_muse
+from modeling_muse import MuSEConfig, MuSEForSequenceClassification, MuSEForTokenClassification, MuSEProcessor
+from modeling_muse.configuration_muse import is_hub_id
+
+CLIENT = Path(__file__).with_name("remote_code_client.py")
+AUTO_CLASS_NAMES = (
+    "AutoConfig",
+    "AutoModel",
+    "AutoModelForTokenClassification",
+    "AutoModelForSequenceClassification",
+    "AutoProcessor",
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    ner = MuSEForTokenClassification(tiny_config()).eval()
+    torch.nn.init.normal_(ner.tagger.classifier.weight, std=1.0)
+    ner.save_pretrained(root / "ner")
+    tiny_processor().save_pretrained(root / "ner")
+    sentiment = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS)).eval()
+    torch.nn.init.normal_(sentiment.classifier.classifier.weight, std=1.0)
+    sentiment.save_pretrained(root / "sentiment")
+    tiny_processor(label_names=None).save_pretrained(root / "sentiment")
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "photo.png")
+    return root
+
+
+def test_the_documented_modules_are_the_package_objects():
+    assert configuration_muse.MuSEConfig is MuSEConfig
+    assert processing_muse.MuSEProcessor is MuSEProcessor
+
+
+def test_a_saved_folder_holds_the_code_the_auto_map_and_the_pipelines(checkpoints):
+    folder = checkpoints / "ner"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_muse.MuSEConfig",
+        "AutoModel": "modeling.MuSEModel",
+        "AutoModelForTokenClassification": "modeling.MuSEForTokenClassification",
+        "AutoModelForSequenceClassification": "modeling.MuSEForSequenceClassification",
+    }
+    assert config["custom_pipelines"]["multimodal-ner"]["impl"] == "pipelines.MultimodalNERPipeline"
+    assert config["custom_pipelines"]["multimodal-sentiment"]["pt"] == ["AutoModelForSequenceClassification"]
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    assert processor_config["auto_map"] == {"AutoProcessor": "processing_muse.MuSEProcessor"}
+    package = Path(configuration_muse.__file__).parent / "modeling_muse"
+    needed = {"configuration_muse.py", "processing_muse.py", "modeling.py", "pipelines.py", "heads.py"}
+    for name in needed:
+        assert (folder / name).read_bytes() == (package / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_machine_without_the_project_loads_and_predicts_identically(checkpoints, tmp_path):
+    output = tmp_path / "report.json"
+    environment = {
+        **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    subprocess.run(
+        [sys.executable, "-I", str(CLIENT), str(checkpoints / "ner"), str(checkpoints / "sentiment"),
+         str(checkpoints / "photo.png"), str(output)],
+        check=True, cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL, timeout=600,
+    )
+    report = json.loads(output.read_text())
+    assert report["project_importable"] is False
+
+    # Without trust_remote_code, nothing loads as something else: each entry point asks for it.
+    for name in (*AUTO_CLASS_NAMES, "multimodal-ner", "multimodal-sentiment"):
+        assert "trust_remote_code=True" in report["refused"][name], (name, report["refused"][name])
+    assert report["loaded"] == {
+        "AutoConfig": "MuSEConfig",
+        "AutoModel": "MuSEModel",
+        "AutoModelForTokenClassification": "MuSEForTokenClassification",
+        "AutoModelForSequenceClassification": "MuSEForSequenceClassification",
+        "AutoProcessor": "MuSEProcessor",
+    }
+    assert all(module.startswith("transformers_modules.") for module in report["pipeline_classes"])
+
+    # The same outputs as this process, which uses the installed package.
+    torch.set_num_threads(1)
+    ner_folder, sentiment_folder = str(checkpoints / "ner"), str(checkpoints / "sentiment")
+    ner_model = MuSEForTokenClassification.from_pretrained(ner_folder).eval()
+    processor = MuSEProcessor.from_pretrained(ner_folder)
+    image = Image.open(checkpoints / "photo.png")
+    inputs = processor(images=[image], text=[["Lionel", "Messi", "visits", "Paris"]], return_tensors="pt")
+    with torch.no_grad():
+        tagged = ner_model(**inputs)
+        fusion = ner_model.muse(**{k: v for k, v in inputs.items() if k != "word_start_mask"}).fusion_embeddings
+    assert torch.equal(torch.tensor(report["ner_logits"]), tagged.logits)
+    assert report["ner_tags"] == tagged.predicted_tag_ids.tolist()
+    assert torch.equal(torch.tensor(report["fusion_embeddings"]), fusion)
+
+    post = {"text": "Lionel Messi visits Paris", "image": str(checkpoints / "photo.png")}
+    ner = pipeline("multimodal-ner", model=ner_folder)
+    sentiment = pipeline("multimodal-sentiment", model=sentiment_folder)
+    assert type(ner).__module__ == "modeling_muse.pipelines"
+    assert report["ner_pipeline"] == ner(post, aggregation_strategy="none")
+    assert report["ner_pipeline_exchange"] == json.loads(json.dumps(ner(post, return_exchange=True)["exchange"]["layers"]))
+    assert report["sentiment_pipeline"] == sentiment([post, post], top_k=None)
+    assert [entry["label"] for entry in report["sentiment_pipeline"][0]] != []
+
+
+def _string_values(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _string_values(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _string_values(item)
+
+
+def test_saved_files_name_no_local_path(tmp_path):
+    model = MuSEForTokenClassification.from_text_vision_pretrained(
+        str(MINILM_DIR), "test_resnet", pretrained_vision=False, num_cross_layers=1, num_attention_heads=6,
+        exchange_start_layer=1, exchange_end_layer=1, image_grid_size=4, max_text_length=16,
+        caption_loss_weight=0.0, generation_loss_weight=0.0, id2label=dict(enumerate(NER_LABELS)),
+    )
+    model.save_pretrained(tmp_path)
+    MuSEProcessor.from_text_vision_pretrained(str(MINILM_DIR), "test_resnet", max_length=16).save_pretrained(tmp_path)
+    for path in tmp_path.glob("*.json"):
+        for value in _string_values(json.loads(path.read_text())):
+            assert not os.path.isabs(value) and str(MINILM_DIR) not in value, (path.name, value)
+    reloaded = MuSEConfig.from_pretrained(tmp_path)
+    assert reloaded.text_config.hidden_size == 384
+
+
+def test_hub_ids_are_told_from_local_folders(tmp_path, monkeypatch):
+    assert is_hub_id("bert-base-uncased") and is_hub_id("sentence-transformers/all-MiniLM-L6-v2")
+    assert not is_hub_id(str(MINILM_DIR)) and not is_hub_id("") and not is_hub_id(None)
+    assert not is_hub_id("./model") and not is_hub_id("a/b/c")
+    (tmp_path / "local-model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert not is_hub_id("local-model")
+
+
+def test_offline_pretrained_vision_fails_at_once_naming_the_backbone_and_the_switch():
+    # The suite runs with HF_HUB_OFFLINE=1 (conftest) and an empty Hub cache for timm's weights.
+    with pytest.raises(OSError) as error:
+        MuSEForTokenClassification.from_text_vision_pretrained(
+            str(MINILM_DIR), "resnet18", num_cross_layers=1, num_attention_heads=6, exchange_start_layer=1,
+            exchange_end_layer=1, caption_loss_weight=0.0, generation_loss_weight=0.0,
+        )
+    message = str(error.value)
+    assert "'resnet18'" in message and "timm/resnet18" in message
+    assert "pretrained_vision=False" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_pretrained_vision_weights_come_from_the_local_cache(tmp_path, monkeypatch):
+    # A Hub cache laid out as huggingface_hub writes it, holding "pretrained" weights for timm's test_resnet.
+    hub_id = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
+    snapshot = tmp_path / f"models--{hub_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(5)
+    weights = timm.create_model("test_resnet").state_dict()
+    save_file(weights, snapshot / "model.safetensors")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+
+    model = MuSEForTokenClassification.from_text_vision_pretrained(
+        str(MINILM_DIR), "test_resnet", num_cross_layers=1, num_attention_heads=6, exchange_start_layer=1,
+        exchange_end_layer=1, image_grid_size=4, max_text_length=16, caption_loss_weight=0.0,
+        generation_loss_weight=0.0,
+    )
+    backbone = model.muse.image_encoder.backbone.state_dict()
+    assert all(torch.equal(backbone[name], value) for name, value in weights.items() if not name.startswith("fc."))
