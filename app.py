@@ -88,10 +88,15 @@ class Analysis:
     sentiment_exchange: dict[str, Any] | None = None
 
 
+def _shown_path(model: str | Path) -> str:
+    """A model folder as the page shows it: relative to the repository when inside it (the quick starts' outputs)."""
+    path = Path(model)
+    return str(path.relative_to(REPOSITORY_ROOT)) if path.is_absolute() and path.is_relative_to(REPOSITORY_ROOT) else str(model)
+
+
 def _missing_model_note(task: str, folder: Path, command: str, flag: str) -> str:
-    shown = folder.relative_to(REPOSITORY_ROOT) if folder.is_relative_to(REPOSITORY_ROOT) else folder
     return (
-        f"No {task} model: `{shown}` does not exist yet. `{command}` makes it (a few "
+        f"No {task} model: `{_shown_path(folder)}` does not exist yet. `{command}` makes it (a few "
         f"minutes on a CPU), or start the demo with `python app.py {flag} FOLDER_OR_HUB_ID`."
     )
 
@@ -238,7 +243,7 @@ def _model_summary(models: Models) -> str:
         if loaded is not None:
             config = loaded.model.config
             lines.append(
-                f"- {name}: `{loaded.model.name_or_path}` (exchange in CrossTransformer layers "
+                f"- {name}: `{_shown_path(loaded.model.name_or_path)}` (exchange in CrossTransformer layers "
                 f"{config.exchange_start_layer}-{config.exchange_end_layer}, {config.image_grid_size}x"
                 f"{config.image_grid_size} image patches)"
             )
