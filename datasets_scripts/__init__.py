@@ -12,14 +12,22 @@ the Parquet export (``python -m datasets_scripts.export``).
 from .images import MissingImagesError, count_placeholder_images, placeholder_image
 from .loading import DATASET_NAMES, SAMPLE_DIR, load_muse_dataset, muse_dataset_builder
 from .mvsa import MVSA_LABELS, MVSABuilder, MVSAConfig, MVSAFormatError
-from .umt import MT_PRODUCT_LABELS, TWITTER_LABELS, UMTFormatError, UMTNerBuilder, UMTNerConfig
+from .umt import (
+    MT_PRODUCT_LABELS,
+    TWITTER2015_LABELS,
+    TWITTER2017_LABELS,
+    UMTFormatError,
+    UMTNerBuilder,
+    UMTNerConfig,
+)
 
 __all__ = [
     "DATASET_NAMES",
     "MT_PRODUCT_LABELS",
     "MVSA_LABELS",
     "SAMPLE_DIR",
-    "TWITTER_LABELS",
+    "TWITTER2015_LABELS",
+    "TWITTER2017_LABELS",
     "MVSABuilder",
     "MVSAConfig",
     "MVSAFormatError",

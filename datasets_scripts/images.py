@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 from datasets import Dataset
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from processing_muse import PLACEHOLDER_COLOR, PLACEHOLDER_SIZE, placeholder_image
+from processing_muse import PLACEHOLDER_COLOR, PLACEHOLDER_SIZE, UnreadableImageError, decode_image, placeholder_image
 
 __all__ = [
     "MISSING_IMAGE_POLICIES",
@@ -71,13 +71,15 @@ def placeholder_image_bytes() -> bytes:
 
 
 def check_image_file(path: str | os.PathLike) -> str | None:
-    """Check that ``path`` is a readable image without decoding it in the common case.
+    """Check that ``path`` is an image that the processor can read.
 
-    Cost per file: one ``stat``, PIL's header/structure ``verify()`` and, for JPEG, a read of the
-    last 4 KiB. ``verify()`` catches missing, empty, non-image and (for PNG) CRC-damaged files but
-    not a truncated JPEG, so a JPEG whose tail lacks the end-of-image marker (``FFD9``, optionally
-    followed by padding) is decoded once to decide. Formats other than JPEG and PNG, which are rare
-    here, are always decoded once because ``verify()`` checks little for them.
+    Cost per file: one ``stat``, PIL's header/structure ``verify()`` and, for JPEG (what the
+    datasets ship), a read of the last 4 KiB: a JPEG that ends with its end-of-image marker
+    (``FFD9``, optionally followed by padding) is taken as readable without decoding. Every other
+    file is decoded once, exactly as the processor reads it (:func:`processing_muse.decode_image`:
+    all of the pixel data, PIL's decompression-bomb limit, 16-bit and float greyscale): a truncated
+    JPEG, and a PNG whose chunks are intact but whose image data is missing or cut short, which
+    ``verify()`` does not notice.
 
     Returns:
         ``None`` if the image is readable, otherwise a short reason such as ``"missing"``.
@@ -93,18 +95,18 @@ def check_image_file(path: str | os.PathLike) -> str | None:
     try:
         with Image.open(path) as image:
             image_format = image.format
-            image.verify()
-        if image_format == "PNG":
-            return None
-        if image_format == "JPEG" and _jpeg_has_end_marker(path, size):
-            return None
-        # verify() leaves the image unusable, so reopen it for the decode.
-        with Image.open(path) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # PIL reports damaged data as OSError, SyntaxError or ValueError depending on the plugin;
-        # an image PIL refuses as a decompression bomb cannot be loaded with default settings either.
+            # verify() of a file without image data fails on PIL's side (IndexError); decoding says what is wrong.
+            if image.tile:
+                image.verify()
+    # As in decode_image: PIL's plugins report damaged data as whatever their parsing runs into.
+    except Exception as error:  # noqa: BLE001
         return f"unreadable ({type(error).__name__}: {error})"
+    if image_format == "JPEG" and _jpeg_has_end_marker(path, size):
+        return None
+    try:
+        decode_image(path, str(path))
+    except UnreadableImageError as error:
+        return f"unreadable ({error.reason})"
     return None
 
 

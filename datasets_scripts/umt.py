@@ -9,13 +9,17 @@ Parsing rules (:func:`read_umt_file`); every rejection raises :class:`UMTFormatE
 ``file:line``:
 
 * UTF-8, with or without a byte-order mark; invalid UTF-8 is rejected.
-* Lines are split on ``\\n`` only, so a ``\\r`` of CRLF files is removed with the trailing
-  whitespace of every line, and characters such as U+2028 or U+0085 inside a token (which
-  ``str.splitlines`` would treat as line breaks) stay part of the token.
+* A line ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (Python's universal newlines, so LF, CRLF,
+  old-Mac CR files and mixes of them read alike, and line numbers are those an editor shows).
+  Characters such as U+2028 or U+0085 inside a token (which ``str.splitlines`` would treat as
+  line breaks) stay part of the token.
 * Trailing whitespace of a line is stripped; a line that is then empty is a blank line. Other
   whitespace is kept: it is part of the token.
 * A post starts at an ``IMGID:`` line and ends at a blank line, at the next ``IMGID:`` line or at
-  the end of the file. The id must be non-empty and free of whitespace (it names a file).
+  the end of the file. The id must be non-empty and free of whitespace (it names a file). A
+  byte-order mark before ``IMGID:`` (where two files were concatenated) is ignored.
+* Every ``IMGID:`` line gives one post: a file either parses to exactly as many posts as it has
+  ``IMGID:`` lines, or is rejected.
 * A post without token lines is KEPT with empty ``tokens``/``ner_tags``, so that the published
   split sizes hold.
 * A token line needs exactly one TAB between a non-empty token and its tag; the tag must be in the
@@ -31,6 +35,7 @@ characters, so the token gets no sub-word at all, which the processor has to han
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +50,8 @@ from .images import resolve_images
 __all__ = [
     "MT_PRODUCT_LABELS",
     "PUBLISHED_SPLIT_SIZES",
-    "TWITTER_LABELS",
+    "TWITTER2015_LABELS",
+    "TWITTER2017_LABELS",
     "UMT_SPLIT_FILES",
     "UMTFormatError",
     "UMTNerBuilder",
@@ -56,7 +62,10 @@ __all__ = [
 ]
 
 
-TWITTER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
+# The label sets of the public releases, each in its own names: Twitter-2015 calls its fourth type OTHER, Twitter-2017
+# calls it MISC, and MT-Product tags product names as MISC alone.
+TWITTER2015_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-OTHER", "I-OTHER")
+TWITTER2017_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
 MT_PRODUCT_LABELS = ("O", "B-MISC", "I-MISC")
 # Split name -> file name inside data_dir.
 UMT_SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
@@ -67,6 +76,9 @@ PUBLISHED_SPLIT_SIZES = {
     "mt_product": {"train": 2680, "validation": 893, "test": 895},
 }
 _IMGID_PREFIX = "IMGID:"
+_BYTE_ORDER_MARK = "\ufeff"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
 _CITATION = """\
 Twitter-2015: Zhang, Fu, Liu, Huang. Adaptive Co-attention Network for Named Entity Recognition in Tweets. AAAI 2018.
 Twitter-2017: Lu, Neves, Carvalho, Zhang, Ji. Visual Attention Model for Name Tagging in Multimodal Social Media.
@@ -95,7 +107,7 @@ def _decode(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
+        line = len(_LINE_BREAK_BYTES.findall(raw, 0, error.start)) + 1
         raise UMTFormatError(
             path, line, f"not valid UTF-8 (byte 0x{raw[error.start]:02x}); UMT files must be UTF-8"
         ) from None
@@ -125,15 +137,16 @@ def read_umt_file(
         if image_id is not None:
             posts.append(UMTPost(image_id, tuple(tokens), tuple(tags), start_line))
 
-    for number, raw_line in enumerate(_decode(path).split("\n"), start=1):
+    for number, raw_line in enumerate(_LINE_BREAK.split(_decode(path)), start=1):
         line = raw_line.rstrip()
         if not line:
             if image_id is not None:
                 finish()
                 image_id, tokens, tags = None, [], []
             continue
-        if line.startswith(_IMGID_PREFIX):
+        if line.lstrip(_BYTE_ORDER_MARK).startswith(_IMGID_PREFIX):
             finish()
+            line = line.lstrip(_BYTE_ORDER_MARK)
             image_id = line[len(_IMGID_PREFIX) :].strip()
             if not image_id or any(character.isspace() for character in image_id):
                 raise UMTFormatError(
@@ -216,8 +229,8 @@ class UMTNerBuilder(datasets.GeneratorBasedBuilder):
 
     BUILDER_CONFIG_CLASS = UMTNerConfig
     BUILDER_CONFIGS = [
-        UMTNerConfig(name="twitter2015", version="1.0.0", labels=TWITTER_LABELS, description="Twitter-2015 MNER"),
-        UMTNerConfig(name="twitter2017", version="1.0.0", labels=TWITTER_LABELS, description="Twitter-2017 MNER"),
+        UMTNerConfig(name="twitter2015", version="1.0.0", labels=TWITTER2015_LABELS, description="Twitter-2015 MNER"),
+        UMTNerConfig(name="twitter2017", version="1.0.0", labels=TWITTER2017_LABELS, description="Twitter-2017 MNER"),
         UMTNerConfig(
             name="mt_product",
             version="1.0.0",
