@@ -15,13 +15,25 @@ other argument:
 ```
 
 A post is ``{"text": ..., "image": ...}``; call a pipeline on one post or on a list of posts (`batch_size` batches
-the model calls; results do not depend on it, since every post is padded to the model's ``max_text_length``).
+the model calls; results do not depend on it). An empty list gives an empty list.
 
 - ``text``: the raw post (`str`, split on whitespace, as the datasets are) or its words (`list[str]`).
-- ``image``: a PIL image, a uint8 numpy array, a local file path, or an ``http(s)://`` URL (fetched with a
-  `timeout`, 10 s by default). MuSE fuses text with an image, so a post without one is an error unless the
-  caller passes ``allow_missing_image=True``: the post then gets the plain 224x224 mid-grey placeholder that the
-  dataset builders use for missing images, and a warning is logged.
+- ``image``: a PIL image, a uint8 numpy array, a local file path, or an ``http(s)://`` URL. Pictures are read as
+  `load_rgb_image` reads them (16-bit and [0, 1] float greyscale scaled to 8 bits, EXIF orientation applied). A
+  URL is fetched within ``timeout`` seconds all told (10 by default: a deadline for the whole download, not per
+  read) and at most ``max_image_bytes`` bytes (20 MiB by default); other URL schemes are refused.
+
+MuSE fuses text with an image, so a post without a usable image is an error unless the caller passes
+``allow_missing_image=True``: then a post with no image, or with one that cannot be obtained or read (a missing
+file, a failed, slow or oversized download, undecodable data, a decompression bomb, an unsupported pixel format),
+gets the plain 224x224 mid-grey placeholder that the dataset builders use for missing images, and the call logs ONE
+warning that counts those posts and says why each was replaced. So a list of 10,000 posts is not lost to one broken
+picture. Posts that are malformed (not a mapping, no text, an image of an unsupported type or URL scheme) are errors
+either way.
+
+Errors about a post of a list start with its 0-based position (``post 3: image: ...``). Warnings (placeholders,
+posts cut at the model's ``max_text_length``, a tokenizer that turns many words into its unknown token) come once per
+call for a list or a single post, and per post for a generator or dataset, whose results stream.
 
 ``return_exchange=True`` adds, per post, what the CrossTransformer exchanged in each exchange layer (see
 `MuSEPipeline.postprocess`); `modeling_muse.visualize.draw_exchange` draws it.
@@ -32,26 +44,33 @@ from __future__ import annotations
 import io
 import logging
 import os
-import urllib.request
+import threading
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from torch.utils.data import get_worker_info
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, Pipeline
 
 # The placeholder is the one the dataset builders store for missing images, so that a post without an image looks
 # to the model exactly like the image-less training posts did.
 from .processing_muse import (
     PLACEHOLDER_SIZE,
+    URL_SCHEME,
     MuSEProcessor,
+    TextReport,
+    UnreadableImageError,
+    decode_image,
     load_rgb_image,
     placeholder_image,
     split_words_with_offsets,
+    unknown_words_warning,
 )
 
 from .heads import WordPositions
@@ -69,6 +88,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_IMAGE_BYTES = 20 * 2**20
+# What allow_missing_image=True replaces by the placeholder: an image that names a picture which cannot be obtained
+# or read. Malformed posts (wrong types, unsupported URL schemes) stay errors.
+_IMAGE_NOT_OBTAINED = (FileNotFoundError, ConnectionError, TimeoutError, UnreadableImageError)
+_LISTED = 10
+# The notes of the calls running in each thread, by pipeline: per thread, so that concurrent calls (a web server's
+# request threads) keep their counts apart; module-level, so that a pipeline stays picklable for DataLoader workers.
+_notes_of_calls = threading.local()
 OUTSIDE_TAG = "O"
 # What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
@@ -88,63 +115,138 @@ class PostText:
     offsets: list[tuple[int, int]]
 
     @classmethod
-    def from_input(cls, text: Any) -> PostText:
-        """Read a post's ``text`` field: a raw string (split on whitespace) or a list of words."""
+    def from_input(cls, text: Any, argument: str = "text") -> PostText:
+        """Read a post's ``text`` field: a raw string (split on whitespace) or a list of words.
+
+        Errors start with ``argument``.
+        """
         if isinstance(text, str):
             words, offsets = split_words_with_offsets(text)
             if not words:
                 raise ValueError(
-                    f"text: the post's text is empty ({text!r}); give at least one word, e.g. "
+                    f"{argument}: the post's text is empty ({text!r}); give at least one word, e.g. "
                     f"{{'text': 'Messi arrives in Paris', 'image': ...}}."
                 )
             return cls(text, words, offsets)
         if isinstance(text, Sequence) and not isinstance(text, (bytes, bytearray)):
             words = list(text)
             if not words:
-                raise ValueError("text: the post's word list is empty; give at least one word.")
+                raise ValueError(f"{argument}: the post's word list is empty; give at least one word.")
             offsets, position = [], 0
             for index, word in enumerate(words):
                 if not isinstance(word, str):
-                    raise TypeError(f"text: word {index} is a {type(word).__name__}, expected a string.")
+                    raise TypeError(f"{argument}: word {index} is a {type(word).__name__}, expected a string.")
                 if not word.strip():
                     raise ValueError(
-                        f"text: word {index} is empty or whitespace ({word!r}); remove it or give the raw text as "
-                        f"one string."
+                        f"{argument}: word {index} is empty or whitespace ({word!r}); remove it or give the raw text "
+                        f"as one string."
                     )
                 offsets.append((position, position + len(word)))
                 position += len(word) + 1
             return cls(" ".join(words), words, offsets)
         if text is None:
-            raise ValueError("text: the post has no text; give {'text': <string or list of words>, 'image': ...}.")
-        raise TypeError(f"text: expected a string or a list of words, got {type(text).__name__}.")
+            raise ValueError(
+                f"{argument}: the post has no text; give {{'text': <string or list of words>, 'image': ...}}."
+            )
+        raise TypeError(f"{argument}: expected a string or a list of words, got {type(text).__name__}.")
 
 
-def _fetch_image(url: str, timeout: float) -> Image.Image:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data = response.read()
-    # URLError (HTTP errors, refused connections) and timeouts are OSErrors; malformed URLs raise ValueError.
-    except (OSError, ValueError) as error:
-        raise ConnectionError(
-            f"image: could not fetch {url!r} ({error}). Check the URL and the network (or raise timeout=, now "
-            f"{timeout} s), or download the image and pass a local path or a PIL image."
-        ) from error
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"image: {url!r} did not return a readable image ({error}).") from error
-    return image
+def _download(url: str, timeout: float, max_bytes: int, argument: str) -> bytes:
+    """The body of ``url``, fetched within ``timeout`` seconds all told and refused past ``max_bytes`` bytes.
 
-
-def load_post_image(image: ImageInput, timeout: float = DEFAULT_TIMEOUT) -> Image.Image:
-    """An RGB PIL image from a PIL image, a uint8 numpy array, a local path or an ``http(s)://`` URL.
-
-    URLs are fetched with ``timeout`` seconds; errors name the URL or path and the argument ``image``.
+    Neither transformers' `load_image` (``httpx.get`` with a per-operation timeout and no size limit) nor
+    huggingface_hub's `get_session()` (a Hub client that refuses every request under ``HF_HUB_OFFLINE``) bounds a
+    whole download, so this streams the body with httpx, the client both use, and enforces the limits itself. httpx's
+    timeouts bound each connect and read, not the total, and a server that sends a byte a second never trips them:
+    the download runs in a worker thread that the caller waits on until the deadline. A worker still blocked in a read
+    then stops at its next byte, or at the read timeout, itself at most ``timeout``.
     """
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
-        image = _fetch_image(image, timeout)
-    return load_rgb_image(image, argument="image")
+    outcome: dict[str, Any] = {}
+    abandoned = threading.Event()
+
+    def fetch() -> None:
+        try:
+            with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+                if response.is_error:
+                    outcome["error"] = f"HTTP status {response.status_code} {response.reason_phrase}"
+                    return
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    outcome["too_large"] = f"its Content-Length is {int(declared)} bytes"
+                    return
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    if abandoned.is_set():
+                        return
+                    body += chunk
+                    if len(body) > max_bytes:
+                        outcome["too_large"] = f"it sent more than {max_bytes} bytes"
+                        return
+                outcome["body"] = bytes(body)
+        except Exception as error:  # noqa: BLE001 - handed to the waiting caller, which reports it
+            outcome["error"] = f"{type(error).__name__}: {error}"
+
+    worker = threading.Thread(target=fetch, name=f"muse-fetch {url[:60]}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        abandoned.set()
+        raise TimeoutError(
+            f"{argument}: {url!r} did not arrive within timeout={timeout} s (a deadline for the whole download). "
+            f"Raise timeout=, or download the image and pass a local path or a PIL image."
+        )
+    if "too_large" in outcome:
+        reason = f"larger than max_image_bytes={max_bytes}: {outcome['too_large']}"
+        raise UnreadableImageError(
+            f"{argument}: {url!r} is {reason}. Raise max_image_bytes= if the image is wanted, or pass a local copy.",
+            reason=reason,
+        )
+    if "error" in outcome:
+        raise ConnectionError(
+            f"{argument}: could not fetch {url!r} ({outcome['error']}). Check the URL and the network, or download the "
+            f"image and pass a local path or a PIL image."
+        )
+    return outcome["body"]
+
+
+def load_post_image(
+    image: ImageInput,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    argument: str = "image",
+) -> Image.Image:
+    """An 8-bit RGB PIL image from a PIL image, a uint8 numpy array, a local path or an ``http(s)://`` URL.
+
+    Pictures are read as `load_rgb_image` reads them. A URL is fetched within ``timeout`` seconds for the whole
+    download and at most ``max_image_bytes`` bytes.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ConnectionError: the URL could not be fetched (unreachable, an HTTP error status).
+        TimeoutError: the download took longer than ``timeout``.
+        UnreadableImageError: (a `ValueError`) the download is over ``max_image_bytes``, or the picture cannot be read
+            (see `load_rgb_image`).
+        ValueError: a URL of another scheme than http(s), a numpy array that is not uint8.
+        TypeError: any other kind of input.
+
+    Errors start with ``argument`` and name the URL or path.
+    """
+    if isinstance(image, str):
+        scheme = URL_SCHEME.match(image)
+        if scheme and scheme.group(1).lower() in ("http", "https"):
+            data = _download(image, timeout, max_image_bytes, argument)
+            return decode_image(io.BytesIO(data), image, argument)
+        if scheme and not os.path.isfile(image):
+            raise ValueError(
+                f"{argument}: {image!r} is a {scheme.group(1)}:// URL; the pipelines accept http(s):// URLs, local "
+                f"file paths, PIL images and uint8 numpy arrays. Download the image and pass its local path."
+            )
+    elif not isinstance(image, (os.PathLike, Image.Image, np.ndarray)):
+        raise TypeError(
+            f"{argument}: expected a PIL image, a uint8 numpy array, a local file path or an http(s):// URL, got "
+            f"{type(image).__name__}."
+        )
+    return load_rgb_image(image, argument=argument)
 
 
 class WordAggregation(str, Enum):
@@ -239,6 +341,96 @@ def aggregate_word_tags(
     return entities
 
 
+@dataclass(frozen=True)
+class _ListedPost:
+    """A post of a list input with its 0-based position, which errors and warnings name."""
+
+    position: int
+    post: Any
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    """A post that got the placeholder image (allow_missing_image=True), and why (a message naming the post)."""
+
+    position: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class _TextNote:
+    """What the processor did to a post's words."""
+
+    position: int | None
+    post: PostText
+    report: TextReport
+
+
+@dataclass
+class _CallNotes:
+    """What the posts of one call report, gathered into one warning of each kind."""
+
+    posts: int
+    placeholders: list[_Placeholder] = field(default_factory=list)
+    texts: list[_TextNote] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, record: _Placeholder | _TextNote) -> _CallNotes:
+        notes = cls(posts=1)
+        notes.add(record)
+        return notes
+
+    def add(self, record: _Placeholder | _TextNote) -> None:
+        (self.placeholders if isinstance(record, _Placeholder) else self.texts).append(record)
+
+    def warnings(self, processor: MuSEProcessor) -> list[str]:
+        messages = []
+        if self.placeholders:
+            messages.append(self._placeholder_warning())
+        cut = [note for note in self.texts if note.report.cut_words]
+        if cut:
+            messages.append(self._truncation_warning(cut, processor.max_length))
+        total = TextReport(
+            posts=len(self.texts),
+            words=sum(note.report.words for note in self.texts),
+            unknown_words=sum(note.report.unknown_words for note in self.texts),
+            cut_words=0,
+            cut_entities=None,
+            cut_posts=[],
+        )
+        coverage = unknown_words_warning(total, processor.tokenizer.name_or_path)
+        if coverage is not None:
+            messages.append(coverage)
+        return messages
+
+    def _placeholder_warning(self) -> str:
+        replaced = self.placeholders
+        size = f"{PLACEHOLDER_SIZE[0]}x{PLACEHOLDER_SIZE[1]} grey placeholder"
+        if len(replaced) == 1 and replaced[0].position is None:
+            return f"{replaced[0].reason}\nUsing a {size} instead (allow_missing_image=True)."
+        listed = "".join(f"\n  {note.reason}" for note in replaced[:_LISTED])
+        more = f"\n  ... and {len(replaced) - _LISTED} more" if len(replaced) > _LISTED else ""
+        return (
+            f"{len(replaced)} of {self.posts} posts got a {size} instead of their image (allow_missing_image=True; "
+            f"their predictions rest on the text):{listed}{more}"
+        )
+
+    @staticmethod
+    def _truncation_warning(cut: list[_TextNote], max_length: int) -> str:
+        def what_was_cut(note: _TextNote) -> str:
+            words, kept = note.post.words, note.report.words - note.report.cut_words
+            return f"its last {note.report.cut_words} of {len(words)} words were cut (from {words[kept]!r} on)"
+
+        limit = f"the model's max_text_length={max_length} sub-word tokens"
+        consequence = "words past it get no prediction"
+        if len(cut) == 1:
+            where = "The post" if cut[0].position is None else f"Post {cut[0].position}"
+            return f"{where} is longer than {limit}: {what_was_cut(cut[0])}; {consequence}."
+        listed = "; ".join(f"post {note.position}: {what_was_cut(note)}" for note in cut[:_LISTED])
+        more = f"; and {len(cut) - _LISTED} more posts" if len(cut) > _LISTED else ""
+        return f"{len(cut)} posts are longer than {limit} ({consequence}): {listed}{more}."
+
+
 class MuSEPipeline(Pipeline):
     """What the MuSE pipelines share: reading posts, running the model, reporting the exchange.
 
@@ -272,10 +464,39 @@ class MuSEPipeline(Pipeline):
 
     def __call__(self, inputs: Mapping[str, Any] | list[Mapping[str, Any]], **kwargs: Any) -> Any:
         """Run the pipeline on one post ``{"text": ..., "image": ...}`` or a list of posts (see the module docs)."""
-        return super().__call__(inputs, **kwargs)
+        if isinstance(inputs, list):
+            if not inputs:
+                return []
+            inputs = [_ListedPost(position, post) for position, post in enumerate(inputs)]
+        elif not isinstance(inputs, Mapping):
+            # A generator or dataset streams its results: its notes are logged per post as they come.
+            return super().__call__(inputs, **kwargs)
+        notes = _CallNotes(posts=len(inputs) if isinstance(inputs, list) else 1)
+        _notes_of_calls.by_pipeline = {**getattr(_notes_of_calls, "by_pipeline", {}), id(self): notes}
+        try:
+            results = super().__call__(inputs, **kwargs)
+        finally:
+            del _notes_of_calls.by_pipeline[id(self)]
+        for message in notes.warnings(self.processor):
+            logger.warning(message)
+        return results
+
+    def _note(self, record: _Placeholder | _TextNote) -> None:
+        """Keep what a post reports for its call's single warning of each kind. Outside a call on a list or a single
+        post (a stream, or a DataLoader worker process, whose notes would not come back), log it now."""
+        notes = getattr(_notes_of_calls, "by_pipeline", {}).get(id(self))
+        if notes is None or get_worker_info() is not None:
+            for message in _CallNotes.of(record).warnings(self.processor):
+                logger.warning(message)
+        else:
+            notes.add(record)
 
     def _sanitize_common(
-        self, allow_missing_image: bool | None, timeout: float | None, return_exchange: bool | None
+        self,
+        allow_missing_image: bool | None,
+        timeout: float | None,
+        max_image_bytes: int | None,
+        return_exchange: bool | None,
     ) -> tuple[dict, dict, dict]:
         preprocess_params: dict[str, Any] = {}
         forward_params: dict[str, Any] = {}
@@ -283,41 +504,59 @@ class MuSEPipeline(Pipeline):
         if allow_missing_image is not None:
             preprocess_params["allow_missing_image"] = bool(allow_missing_image)
         if timeout is not None:
-            preprocess_params["timeout"] = timeout
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}.")
+            preprocess_params["timeout"] = float(timeout)
+        if max_image_bytes is not None:
+            if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
+                raise ValueError(f"max_image_bytes: expected a positive int, got {max_image_bytes!r}.")
+            preprocess_params["max_image_bytes"] = max_image_bytes
         if return_exchange is not None:
             forward_params["return_exchange"] = bool(return_exchange)
             postprocess_params["return_exchange"] = bool(return_exchange)
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(
-        self, inputs: Mapping[str, Any], allow_missing_image: bool = False, timeout: float = DEFAULT_TIMEOUT
+        self,
+        inputs: Mapping[str, Any] | _ListedPost,
+        allow_missing_image: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> dict[str, Any]:
+        position = None
+        if isinstance(inputs, _ListedPost):
+            position, inputs = inputs.position, inputs.post
+        where = "" if position is None else f"post {position}: "
         if not isinstance(inputs, Mapping):
             raise TypeError(
-                f"inputs: expected a post {{'text': ..., 'image': ...}} or a list of them, got "
+                f"{where}inputs: expected a post {{'text': ..., 'image': ...}} or a list of them, got "
                 f"{type(inputs).__name__}."
             )
-        unknown = sorted(set(inputs) - {"text", "image"})
+        unknown = sorted(set(inputs) - {"text", "image"}, key=str)
         if unknown:
-            raise ValueError(f"inputs: unknown keys {unknown}; a post has the keys 'text' and 'image'.")
-        post = PostText.from_input(inputs.get("text"))
+            raise ValueError(f"{where}inputs: unknown keys {unknown}; a post has the keys 'text' and 'image'.")
+        post = PostText.from_input(inputs.get("text"), argument=f"{where}text")
         image = inputs.get("image")
         if image is None:
             if not allow_missing_image:
                 raise ValueError(
-                    "image: the post has no image, and MuSE fuses text with an image. Pass {'text': ..., 'image': "
-                    "<PIL image, numpy array, path or URL>}, or call the pipeline with allow_missing_image=True to "
-                    "use a grey placeholder image (the prediction then rests on the text)."
+                    f"{where}image: the post has no image, and MuSE fuses text with an image. Pass {{'text': ..., "
+                    f"'image': <PIL image, numpy array, path or URL>}}, or call the pipeline with "
+                    f"allow_missing_image=True to use a grey placeholder image (the prediction then rests on the text)."
                 )
-            logger.warning(
-                "image: post %r has no image; using a %dx%d grey placeholder (allow_missing_image=True).",
-                post.text[:40],
-                *PLACEHOLDER_SIZE,
-            )
+            self._note(_Placeholder(position, f"{where}image: the post has no image."))
             image = placeholder_image()
         else:
-            image = load_post_image(image, timeout)
-        encoded = self.processor(images=[image], text=[post.words], return_tensors="pt")
+            try:
+                image = load_post_image(image, timeout, max_image_bytes, argument=f"{where}image")
+            except _IMAGE_NOT_OBTAINED as error:
+                if not allow_missing_image:
+                    raise
+                self._note(_Placeholder(position, str(error)))
+                image = placeholder_image()
+        report = self.processor.text_report([post.words])
+        self._note(_TextNote(position, post, report))
+        encoded = self.processor(images=[image], text=[post.words], return_tensors="pt", warn=False)
         model_inputs: dict[str, Any] = {name: encoded[name] for name in _MODEL_INPUT_NAMES if name in encoded}
         model_inputs["post"] = post
         return model_inputs
@@ -407,7 +646,8 @@ class MultimodalNERPipeline(MuSEPipeline):
             `aggregate_word_tags`.
         return_exchange (`bool`, defaults to `False`): return ``{"entities": [...], "exchange": {...}}`` per post
             instead of the entity list (see `MuSEPipeline._exchange_info`).
-        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10): see the module docs.
+        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), max_image_bytes (`int`,
+            defaults to 20 MiB): see the module docs.
 
     Returns, per post, a list of entities as `TokenClassificationPipeline` does: ``entity_group`` (``entity`` with
     ``"none"``), ``score``, ``word``, ``start``, ``end``. ``start``/``end`` are character offsets into the post's
@@ -422,9 +662,10 @@ class MultimodalNERPipeline(MuSEPipeline):
         return_exchange: bool | None = None,
         allow_missing_image: bool | None = None,
         timeout: float | None = None,
+        max_image_bytes: int | None = None,
     ) -> tuple[dict, dict, dict]:
         preprocess_params, forward_params, postprocess_params = self._sanitize_common(
-            allow_missing_image, timeout, return_exchange
+            allow_missing_image, timeout, max_image_bytes, return_exchange
         )
         if aggregation_strategy is not None:
             postprocess_params["aggregation_strategy"] = WordAggregation(aggregation_strategy)
@@ -462,7 +703,8 @@ class MultimodalSentimentPipeline(MuSEPipeline):
         top_k (`int` or `None`): not given, each post gets its best ``{"label", "score"}``; an int gives the k best
             as a list, sorted by score; `None` gives all labels, sorted. Scores are softmax probabilities.
         return_exchange (`bool`, defaults to `False`): return ``{"prediction": ..., "exchange": {...}}`` per post.
-        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10): see the module docs.
+        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), max_image_bytes (`int`,
+            defaults to 20 MiB): see the module docs.
     """
 
     def _sanitize_parameters(
@@ -471,9 +713,10 @@ class MultimodalSentimentPipeline(MuSEPipeline):
         return_exchange: bool | None = None,
         allow_missing_image: bool | None = None,
         timeout: float | None = None,
+        max_image_bytes: int | None = None,
     ) -> tuple[dict, dict, dict]:
         preprocess_params, forward_params, postprocess_params = self._sanitize_common(
-            allow_missing_image, timeout, return_exchange
+            allow_missing_image, timeout, max_image_bytes, return_exchange
         )
         # "" (the default) means "not given", as in TextClassificationPipeline, because None asks for all labels.
         if top_k != "":

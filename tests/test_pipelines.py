@@ -356,7 +356,7 @@ def test_failing_urls_are_named_in_the_error(ner, image_server, no_proxy):
     with pytest.raises(ConnectionError, match=f"image: could not fetch '{missing}'.*404"):
         ner({"text": TEXT, "image": missing})
     not_an_image = f"{image_server}/notes.txt"
-    with pytest.raises(ValueError, match=f"image: '{not_an_image}' did not return a readable image"):
+    with pytest.raises(ValueError, match=f"image: '{not_an_image}' is not a readable image"):
         ner({"text": TEXT, "image": not_an_image})
     with socket.socket() as probe:  # a port nobody listens on once the probe is closed
         probe.bind(("127.0.0.1", 0))
