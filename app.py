@@ -91,7 +91,9 @@ class Analysis:
 def _shown_path(model: str | Path) -> str:
     """A model folder as the page shows it: relative to the repository when inside it (the quick starts' outputs)."""
     path = Path(model)
-    return str(path.relative_to(REPOSITORY_ROOT)) if path.is_absolute() and path.is_relative_to(REPOSITORY_ROOT) else str(model)
+    if path.is_absolute() and path.is_relative_to(REPOSITORY_ROOT):
+        return str(path.relative_to(REPOSITORY_ROOT))
+    return str(model)
 
 
 def _missing_model_note(task: str, folder: Path, command: str, flag: str) -> str:
@@ -351,7 +353,7 @@ def build_demo(models: Models) -> gr.Blocks:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ner_model", help=f"MuSE NER checkpoint folder or Hub id (default: {DEFAULT_NER_MODEL})")
     parser.add_argument(
         "--sentiment_model", help=f"MuSE sentiment checkpoint folder or Hub id (default: {DEFAULT_SENTIMENT_MODEL})"

@@ -113,7 +113,9 @@ def _draw_image_panel(axes: Any, picture: np.ndarray, layer: Mapping[str, Any], 
     )
 
 
-def _draw_text_panel(axes: Any, tokens: Sequence[str], layer: Mapping[str, Any], size_inches: tuple[float, float]) -> None:
+def _draw_text_panel(
+    axes: Any, tokens: Sequence[str], layer: Mapping[str, Any], size_inches: tuple[float, float]
+) -> None:
     from matplotlib import colormaps
 
     axes.set_axis_off()
@@ -209,7 +211,10 @@ def exchange_figure(
     figure = Figure(figsize=(FIGURE_WIDTH_INCHES, height_inches), dpi=dpi)
     _draw_header(figure, height_inches)
     text_left = _MARGIN_INCHES + IMAGE_PANEL_WIDTH_INCHES + _MARGIN_INCHES
-    text_size = (FIGURE_WIDTH_INCHES - text_left - _MARGIN_INCHES, ROW_HEIGHT_INCHES - _TITLE_HEIGHT_INCHES - _MARGIN_INCHES)
+    text_size = (
+        FIGURE_WIDTH_INCHES - text_left - _MARGIN_INCHES,
+        ROW_HEIGHT_INCHES - _TITLE_HEIGHT_INCHES - _MARGIN_INCHES,
+    )
     for index, layer in enumerate(layers):
         row_bottom = ROW_HEIGHT_INCHES * (len(layers) - 1 - index) + _MARGIN_INCHES / 2
         panel_height = ROW_HEIGHT_INCHES - 2 * _TITLE_HEIGHT_INCHES - _MARGIN_INCHES / 2

@@ -62,8 +62,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_app(arguments: list[str], log_path: Path, temp_dir: Path) -> tuple[subprocess.Popen, str]:
-    """Start ``python app.py ARGUMENTS --port <free port>`` and wait until it serves its page."""
+def launch_app(arguments: list[str], log_path: Path, temp_dir: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``python app.py ARGUMENTS --port <free port>``; returns the process and its URL at once."""
     port = free_port()
     environment = {**os.environ, **OFFLINE_ENVIRONMENT, "GRADIO_TEMP_DIR": str(temp_dir)}
     with open(log_path, "wb") as log:
@@ -71,7 +71,10 @@ def start_app(arguments: list[str], log_path: Path, temp_dir: Path) -> tuple[sub
             [sys.executable, str(REPOSITORY_ROOT / "app.py"), *arguments, "--port", str(port)],
             cwd=REPOSITORY_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}/"
+    return process, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, log_path: Path) -> str:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -79,10 +82,9 @@ def start_app(arguments: list[str], log_path: Path, temp_dir: Path) -> tuple[sub
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
-                    return process, url
+                    return url
         except OSError:
             time.sleep(0.5)
-    stop_app(process)
     raise RuntimeError(f"app.py did not serve {url} within {STARTUP_TIMEOUT} s:\n{log_path.read_text()}")
 
 
@@ -122,7 +124,8 @@ def drive_demo(url: str, screenshot_path: Path, user_data_dir: Path) -> dict:
             expect(page.locator("#status")).to_contain_text("Done", timeout=BROWSER_TIMEOUT_MS)
             picture = page.locator("#ner-exchange img")
             expect(picture).to_be_visible(timeout=BROWSER_TIMEOUT_MS)
-            page.wait_for_function("element => element.complete && element.naturalWidth > 0", arg=picture.element_handle())
+            page.wait_for_function("element => element.complete && element.naturalWidth > 0",
+                                   arg=picture.element_handle())
             pieces = [
                 (token.locator(".text").inner_text(), token.locator(".label").inner_text())
                 for token in page.locator("#entities .token.highlighted").all()
@@ -193,15 +196,22 @@ def photo_path(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def app_url(checkpoints, tmp_path_factory) -> Iterator[str]:
+@pytest.fixture(scope="module", autouse=True)
+def app_process(checkpoints, tmp_path_factory) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    # Started before the module's first test and awaited by the tests that use it (app_url), so that the app's
+    # imports overlap the in-process tests.
     folder = tmp_path_factory.mktemp("app")
-    process, url = start_app(
+    process, url = launch_app(
         ["--ner_model", checkpoints["ner"], "--sentiment_model", checkpoints["sentiment"]],
         folder / "app.log", folder / "gradio",
     )
-    yield url
+    yield process, url, folder / "app.log"
     stop_app(process)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_process) -> str:
+    return wait_until_serving(*app_process)
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +229,40 @@ def assert_same_entities(left: list[dict], right: list[dict]) -> None:
         {k: v for k, v in entity.items() if k != "score"} for entity in right
     ]
     assert [entity["score"] for entity in left] == pytest.approx([entity["score"] for entity in right], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ startup
+
+
+def test_missing_quick_start_models_are_named_with_the_command_that_makes_them(app_module, tmp_path):
+    models = app_module.load_models(
+        None, None, default_ner_model=tmp_path / "muse-twitter2017-sample",
+        default_sentiment_model=tmp_path / "muse-mvsa-single-sample",
+    )
+    assert models.ner is None and models.sentiment is None
+    assert "accelerate launch run_mner.py" in models.notes[0] and "muse-twitter2017-sample" in models.notes[0]
+    assert "accelerate launch run_msa.py" in models.notes[1] and "muse-mvsa-single-sample" in models.notes[1]
+    with pytest.raises(app_module.InputError, match="No model is loaded.*accelerate launch run_mner.py"):
+        app_module.analyse_post(models, TEXT, None)
+    # The page itself carries the notes (gradio's config, which the browser renders).
+    demo = app_module.build_demo(models)
+    assert "accelerate launch run_msa.py" in str(demo.get_config_file())
+
+
+def test_a_default_folder_is_used_when_it_exists(app_module, checkpoints, tmp_path):
+    models = app_module.load_models(
+        None, None, default_ner_model=Path(checkpoints["ner"]), default_sentiment_model=tmp_path / "absent"
+    )
+    assert models.ner is not None and models.ner.model.name_or_path == checkpoints["ner"]
+    assert models.sentiment is None and len(models.notes) == 1
+
+
+def test_an_explicit_model_that_does_not_load_stops_the_app_with_the_argument_named(app_module, checkpoints, tmp_path):
+    with pytest.raises(SystemExit, match=r"app.py: --ner_model: could not load '.*nothing-here'"):
+        app_module.main(["--ner_model", str(tmp_path / "nothing-here")])
+    with pytest.raises(SystemExit, match="--ner_model: .* holds a MuSEForSequenceClassification, not a "
+                                         "MuSEForTokenClassification"):
+        app_module.main(["--ner_model", checkpoints["sentiment"]])
 
 
 # ------------------------------------------------------------------------------------------------ the API
@@ -286,40 +330,6 @@ def test_the_page_in_a_real_browser_shows_entities_sentiment_and_the_exchange(
         assert shot.format == "PNG" and shot.width == 1280 and shot.height > 900
 
 
-# ------------------------------------------------------------------------------------------------ startup
-
-
-def test_missing_quick_start_models_are_named_with_the_command_that_makes_them(app_module, tmp_path):
-    models = app_module.load_models(
-        None, None, default_ner_model=tmp_path / "muse-twitter2017-sample",
-        default_sentiment_model=tmp_path / "muse-mvsa-single-sample",
-    )
-    assert models.ner is None and models.sentiment is None
-    assert "accelerate launch run_mner.py" in models.notes[0] and "muse-twitter2017-sample" in models.notes[0]
-    assert "accelerate launch run_msa.py" in models.notes[1] and "muse-mvsa-single-sample" in models.notes[1]
-    with pytest.raises(app_module.InputError, match="No model is loaded.*accelerate launch run_mner.py"):
-        app_module.analyse_post(models, TEXT, None)
-    # The page itself carries the notes (gradio's config, which the browser renders).
-    demo = app_module.build_demo(models)
-    assert "accelerate launch run_msa.py" in str(demo.get_config_file())
-
-
-def test_a_default_folder_is_used_when_it_exists(app_module, checkpoints, tmp_path):
-    models = app_module.load_models(
-        None, None, default_ner_model=Path(checkpoints["ner"]), default_sentiment_model=tmp_path / "absent"
-    )
-    assert models.ner is not None and models.ner.model.name_or_path == checkpoints["ner"]
-    assert models.sentiment is None and len(models.notes) == 1
-
-
-def test_an_explicit_model_that_does_not_load_stops_the_app_with_the_argument_named(app_module, checkpoints, tmp_path):
-    with pytest.raises(SystemExit, match=r"app.py: --ner_model: could not load '.*nothing-here'"):
-        app_module.main(["--ner_model", str(tmp_path / "nothing-here")])
-    with pytest.raises(SystemExit, match="--ner_model: .* holds a MuSEForSequenceClassification, not a "
-                                         "MuSEForTokenClassification"):
-        app_module.main(["--ner_model", checkpoints["sentiment"]])
-
-
 def _make_readme_screenshot(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Screenshot the demo with the browser test's code.")
     parser.add_argument("--screenshot", type=Path, default=REPOSITORY_ROOT / "docs" / "demo.png")
@@ -328,9 +338,10 @@ def _make_readme_screenshot(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        process, url = start_app(["--ner_model", args.ner_model, "--sentiment_model", args.sentiment_model],
-                                 folder / "app.log", folder / "gradio")
+        process, url = launch_app(["--ner_model", args.ner_model, "--sentiment_model", args.sentiment_model],
+                                  folder / "app.log", folder / "gradio")
         try:
+            wait_until_serving(process, url, folder / "app.log")
             seen = drive_demo(url, folder / "demo.png", folder / "chromium-profile")
         finally:
             stop_app(process)
