@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from datasets_scripts import (
     MVSA_LABELS,
@@ -278,26 +278,24 @@ def test_check_image_file_detects_missing_empty_corrupt_and_truncated(tmp_path: 
     assert check_image_file(broken_png).startswith("unreadable")
 
 
-def test_check_image_file_decodes_all_but_intact_jpegs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_image_file_decodes_what_header_checks_miss(tmp_path: Path) -> None:
     good = write_jpeg(tmp_path / "good.jpg", (10, 200, 30))
     padded = tmp_path / "padded.jpg"
     padded.write_bytes(good.read_bytes() + b"\x00" * 100)
     trailing = tmp_path / "trailing.jpg"
     trailing.write_bytes(good.read_bytes() + b"EXTRA")
-    png = tmp_path / "png.png"
-    Image.new("RGB", (8, 8)).save(png)
-    # A JPEG with data after its end marker is decoded once to decide, and is readable.
-    assert check_image_file(trailing) is None
-
-    def no_decode(self: ImageFile.ImageFile) -> None:
-        raise AssertionError("full decode")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
-    for path in (good, padded):
+    for path in (good, padded, trailing):
         assert check_image_file(path) is None
-    # A PNG's verify() checks its chunks, not that its compressed pixel data is all there: it is decoded.
-    for path in (trailing, png):
-        assert "full decode" in check_image_file(path)
+    # A JPEG whose frame header claims to be longer than it is, swallowing the next segment: both ends intact.
+    data = bytearray(good.read_bytes())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 2 : frame + 4] = (80).to_bytes(2, "big")
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(bytes(data))
+    assert damaged.read_bytes().rstrip(b"\x00").endswith(b"\xff\xd9")
+    with Image.open(damaged) as image:
+        image.verify()  # the header check alone does not notice
+    assert check_image_file(damaged) == "unreadable (OSError: broken data stream when reading image file)"
 
 
 @pytest.fixture
