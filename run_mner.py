@@ -1,14 +1,13 @@
 #!/usr/bin/env python
 """Train MuSE for multimodal named entity recognition (Twitter-2015/2017, MT-Product, any UMT-format data).
 
-    accelerate launch run_mner.py          # quick start: bundled Twitter-2017 sample, small model, a few minutes
-    python run_mner.py --help              # every argument
-    accelerate launch run_mner.py --dataset_name twitter2017 --data_dir data/twitter2017 \\
-        --image_dir data/twitter2017_images --text_model_name_or_path bert-base-uncased  # the paper's setting
+    accelerate launch --config_file accelerate_configs/single_process.yaml run_mner.py   # quick start (sample)
+    accelerate launch run_mner.py recipes/twitter2017.yaml      # the paper's Twitter-2017 setting, into muse-twitter17/
+    python run_mner.py --help                                   # every argument
 
 An explicit Accelerate loop in the manner of transformers' `run_ner_no_trainer.py`; the parts shared with
-`run_msa.py` (arguments, optimizer groups, the loop, checkpoint/resume, evaluation, model card) are in
-`training_common.py`. Scores are entity-level micro precision/recall/F1 (seqeval, CoNLL-style), with a per-type
+`run_msa.py` (arguments, data, optimizer, the loop, checkpoints, evaluation, model card) are the modules of
+`muse_training`. Scores are entity-level micro precision/recall/F1 (seqeval, CoNLL-style), with a per-type
 report; the model with the best validation F1 is kept in ``--output_dir`` and scored on the test split.
 """
 
@@ -28,35 +27,26 @@ import modeling_muse  # noqa: F401  (registers MuSE with the transformers Auto c
 from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForTokenClassification
 from modeling_muse.heads import WordPositions
+from muse_training.arguments import MNER_DATASETS, TaskInfo, parse_args
+from muse_training.checkpoints import TrainingProgress, prepare_output_dir, resume
+from muse_training.data import build_processor, load_splits, make_dataloaders, report_splits
+from muse_training.evaluation import EvaluationOutput, evaluate_model, score_best_model
+from muse_training.hub import create_hub_repo
+from muse_training.logs import silenced
+from muse_training.loop import create_accelerator, fit
+from muse_training.optimization import create_optimizer, create_scheduler
+from muse_training.results import finish
 from processing_muse import MuSEProcessor
-from training_common import (
-    MNER_DATASETS,
-    EvaluationOutput,
-    TaskInfo,
-    TrainingProgress,
-    build_processor,
-    create_accelerator,
-    create_hub_repo,
-    create_optimizer,
-    create_scheduler,
-    evaluate_model,
-    finish,
-    fit,
-    load_splits,
-    make_dataloaders,
-    parse_args,
-    prepare_output_dir,
-    resume,
-    score_best_model,
-)
 
 TASK = TaskInfo(
     name="mner",
+    title="Multimodal named entity recognition",
     datasets=MNER_DATASETS,
     # Paper Table 3 runs only-I for sentiment only: NER labels are words, which an image-only model cannot see.
     variants=tuple(name for name in ABLATION_VARIANTS if name != "only_i"),
     head_modules=("tagger",),
     pipeline_tag="token-classification",
+    custom_pipeline="multimodal-ner",
     metric_names=("precision", "recall", "f1"),
     description="Multimodal named entity recognition (post text + image) with MuSE.",
 )
@@ -65,7 +55,10 @@ COLUMNS = ["tokens", "ner_tags", "image"]
 
 @dataclass
 class MNERCollator:
-    """Dataset rows -> model inputs: words, word tags and images through the processor."""
+    """Dataset rows -> model inputs: words, word tags and images through the processor.
+
+    Silent: what the processor does to the text (cut words, unknown words) is reported once per split at load.
+    """
 
     processor: MuSEProcessor
 
@@ -75,6 +68,7 @@ class MNERCollator:
             text=[row["tokens"] for row in rows],
             word_labels=[row["ner_tags"] for row in rows],
             return_tensors="pt",
+            warn=False,
         )
 
 
@@ -125,25 +119,36 @@ def ner_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dic
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train MuSE for MNER, keep the best model by validation F1, score it on test; returns ``all_results.json``."""
     start_time = time.perf_counter()
+    # The command line, or an argument file (a recipe) followed by overrides; unset arguments take the quick-start
+    # values on the bundled sample and the paper's elsewhere (muse_training.arguments.resolve_defaults).
     args = parse_args(TASK, argv)
+
+    # The Accelerator places everything on the devices and processes of `accelerate launch`.
     accelerator = create_accelerator(args)
     set_seed(args.seed)
     checkpoint = prepare_output_dir(accelerator, args)
     if args.push_to_hub and accelerator.is_main_process:
         args.hub_model_id = create_hub_repo(args.hub_model_id, args.hub_token)
 
-    # Data and model. The tag set comes from the dataset; O has id 0.
+    # Data. The tag set comes from the dataset; O has id 0.
     raw_datasets = load_splits(args, accelerator)
     label_names = raw_datasets["train"].features["ner_tags"].feature.names
-    model = MuSEForTokenClassification.from_text_vision_pretrained(
-        args.text_model_name_or_path,
-        args.vision_model_name,
-        pretrained_vision=args.pretrained_vision,
-        id2label=dict(enumerate(label_names)),
-        label2id={label: index for index, label in enumerate(label_names)},
-        **args.muse_config,
-    )
+
+    # Model: pretrained towers around newly initialised MuSE layers. This script trains those layers right away, so
+    # the reminder to train them before predicting does not apply.
+    with silenced("modeling_muse.modeling"):
+        model = MuSEForTokenClassification.from_text_vision_pretrained(
+            args.text_model_name_or_path,
+            args.vision_model_name,
+            pretrained_vision=args.pretrained_vision,
+            id2label=dict(enumerate(label_names)),
+            label2id={label: index for index, label in enumerate(label_names)},
+            **args.muse_config,
+        )
+
+    # Processor (words, tags and images -> tensors), one report line per split, data loaders.
     processor = build_processor(args, model.config, label_names)
+    report_splits(args, raw_datasets, processor, text_column="tokens", label_column="ner_tags")
     collate = MNERCollator(processor)
     train_dataloader, eval_dataloader, test_dataloader = make_dataloaders(raw_datasets, COLUMNS, collate, args)
 
@@ -174,11 +179,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         schedule,
         train_dataloader,
         lambda: evaluate(eval_dataloader),
+        TASK.metric_names,
         processor,
         progress,
         args,
     )
-    test_metrics = score_best_model(accelerator, model, args, lambda: evaluate(test_dataloader))
+    test_metrics = score_best_model(accelerator, model, progress, args, lambda: evaluate(test_dataloader))
     return finish(accelerator, args, TASK, model, progress, test_metrics, training_stats, raw_datasets, start_time)
 
 

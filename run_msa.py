@@ -1,14 +1,13 @@
 #!/usr/bin/env python
 """Train MuSE for multimodal sentiment analysis (MVSA-Single, MVSA-Multiple).
 
-    accelerate launch run_msa.py           # quick start: bundled MVSA-Single sample, small model, a few minutes
-    python run_msa.py --help               # every argument
-    accelerate launch run_msa.py --dataset_name mvsa_single --data_dir data/MVSA_Single \\
-        --text_model_name_or_path bert-base-uncased                               # the paper's setting
+    accelerate launch --config_file accelerate_configs/single_process.yaml run_msa.py    # quick start (sample)
+    accelerate launch run_msa.py recipes/mvsa_single.yaml       # the paper's MVSA-Single setting
+    python run_msa.py --help                                    # every argument
 
 An explicit Accelerate loop in the manner of transformers' `run_ner_no_trainer.py`; the parts shared with
-`run_mner.py` (arguments, optimizer groups, the loop, checkpoint/resume, evaluation, model card) are in
-`training_common.py`. Scores are accuracy and support-weighted F1 over positive/neutral/negative, as in the MSA
+`run_mner.py` (arguments, data, optimizer, the loop, checkpoints, evaluation, model card) are the modules of
+`muse_training`. Scores are accuracy and support-weighted F1 over positive/neutral/negative, as in the MSA
 literature the paper compares with; the model with the best validation F1 is kept in ``--output_dir`` and scored on
 the test split.
 """
@@ -28,34 +27,25 @@ from transformers import BatchFeature
 import modeling_muse  # noqa: F401  (registers MuSE with the transformers Auto classes)
 from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForSequenceClassification
+from muse_training.arguments import MSA_DATASETS, TaskInfo, parse_args
+from muse_training.checkpoints import TrainingProgress, prepare_output_dir, resume
+from muse_training.data import build_processor, load_splits, make_dataloaders, report_splits
+from muse_training.evaluation import EvaluationOutput, evaluate_model, score_best_model
+from muse_training.hub import create_hub_repo
+from muse_training.logs import silenced
+from muse_training.loop import create_accelerator, fit
+from muse_training.optimization import create_optimizer, create_scheduler
+from muse_training.results import finish
 from processing_muse import MuSEProcessor
-from training_common import (
-    MSA_DATASETS,
-    EvaluationOutput,
-    TaskInfo,
-    TrainingProgress,
-    build_processor,
-    create_accelerator,
-    create_hub_repo,
-    create_optimizer,
-    create_scheduler,
-    evaluate_model,
-    finish,
-    fit,
-    load_splits,
-    make_dataloaders,
-    parse_args,
-    prepare_output_dir,
-    resume,
-    score_best_model,
-)
 
 TASK = TaskInfo(
     name="msa",
+    title="Multimodal sentiment analysis",
     datasets=MSA_DATASETS,
     variants=tuple(ABLATION_VARIANTS),
     head_modules=("classifier",),
     pipeline_tag="text-classification",
+    custom_pipeline="multimodal-sentiment",
     metric_names=("accuracy", "f1"),
     description="Multimodal sentiment analysis (post text + image: positive, neutral, negative) with MuSE.",
 )
@@ -64,13 +54,16 @@ COLUMNS = ["text", "label", "image"]
 
 @dataclass
 class MSACollator:
-    """Dataset rows -> model inputs: raw post text and image through the processor, plus the class ids."""
+    """Dataset rows -> model inputs: raw post text and image through the processor, plus the class ids.
+
+    Silent: what the processor does to the text (cut words, unknown words) is reported once per split at load.
+    """
 
     processor: MuSEProcessor
 
     def __call__(self, rows: list[dict[str, Any]]) -> BatchFeature:
         batch = self.processor(
-            images=[row["image"] for row in rows], text=[row["text"] for row in rows], return_tensors="pt"
+            images=[row["image"] for row in rows], text=[row["text"] for row in rows], return_tensors="pt", warn=False
         )
         batch["labels"] = torch.tensor([row["label"] for row in rows])
         return batch
@@ -103,25 +96,36 @@ def sentiment_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train MuSE for MSA, keep the best model by validation F1, score it on test; returns ``all_results.json``."""
     start_time = time.perf_counter()
+    # The command line, or an argument file (a recipe) followed by overrides; unset arguments take the quick-start
+    # values on the bundled sample and the paper's elsewhere (muse_training.arguments.resolve_defaults).
     args = parse_args(TASK, argv)
+
+    # The Accelerator places everything on the devices and processes of `accelerate launch`.
     accelerator = create_accelerator(args)
     set_seed(args.seed)
     checkpoint = prepare_output_dir(accelerator, args)
     if args.push_to_hub and accelerator.is_main_process:
         args.hub_model_id = create_hub_repo(args.hub_model_id, args.hub_token)
 
-    # Data and model. The classes come from the dataset (positive, neutral, negative).
+    # Data. The classes come from the dataset (positive, neutral, negative).
     raw_datasets = load_splits(args, accelerator)
     label_names = raw_datasets["train"].features["label"].names
-    model = MuSEForSequenceClassification.from_text_vision_pretrained(
-        args.text_model_name_or_path,
-        args.vision_model_name,
-        pretrained_vision=args.pretrained_vision,
-        id2label=dict(enumerate(label_names)),
-        label2id={label: index for index, label in enumerate(label_names)},
-        **args.muse_config,
-    )
+
+    # Model: pretrained towers around newly initialised MuSE layers. This script trains those layers right away, so
+    # the reminder to train them before predicting does not apply.
+    with silenced("modeling_muse.modeling"):
+        model = MuSEForSequenceClassification.from_text_vision_pretrained(
+            args.text_model_name_or_path,
+            args.vision_model_name,
+            pretrained_vision=args.pretrained_vision,
+            id2label=dict(enumerate(label_names)),
+            label2id={label: index for index, label in enumerate(label_names)},
+            **args.muse_config,
+        )
+
+    # Processor (text and images -> tensors), one report line per split, data loaders.
     processor = build_processor(args, model.config, label_names=None)
+    report_splits(args, raw_datasets, processor, text_column="text")
     collate = MSACollator(processor)
     train_dataloader, eval_dataloader, test_dataloader = make_dataloaders(raw_datasets, COLUMNS, collate, args)
 
@@ -152,11 +156,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         schedule,
         train_dataloader,
         lambda: evaluate(eval_dataloader),
+        TASK.metric_names,
         processor,
         progress,
         args,
     )
-    test_metrics = score_best_model(accelerator, model, args, lambda: evaluate(test_dataloader))
+    test_metrics = score_best_model(accelerator, model, progress, args, lambda: evaluate(test_dataloader))
     return finish(accelerator, args, TASK, model, progress, test_metrics, training_stats, raw_datasets, start_time)
 
 

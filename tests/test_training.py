@@ -1,4 +1,4 @@
-"""Tests of the training scripts (`run_mner.py`, `run_msa.py`) and their shared module `training_common.py`.
+"""Tests of the training scripts (`run_mner.py`, `run_msa.py`) and their shared package `muse_training`.
 
 Fast tests check arguments, optimizer groups, checkpoint discovery, metrics and the Hub upload list. The slow ones
 train a tiny MuSE (a tiny random BERT saved to a temporary folder, timm's `test_resnet`, n = 16 = 4 x 4) in
@@ -8,6 +8,7 @@ against an uninterrupted one, and a two-process (gloo) run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,22 +21,26 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The training scripts and training_common.py are files at the repository root, not package modules.
+# The training scripts are files at the repository root, not package modules.
 sys.path.insert(0, str(REPO_ROOT))
 
 import run_mner  # noqa: E402
 import run_msa  # noqa: E402
-import training_common  # noqa: E402
 from datasets_scripts import SAMPLE_DIR  # noqa: E402
-from training_common import (  # noqa: E402
-    EvaluationOutput,
+from muse_training import hub  # noqa: E402
+from muse_training.arguments import offline_text_model_path, parse_args  # noqa: E402
+from muse_training.checkpoints import (  # noqa: E402
+    BEST_MODEL_MARKER,
     TrainingProgress,
-    files_to_upload,
     find_latest_checkpoint,
-    optimizer_parameter_groups,
-    parse_args,
-    push_to_hub,
+    prepare_output_dir,
+    save_checkpoint,
 )
+from muse_training.data import report_splits  # noqa: E402
+from muse_training.evaluation import EvaluationOutput  # noqa: E402
+from muse_training.hub import files_to_upload, push_to_hub  # noqa: E402
+from muse_training.model_card import write_model_card  # noqa: E402
+from muse_training.optimization import optimizer_parameter_groups  # noqa: E402
 
 # Time-derived entries differ between two runs of the same training.
 TIMING_KEYS = ("train_runtime_seconds", "train_samples_per_second", "wall_time_seconds")
@@ -129,6 +134,48 @@ def test_a_data_dir_without_the_dataset_files_names_them(tmp_path, capsys):
     assert "labelResultAll.txt" in capsys.readouterr().err
 
 
+def test_an_argument_file_gives_every_argument_and_the_command_line_overrides_it(tmp_path, capsys):
+    recipe = tmp_path / "run.yaml"
+    # YAML reads 5e-5 as a string and 1.0e-4 as a number: both must arrive as floats, as on the command line.
+    recipe.write_text("learning_rate: 5e-5\nhead_learning_rate: 1.0e-4\nnum_cross_layers: 3\nexchange_end_layer: 3\n"
+                      "pretrained_vision: false\nvariant: wo_l_ti\nseed: 1\n")
+    args = parse_args(run_mner.TASK, [str(recipe), "--seed", "7"])
+    assert (args.learning_rate, args.head_learning_rate, args.seed, args.pretrained_vision) == (5e-5, 1e-4, 7, False)
+    assert args.muse_config["num_cross_layers"] == 3 and args.muse_config["generation_loss_weight"] == 0.0
+    as_json = tmp_path / "run.json"
+    as_json.write_text(json.dumps({"learning_rate": 3e-5, "overwrite_output_dir": True}))
+    args = parse_args(run_mner.TASK, [str(as_json)])
+    assert args.learning_rate == 3e-5 and args.overwrite_output_dir is True
+    for text, expected in (
+        ("learning_rte: 1e-4\n", "unknown argument(s) learning_rte"),
+        ("variant: only_i\n", "--variant 'only_i'"),
+        ("- a list\n", "must hold a mapping"),
+        ("seed: [1, 2]\n", "seed must be a single value"),
+    ):
+        recipe.write_text(text)
+        with pytest.raises(SystemExit):
+            parse_args(run_mner.TASK, [str(recipe)])
+        message = capsys.readouterr().err
+        assert expected in message and (str(recipe) in message or "--variant" in expected), message
+
+
+def test_mt_product_defaults_to_a_chinese_text_encoder(tmp_path, capsys):
+    data_dir = str(_umt_folder(tmp_path))
+    argv = ["--dataset_name", "mt_product", "--data_dir", data_dir]
+    try:
+        args = parse_args(run_mner.TASK, argv)
+    except SystemExit:
+        # Without the Hub and without a cached copy, the run stops before loading anything, naming the default.
+        message = capsys.readouterr().err
+        assert "--text_model_name_or_path bert-base-chinese (the default for --dataset_name mt_product)" in message
+        assert "pass a local copy" in message
+    else:
+        assert args.text_model_name_or_path == "bert-base-chinese"
+        assert args.defaults_used["text_model_name_or_path"] == "bert-base-chinese"
+    args = parse_args(run_mner.TASK, ["--dataset_name", "twitter2017", "--data_dir", data_dir])
+    assert args.text_model_name_or_path == offline_text_model_path()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizer, checkpoints, metrics
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,6 +228,94 @@ def test_latest_checkpoint_is_the_one_with_most_steps(tmp_path):
     assert find_latest_checkpoint(tmp_path) == tmp_path / "epoch_2"
 
 
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def test_a_fresh_run_into_a_used_output_dir_says_what_happens_to_it(accelerator, tmp_path, caplog):
+    from argparse import Namespace
+
+    earlier = tmp_path / "out"
+    earlier.mkdir()
+    for name in ("all_results.json", "README.md", "config.json", "model.safetensors", BEST_MODEL_MARKER):
+        (earlier / name).write_text("{}")
+    args = Namespace(output_dir=str(earlier), resume_from_checkpoint=None, overwrite_output_dir=False)
+    with caplog.at_level("WARNING"):
+        assert prepare_output_dir(accelerator, args) is None
+    assert "holds the model of an earlier run: this run replaces it" in caplog.text
+    assert "all_results.json and README.md are deleted now" in caplog.text
+    # Results and card of the earlier model go at once (they would describe a model that is being replaced); the
+    # model files stay until this run saves its own.
+    assert sorted(path.name for path in earlier.iterdir()) == ["config.json", "model.safetensors"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        prepare_output_dir(accelerator, args)
+    assert "earlier run" not in caplog.text
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints(accelerator, tmp_path):
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    assert model is not None
+    for steps in (2, 4, 6):
+        save_checkpoint(accelerator, str(tmp_path), f"step_{steps}", TrainingProgress(completed_steps=steps), 2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step_4", "step_6"]
+    save_checkpoint(accelerator, str(tmp_path), "epoch_2", TrainingProgress(completed_steps=6), 1)
+    assert [path.name for path in tmp_path.iterdir()] == ["epoch_2"]
+
+
+def test_each_split_is_reported_in_one_line_with_what_needs_acting_on(accelerator, caplog, tmp_path):
+    import datasets
+    from PIL import Image
+
+    from processing_muse import placeholder_image
+
+    from tests.tiny_models import NER_LABELS, tiny_processor
+
+    processor = tiny_processor(max_length=8)
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_LABELS)),
+            "image": datasets.Image(),
+        }
+    )
+    picture = tmp_path / "1.jpg"
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(picture)
+    real = {"path": str(picture), "bytes": None}
+    english = {"tokens": [["Obama", "visits", "Paris"]], "ner_tags": [[1, 0, 3]], "image": [real]}
+    long_post = {"tokens": [["a"] * 10 + ["Kawhi", "Leonard"]], "ner_tags": [[0] * 10 + [1, 2]], "image": [real]}
+    # A placeholder is stored as image bytes without a path (datasets_scripts.images).
+    chinese = {"tokens": [list("苹果手机壳")], "ner_tags": [[1, 2, 2, 2, 2]], "image": [placeholder_image()]}
+    splits = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(english, features=features),
+            "validation": datasets.Dataset.from_dict(long_post, features=features),
+            "test": datasets.Dataset.from_dict(chinese, features=features),
+        }
+    )
+    args = argparse.Namespace(text_model_name_or_path="MiniLM", is_quickstart=False)
+    with caplog.at_level("INFO"):
+        reports = report_splits(args, splits, processor, text_column="tokens", label_column="ner_tags")
+    lines = [record.getMessage() for record in caplog.records if record.levelname == "INFO"]
+    assert len(lines) == 3
+    assert "train: 1 posts | 0 images replaced by the grey placeholder | 0 words cut at max_length 8" in lines[0]
+    # [CLS] and [SEP] leave 6 of the 8 positions: the last 6 words are cut, and with them the PER entity.
+    assert reports["validation"].cut_words == 6 and reports["validation"].cut_entities == 1
+    assert "validation: 1 posts | 0 images replaced by the grey placeholder | 6 words cut at max_length 8 " \
+        "(1 entities)" in lines[1]
+    unknown = reports["test"].unknown_words
+    assert unknown >= 4  # Chinese characters the English tokenizer does not know
+    assert "test: 1 posts | 1 images replaced by the grey placeholder" in lines[2]
+    assert f"{100 * unknown / 5:.1f}% of 5 words became [UNK]" in lines[2]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert f"{unknown} of 20 words" in warnings[0] and "bert-base-chinese" in warnings[0]
+    assert "] 1 of 3 images are the grey placeholder" in warnings[1]
+
+
 def test_ner_metrics_are_entity_level():
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     gold = np.array([[-100, 1, 2, -100, 0, 3, -100], [-100, 3, 4, 0, -100, -100, -100]])
@@ -210,6 +345,55 @@ def test_sentiment_metrics_match_scikit_learn():
     assert [metrics["positive_f1"], metrics["neutral_f1"], metrics["negative_f1"]] == pytest.approx(list(per_class))
 
 
+@pytest.mark.parametrize(
+    ("text_model", "base_model"),
+    [
+        (offline_text_model_path(), "sentence-transformers/all-MiniLM-L6-v2"),  # the offline copy of a Hub model
+        ("bert-base-uncased", "bert-base-uncased"),
+        ("a-local-folder", None),  # made to exist below: a folder is no Hub id
+    ],
+)
+def test_model_card_metadata_names_hub_ids_and_datasets_only(tmp_path, monkeypatch, text_model, base_model):
+    from huggingface_hub import ModelCard
+
+    from modeling_muse import MuSEForTokenClassification
+    from tests.tiny_models import tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    if text_model == "a-local-folder":
+        (tmp_path / text_model).mkdir()
+    output_dir = tmp_path / "runs" / "muse-twitter17"
+    output_dir.mkdir(parents=True)
+    args = parse_args(run_mner.TASK, ["--output_dir", str(output_dir)])
+    args.text_model_name_or_path = text_model
+    args.dataset_name, args.is_quickstart = "twitter2017", False
+    results = {"best_epoch": 2, "best_step": 20, "train_runtime_seconds": 10.0, "train_samples_per_second": 3.0,
+               "wall_time_seconds": 12.0}
+    for split in ("eval", "test"):
+        results.update({f"{split}_precision": 0.5, f"{split}_recall": 0.25, f"{split}_f1": 1 / 3})
+    progress = TrainingProgress(history=[{"epoch": 1, "step": 10, "precision": 0.1, "recall": 0.1, "f1": 0.1}])
+    model = MuSEForTokenClassification(tiny_config())
+    path = write_model_card(args, run_mner.TASK, model, progress, results, "report", "`twitter2017`: 3 posts.", 1)
+    card = ModelCard.load(path)
+    assert card.data.base_model == base_model
+    assert card.data.datasets == ["twitter2017"] and card.data.license == "apache-2.0"
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "token-classification"
+    assert {"multimodal-ner", "muse"} <= set(card.data.tags)
+    scores = {(result.metric_type, result.dataset_name, result.dataset_split): result.metric_value
+              for result in card.data.eval_results}
+    assert scores == {("precision", "Twitter-2017", "test"): 0.5, ("recall", "Twitter-2017", "test"): 0.25,
+                      ("f1", "Twitter-2017", "test"): 1 / 3}
+    assert card.data.eval_results[0].task_type == "token-classification"
+    # Loading code for the folder as users will have it, never a path of this machine.
+    assert 'model_id = "muse-twitter17"' in card.text and "trust_remote_code=True" in card.text
+    text = path.read_text()
+    for local in (str(tmp_path), offline_text_model_path()):
+        assert local not in text
+    args.push_to_hub, args.hub_model_id = True, "someone/muse-twitter17"
+    card = ModelCard.load(write_model_card(args, run_mner.TASK, model, progress, results, None, "x.", 1))
+    assert 'model_id = "someone/muse-twitter17"' in card.text and card.data.model_name == "muse-twitter17"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Hub upload (no network: HfApi is replaced by a recorder)
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,7 +421,7 @@ def _fake_output_dir(root: Path) -> Path:
         "tokenizer.json",
         "README.md",
         "all_results.json",
-        training_common.BEST_MODEL_MARKER,
+        BEST_MODEL_MARKER,
         "step_4/model.safetensors",
         "epoch_1/optimizer.bin",
         "step_6.incomplete/model.safetensors",
@@ -251,10 +435,10 @@ def _fake_output_dir(root: Path) -> Path:
 
 
 def test_push_to_hub_uploads_the_model_folder_without_checkpoints(tmp_path, monkeypatch):
-    monkeypatch.setattr(training_common, "HfApi", _RecordingHfApi)
+    monkeypatch.setattr(hub, "HfApi", _RecordingHfApi)
     _RecordingHfApi.calls = []
     output_dir = _fake_output_dir(tmp_path / "muse-out")
-    assert training_common.create_hub_repo("muse-out", token="secret") == "someone/muse-out"
+    assert hub.create_hub_repo("muse-out", token="secret") == "someone/muse-out"
     uploaded = push_to_hub(output_dir, "someone/muse-out", token="secret")
     expected = [
         "README.md",
@@ -284,7 +468,7 @@ def tiny_text_model(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(training_common.offline_text_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(offline_text_model_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
@@ -394,10 +578,46 @@ def _assert_rescored_like_reported(output_dir: Path) -> None:
         assert rescored[name] == pytest.approx(reported[f"test_{name}"], rel=1e-4, abs=1e-6), name
 
 
+# What a quiet run never shows: accelerate's launcher defaults, transformers' loading/saving bars and its load report,
+# the reminder to train a model that the script is training, per-epoch reports and best-model notes.
+NOISE = (
+    "were not passed to `accelerate launch`",
+    "Loading weights",
+    "Writing model shards",
+    "LOAD REPORT",
+    "train the model before using it",
+    "New best validation",
+    "validation report",
+    " - WARNING - ",
+)
+
+
+def _assert_no_local_paths(output_dir: Path, *local: Path) -> None:
+    """No saved text file names a folder of this machine (the text encoder's, the run's, the repository's)."""
+    for path in output_dir.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".md", ".py", ".txt", ".jinja"}:
+            text = path.read_text()
+            for folder in local:
+                assert str(folder) not in text, f"{path.relative_to(output_dir)} names {folder}"
+
+
+def _run_card_snippet(output_dir: Path, image: Path, env: dict[str, str]) -> str:
+    """Run the model card's "How to load" code as written, in a fresh process started beside the output folder."""
+    card = (output_dir / "README.md").read_text()
+    code = card.split("```python\n")[-1].split("```")[0].replace('"photo.jpg"', repr(str(image)))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=output_dir.parent, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"the card's loading code failed:\n{code}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
 @pytest.mark.slow
 def test_run_mner_end_to_end(tiny_text_model, script_env, tmp_path):
+    """The script as the README launches it: results, a card that loads the model as it says, and a quiet console."""
     output_dir = tmp_path / "out"
-    result = _run([sys.executable, "run_mner.py", *_tiny_args(tiny_text_model, output_dir)], script_env)
+    launch = ["accelerate", "launch", "--config_file", "accelerate_configs/single_process.yaml", "run_mner.py"]
+    result = _run([*launch, *_tiny_args(tiny_text_model, output_dir)], script_env)
     from transformers import AutoModel
 
     import modeling_muse  # noqa: F401
@@ -420,15 +640,35 @@ def test_run_mner_end_to_end(tiny_text_model, script_env, tmp_path):
     # The kept model is the one tested: scoring it again from disk gives the reported test scores.
     _assert_rescored_like_reported(output_dir)
     card = (output_dir / "README.md").read_text()
-    assert "library_name: transformers" in card and "AutoModelForTokenClassification.from_pretrained" in card
-    assert f"{results['test_f1']:.4g}" in card and "twitter2017_sample" in card and "exchange_ratio" in card
+    assert "library_name: transformers" in card and "pipeline_tag: token-classification" in card
+    assert "- multimodal-ner" in card and "license: apache-2.0" in card and "base_model" not in card
+    assert "model-index:" in card and f"value: {results['test_f1']}" in card and "twitter2017_sample" in card
+    assert "AutoModelForTokenClassification.from_pretrained(model_id, trust_remote_code=True)" in card
+    assert "exchange_ratio" in card
     assert {"model.safetensors", "config.json", "processor_config.json", "README.md", "all_results.json"} <= set(
         files_to_upload(output_dir)
     )
-    # Each loss term is logged on its own, with the throughput.
-    for term in ("| task ", "| L_it ", "| L_ti ", "L_ti_bits_per_dim", "samples/s", "validation report"):
-        assert term in result.stderr, term
-    assert "Test (twitter2017_sample, best epoch" in result.stdout
+    _assert_no_local_paths(output_dir, tiny_text_model, tmp_path, REPO_ROOT)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "photo.jpg")
+    # The pipeline's answer: a list of entities (the tiny model may find none).
+    assert _run_card_snippet(output_dir, tmp_path / "photo.jpg", script_env).startswith("[")
+
+    # The console: one line per split, one summary line per epoch with each loss term and the throughput, the test
+    # report once, where the results are, and none of the noise.
+    console = result.stdout + result.stderr
+    for noise in NOISE:
+        assert noise not in console, noise
+    for split, posts in (("train", 24), ("validation", 10), ("test", 10)):
+        assert f"] {split}: {posts} posts | {posts} images replaced by the grey placeholder | " in console, split
+    for epoch in (1, 2):
+        assert console.count(f"] epoch {epoch}/2 | ") == 1, epoch
+    for term in ("| task ", "| L_it ", "| L_ti ", "L_ti_bits_per_dim", "samples/s", "| validation precision "):
+        assert term in console, term
+    assert console.count("micro avg") == 1  # the seqeval report, at the end only
+    assert f"Test (twitter2017_sample, best epoch {results['best_epoch']})" in result.stdout
+    assert f"model and results in {output_dir}" in result.stdout
 
 
 @pytest.mark.slow

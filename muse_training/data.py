@@ -1,0 +1,177 @@
+"""Data of a training run: the three splits, the processor that turns rows into model inputs, and the loaders."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
+
+from configuration_muse import MuSEConfig
+from datasets_scripts import count_placeholder_images, load_muse_dataset
+from modeling_muse.processing_muse import unknown_words_warning
+from processing_muse import MuSEProcessor, TextReport, split_words_with_offsets
+
+from .logs import silenced
+
+__all__ = ["SPLITS", "build_processor", "describe_data", "load_splits", "make_dataloaders", "report_splits"]
+
+logger = get_logger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.DatasetDict:
+    """Load train/validation/test of ``--dataset_name``, cut to ``--max_*_samples``.
+
+    The main process prepares the dataset cache first; the others then read it.
+    """
+    # `report_splits` gives each split's placeholder count with the rest of its figures once the processor exists, so
+    # the loader's repetition of them for a cached dataset is dropped. Building a full dataset still logs what it
+    # replaced and why; the bundled samples hold no news (the Twitter sample ships without any image).
+    quieted = "datasets_scripts" if args.is_quickstart else "datasets_scripts.loading"
+    try:
+        with silenced(quieted), accelerator.main_process_first():
+            raw = load_muse_dataset(
+                args.dataset_name,
+                data_dir=args.data_dir,
+                image_dir=args.image_dir,
+                missing_images=args.missing_images,
+                cache_dir=args.dataset_cache_dir,
+                seed=args.seed,
+            )
+    except FileNotFoundError as error:
+        raise SystemExit(
+            f"Could not load --dataset_name {args.dataset_name} (--data_dir {args.data_dir}, --image_dir "
+            f"{args.image_dir}):\n{error}"
+        ) from error
+    absent = [split for split in SPLITS if split not in raw]
+    if absent:
+        raise SystemExit(
+            f"--dataset_name {args.dataset_name} --data_dir {args.data_dir}: the splits {absent} are missing; training "
+            f"needs train (fitting), validation (model selection) and test (the final score)."
+        )
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+    return datasets.DatasetDict(
+        {
+            split: raw[split].select(range(min(limit, len(raw[split])))) if limit is not None else raw[split]
+            for split, limit in limits.items()
+        }
+    )
+
+
+def build_processor(args: argparse.Namespace, config: MuSEConfig, label_names: Sequence[str] | None) -> MuSEProcessor:
+    """The processor matching the model: text padded to the model's n, images resized to ``--image_size``."""
+    return MuSEProcessor.from_text_vision_pretrained(
+        args.text_model_name_or_path,
+        args.vision_model_name,
+        max_length=config.max_text_length,
+        label_names=list(label_names) if label_names is not None else None,
+        image_size=args.image_size,
+    )
+
+
+def report_splits(
+    args: argparse.Namespace,
+    raw_datasets: datasets.DatasetDict,
+    processor: MuSEProcessor,
+    text_column: str,
+    label_column: str | None = None,
+) -> dict[str, TextReport]:
+    """Log one line per split (posts, placeholder images, words cut at ``max_length`` with the entities they held,
+    words the tokenizer cannot read) and a warning for what needs acting on; return the text reports.
+
+    Measured once here, so that the collators call the processor with ``warn=False`` instead of repeating the same
+    warnings for every batch of every epoch.
+    """
+    reports, placeholders, images = {}, 0, 0
+    unknown = processor.tokenizer.unk_token
+    for split in SPLITS:
+        rows = raw_datasets[split]
+        texts = rows[text_column]
+        words = [text if isinstance(text, list) else split_words_with_offsets(text)[0] for text in texts]
+        report = processor.text_report(words, rows[label_column] if label_column else None)
+        replaced = count_placeholder_images(rows)
+        reports[split], placeholders, images = report, placeholders + replaced, images + len(rows)
+        entities = f" ({report.cut_entities} entities)" if report.cut_entities is not None else ""
+        logger.info(
+            "%s: %d posts | %d images replaced by the grey placeholder | %d words cut at max_length %d%s | "
+            "%.1f%% of %d words became %s",
+            split,
+            report.posts,
+            replaced,
+            report.cut_words,
+            processor.max_length,
+            entities,
+            100 * report.unknown_share,
+            report.words,
+            unknown,
+        )
+    total = TextReport(
+        posts=sum(report.posts for report in reports.values()),
+        words=sum(report.words for report in reports.values()),
+        unknown_words=sum(report.unknown_words for report in reports.values()),
+        cut_words=sum(report.cut_words for report in reports.values()),
+        cut_entities=None,
+        cut_posts=[],
+    )
+    coverage = unknown_words_warning(total, args.text_model_name_or_path)
+    if coverage:
+        logger.warning(coverage)
+    if placeholders and not args.is_quickstart:
+        logger.warning(
+            "%d of %d images are the grey placeholder (missing or unreadable, --missing_images placeholder): the "
+            "image branch sees no picture for those posts.",
+            placeholders,
+            images,
+        )
+    return reports
+
+
+def make_dataloaders(
+    raw_datasets: datasets.DatasetDict,
+    columns: Sequence[str],
+    collate_fn: Callable[[list[dict]], Any],
+    args: argparse.Namespace,
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Train (shuffled), validation and test loaders over the ``columns`` of each split's rows, batched by
+    ``collate_fn`` (the processor) on the fly."""
+
+    def loader(split: str, batch_size: int) -> DataLoader:
+        return DataLoader(
+            raw_datasets[split].select_columns(list(columns)),
+            batch_size=batch_size,
+            shuffle=split == "train",
+            collate_fn=collate_fn,
+            num_workers=args.dataloader_num_workers,
+            # Its own generator, so that starting an epoch never draws from the global RNG that dropout and the
+            # regularizer noise use: a resumed run then replays that RNG exactly.
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+
+    return (
+        loader("train", args.per_device_train_batch_size),
+        loader("validation", args.per_device_eval_batch_size),
+        loader("test", args.per_device_eval_batch_size),
+    )
+
+
+def describe_data(args: argparse.Namespace, raw_datasets: datasets.DatasetDict) -> str:
+    """One sentence for the model card: which data, how many posts per split, how many placeholder images.
+
+    Names the dataset, never a folder of this machine.
+    """
+    source = (
+        f"the bundled sample `{args.dataset_name}` of `datasets_scripts`"
+        if args.is_quickstart
+        else f"`{args.dataset_name}`"
+    )
+    sizes = ", ".join(f"{len(raw_datasets[split])} {split}" for split in SPLITS)
+    placeholders = sum(count_placeholder_images(raw_datasets[split]) for split in SPLITS)
+    images = f"; {placeholders} of the images are grey placeholders for missing ones" if placeholders else ""
+    return f"{source}: {sizes} posts{images}."

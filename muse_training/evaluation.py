@@ -1,0 +1,84 @@
+"""Evaluation: a split's predictions, labels and task loss, gathered over processes without duplicates."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoints import TrainingProgress, load_best_weights
+
+__all__ = ["EvaluationOutput", "evaluate_model", "score_best_model"]
+
+
+@dataclass
+class EvaluationOutput:
+    """A whole split's predictions and labels, gathered over processes without duplicates, and its mean task loss."""
+
+    predictions: np.ndarray
+    labels: np.ndarray
+    loss: float
+
+
+@torch.no_grad()
+def evaluate_model(
+    accelerator: Accelerator,
+    model: nn.Module,
+    dataloader: DataLoader,
+    predictions_of: Callable[[Any], torch.Tensor],
+    losses_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+) -> EvaluationOutput:
+    """Run ``model`` over ``dataloader`` in eval mode and gather predictions, labels and per-post task losses.
+
+    Args:
+        predictions_of: model outputs -> predictions, one row per post.
+        losses_of: (model outputs, batch) -> the task loss of each post, ``(batch,)``; NaN where a post has none.
+            Per post, not the batch mean: in a multi-process run the last batches are padded with repeated posts,
+            which `gather_for_metrics` drops, and a batch mean would still carry them.
+    """
+    model.eval()
+    predictions, labels, losses = [], [], []
+    for batch in dataloader:
+        outputs = model(**batch)
+        per_position = [predictions_of(outputs), batch["labels"]]
+        if per_position[0].dim() == 2:
+            # Each batch is padded to its own longest post, so processes may hold different widths.
+            per_position = [accelerator.pad_across_processes(values, dim=1, pad_index=-100) for values in per_position]
+        gathered = accelerator.gather_for_metrics((*per_position, losses_of(outputs, batch).detach().float()))
+        for store, values in zip((predictions, labels, losses), gathered, strict=True):
+            store.append(values.cpu().numpy())
+    losses = np.concatenate(losses)
+    mean_loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else float("nan")
+    return EvaluationOutput(_concatenate_rows(predictions), _concatenate_rows(labels), mean_loss)
+
+
+def _concatenate_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate batches along the first axis, padding per-position values (batches of different widths) with
+    -100, the label value that marks a position without a word."""
+    if arrays[0].ndim == 1:
+        return np.concatenate(arrays)
+    width = max(array.shape[1] for array in arrays)
+    return np.concatenate([np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=-100) for array in arrays])
+
+
+def score_best_model(
+    accelerator: Accelerator,
+    model: nn.Module,
+    progress: TrainingProgress,
+    args: argparse.Namespace,
+    evaluate: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """Put the kept (best) model's weights into ``model`` and return ``evaluate()`` (the test metrics).
+
+    When the kept model was saved at the last step, ``model`` holds its weights already and nothing is loaded.
+    """
+    if progress.best["step"] != progress.completed_steps:
+        load_best_weights(accelerator, model, args.output_dir)
+    return evaluate()

@@ -1,0 +1,217 @@
+"""The Accelerator of a run and the training loop: train, validate after every epoch, keep the best model.
+
+Resumption is exact: the training data order depends only on (seed, epoch), data loading never draws from the
+global RNG that dropout and the regularizer noise use, and a resumed run skips the batches its epoch had done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType, parse_flag_from_env
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from processing_muse import MuSEProcessor
+
+from .checkpoints import TrainingProgress, save_checkpoint, save_model
+from .logs import LossMeter, configure_logging, epoch_summary
+from .optimization import Schedule
+
+__all__ = ["create_accelerator", "fit"]
+
+logger = get_logger(__name__)
+
+
+def create_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The `Accelerator` of the run, and logging set up so that only the main process talks.
+
+    Mixed precision and the number of processes come from `accelerate launch` / `accelerate config`.
+    """
+    # `accelerate launch --multi_gpu` on a machine without an accelerator starts several processes that would
+    # each train alone (accelerate then sees no distributed device); `cpu=True` makes them one gloo group.
+    multi_process_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    accelerator = Accelerator(
+        cpu=multi_process_on_cpu or None,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # Seedable sampler: the order of epoch e depends on (seed, e) only, which a mid-epoch resume relies on.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir if args.with_tracking else None,
+    )
+    configure_logging(accelerator)
+    if accelerator.distributed_type != DistributedType.NO:
+        logger.info(accelerator.state, main_process_only=False)
+    for plugin, distributed_type in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
+        # accelerate builds these set-ups on GPUs (and similar devices) only; elsewhere it falls back without a word.
+        if parse_flag_from_env(f"ACCELERATE_USE_{plugin}") and accelerator.distributed_type != distributed_type:
+            logger.warning(
+                "The accelerate config asks for %s, which accelerate runs on GPUs only: this run is %s instead.",
+                plugin,
+                accelerator.distributed_type,
+            )
+    if args.defaults_used:
+        setting = "the quick-start configuration" if args.is_quickstart else "the paper's settings"
+        logger.info(
+            "Arguments left unset take %s: %s",
+            setting,
+            ", ".join(f"--{name} {value}" for name, value in args.defaults_used.items()),
+        )
+    return accelerator
+
+
+def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
+    # Trackers accept scalars only.
+    return {name: value for name, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
+
+
+def fit(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    schedule: Schedule,
+    train_dataloader: DataLoader,
+    validate: Callable[[], dict[str, Any]],
+    metric_names: Sequence[str],
+    processor: MuSEProcessor,
+    progress: TrainingProgress,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """Train for ``schedule.max_train_steps`` optimizer steps, validating after every epoch.
+
+    ``validate()`` returns the validation metrics (``"f1"`` among them; a ``"report"`` string is dropped here, the
+    test report is shown at the end). One line per epoch shows the loss terms and the ``metric_names`` of
+    validation. The model with the best validation F1 is saved to ``output_dir``; checkpoints follow
+    ``--checkpointing_steps``. Returns training statistics of this process's run for ``all_results.json``.
+    """
+    if args.with_tracking:
+        accelerator.init_trackers(f"run_{args.task}", _tracker_config(args))
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        "Training on %d posts: %d epochs, %d optimizer steps (%d per epoch, %d warm-up), %d posts per step "
+        "(%d per process x %d processes x %d accumulated batches)",
+        len(train_dataloader.dataset),
+        schedule.num_train_epochs,
+        schedule.max_train_steps,
+        schedule.steps_per_epoch,
+        schedule.num_warmup_steps,
+        total_batch_size,
+        args.per_device_train_batch_size,
+        accelerator.num_processes,
+        args.gradient_accumulation_steps,
+    )
+    progress_bar = tqdm(
+        total=schedule.max_train_steps,
+        initial=progress.completed_steps,
+        desc="training",
+        disable=not accelerator.is_local_main_process,
+    )
+    # The window feeds the progress bar and the trackers every --logging_steps; the epoch meter the summary line.
+    window, epoch_meter = LossMeter(accelerator), LossMeter(accelerator)
+    start, samples_trained = time.perf_counter(), 0
+    # Log lines pass through tqdm while its bar is shown, instead of landing in the middle of the bar.
+    with logging_redirect_tqdm():
+        for epoch in range(progress.epoch, schedule.num_train_epochs):
+            epoch_start = time.perf_counter()
+            epoch_meter.reset()
+            model.train()
+            train_dataloader.set_epoch(epoch)
+            batches = train_dataloader
+            if epoch == progress.epoch and progress.epoch_step > 0:
+                batches = accelerator.skip_first_batches(
+                    train_dataloader, progress.epoch_step * args.gradient_accumulation_steps
+                )
+            progress.epoch = epoch
+            for batch in batches:
+                # Checked before the step, not after it: a run resumed from its final step must not train further.
+                if progress.completed_steps >= schedule.max_train_steps:
+                    break
+                with accelerator.accumulate(model):
+                    outputs = model(**batch)
+                    accelerator.backward(outputs.loss)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                batch_size = batch["input_ids"].shape[0]
+                window.update(outputs, batch_size)
+                epoch_meter.update(outputs, batch_size)
+                samples_trained += batch_size
+                if not accelerator.sync_gradients:
+                    continue
+                progress.completed_steps += 1
+                progress.epoch_step += 1
+                progress_bar.update(1)
+                if progress.completed_steps % args.logging_steps == 0:
+                    values = _log_window(accelerator, window, progress, lr_scheduler.get_last_lr()[0], args)
+                    progress_bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if (
+                    isinstance(args.checkpointing_steps, int)
+                    and progress.completed_steps % args.checkpointing_steps == 0
+                ):
+                    save_checkpoint(
+                        accelerator,
+                        args.output_dir,
+                        f"step_{progress.completed_steps}",
+                        progress,
+                        args.save_total_limit,
+                    )
+            if window.batches:
+                _log_window(accelerator, window, progress, lr_scheduler.get_last_lr()[0], args)
+            training = epoch_meter.summary() if epoch_meter.batches else None
+            metrics = validate()
+            metrics.pop("report", None)
+            progress.history.append({"epoch": epoch + 1, "step": progress.completed_steps, **metrics})
+            if args.with_tracking:
+                accelerator.log(
+                    {f"eval/{name}": value for name, value in metrics.items()}, step=progress.completed_steps
+                )
+            improved = not progress.best or metrics["f1"] > progress.best["metrics"]["f1"]
+            if improved:
+                progress.best = {"epoch": epoch + 1, "step": progress.completed_steps, "metrics": metrics}
+                save_model(accelerator, model, processor, args.output_dir, progress.best)
+            logger.info(
+                epoch_summary(
+                    epoch + 1,
+                    schedule.num_train_epochs,
+                    training,
+                    metrics,
+                    metric_names,
+                    time.perf_counter() - epoch_start,
+                    args.output_dir if improved else None,
+                )
+            )
+            progress.epoch, progress.epoch_step = epoch + 1, 0
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch + 1}", progress, args.save_total_limit)
+            if progress.completed_steps >= schedule.max_train_steps:
+                break
+    progress_bar.close()
+    runtime = time.perf_counter() - start
+    return {
+        "train_runtime_seconds": runtime,
+        "train_samples_per_second": samples_trained * accelerator.num_processes / runtime if runtime else 0.0,
+        "train_steps": progress.completed_steps,
+        "train_epochs": progress.epoch,
+    }
+
+
+def _log_window(
+    accelerator: Accelerator, window: LossMeter, progress: TrainingProgress, lr: float, args: argparse.Namespace
+) -> dict[str, float]:
+    """The window's loss terms, sent to the trackers (with ``--with_tracking``) and returned for the progress bar."""
+    values = window.summary()
+    if args.with_tracking:
+        accelerator.log(
+            {f"train/{name}": value for name, value in values.items()} | {"train/lr": lr}, step=progress.completed_steps
+        )
+    return values

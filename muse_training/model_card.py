@@ -1,0 +1,189 @@
+"""The model card (``output_dir/README.md``) through `huggingface_hub.ModelCard`: metadata the Hub reads (model-index
+evaluation results, datasets, base model, license, pipeline tag), the scores, the data, the hyperparameters and how to
+load the model. It names Hub ids and dataset names only, never a folder of the machine that trained the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import PreTrainedModel
+
+from .arguments import DATASET_TITLES, MUSE_ARGUMENTS, TaskInfo, text_encoder_hub_id
+from .checkpoints import MODEL_CARD_FILE, TrainingProgress
+
+__all__ = ["LICENSE", "write_model_card"]
+
+# The project's license (pyproject.toml); the pretrained towers it starts from (BERT, MiniLM, timm's ResNets) are
+# Apache-2.0 too.
+LICENSE = "apache-2.0"
+_METRIC_TITLES = {
+    "precision": "Test precision (entity-level micro, seqeval)",
+    "recall": "Test recall (entity-level micro, seqeval)",
+    "f1": "Test F1",
+    "accuracy": "Test accuracy",
+}
+_AUTO_CLASSES = {"mner": "AutoModelForTokenClassification", "msa": "AutoModelForSequenceClassification"}
+_EXAMPLE_TEXT = {"mner": "Kevin Durant joins the Warriors", "msa": "What a wonderful day at the beach"}
+_HYPERPARAMETERS = (
+    "variant",
+    "vision_model_name",
+    "pretrained_vision",
+    "image_size",
+    "learning_rate",
+    "head_learning_rate",
+    "weight_decay",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_train_steps",
+    "lr_scheduler_type",
+    "num_warmup_steps",
+    "warmup_ratio",
+    "seed",
+)
+
+
+def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any], model_name: str) -> ModelCardData:
+    base_model = text_encoder_hub_id(args.text_model_name_or_path)
+    f1_title = "Test F1 (entity-level micro, seqeval)" if task.name == "mner" else "Test F1 (support-weighted)"
+    eval_results = [
+        EvalResult(
+            task_type=task.pipeline_tag,
+            task_name=task.title,
+            dataset_type=args.dataset_name,
+            dataset_name=DATASET_TITLES[args.dataset_name],
+            dataset_split="test",
+            metric_type=name,
+            metric_value=results[f"test_{name}"],
+            metric_name=f1_title if name == "f1" else _METRIC_TITLES[name],
+        )
+        for name in task.metric_names
+    ]
+    return ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[args.dataset_name],
+        license=LICENSE,
+        library_name="transformers",
+        pipeline_tag=task.pipeline_tag,
+        tags=["muse", "multimodal", task.custom_pipeline, task.name],
+        eval_results=eval_results,
+    )
+
+
+def _how_to_load(task: TaskInfo, location: str, on_hub: bool) -> list[str]:
+    auto_class = _AUTO_CLASSES[task.name]
+    where = "the Hub repository" if on_hub else "this folder (or its Hub id once uploaded)"
+    return [
+        "## How to load",
+        "",
+        "The model carries its code: `transformers` loads it with `trust_remote_code=True` (the machine needs torch, "
+        "torchvision, transformers, timm, pytorch-crf, safetensors and Pillow; pin a `revision` when loading from "
+        "the Hub). With the MuSE repository installed, `import modeling_muse` instead and leave `trust_remote_code` "
+        "out.",
+        "",
+        "```python",
+        f"from transformers import AutoProcessor, {auto_class}, pipeline",
+        "",
+        f'model_id = "{location}"  # {where}',
+        f'classifier = pipeline("{task.custom_pipeline}", model=model_id, trust_remote_code=True)',
+        f'print(classifier({{"text": "{_EXAMPLE_TEXT[task.name]}", "image": "photo.jpg"}}))',
+        "",
+        "processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)",
+        f"model = {auto_class}.from_pretrained(model_id, trust_remote_code=True)",
+        "```",
+        "",
+    ]
+
+
+def write_model_card(
+    args: argparse.Namespace,
+    task: TaskInfo,
+    model: PreTrainedModel,
+    progress: TrainingProgress,
+    results: dict[str, Any],
+    test_report: str | None,
+    data_description: str,
+    num_processes: int,
+) -> Path:
+    """Write ``output_dir/README.md``: the model, its scores, the data, every hyperparameter, and how to load it."""
+    on_hub = bool(args.push_to_hub)
+    location = args.hub_model_id if on_hub else Path(args.output_dir).resolve().name
+    model_name = location.split("/")[-1]
+    text_model = text_encoder_hub_id(args.text_model_name_or_path) or "a text encoder from a local folder"
+    headline = [(name, results[f"eval_{name}"], results[f"test_{name}"]) for name in task.metric_names]
+    hyperparameters = [
+        ("text_model_name_or_path", text_model),
+        *((name, getattr(args, name)) for name in _HYPERPARAMETERS),
+        ("processes", num_processes),
+    ]
+    muse_fields = [
+        (name, getattr(model.config, name))
+        for name in (*MUSE_ARGUMENTS, "use_text", "use_image", "use_cross_transformer")
+    ]
+    lines = [
+        f"# MuSE ({task.name.upper()}) trained on {DATASET_TITLES[args.dataset_name]}",
+        "",
+        f"{task.description} MuSE (Zhu et al., *Exchanging-based Multimodal Fusion with Transformer*) fuses a text "
+        f"encoder (`{text_model}`) and a timm image encoder (`{args.vision_model_name}`) with a CrossTransformer that "
+        f"exchanges tokens between the two streams. Model class `{type(model).__name__}`, variant `{args.variant}`.",
+        "",
+        "## Results",
+        "",
+        f"This is the model of the best validation F1: epoch {results['best_epoch']} (step {results['best_step']}).",
+        "",
+        _markdown_table(["metric", "validation", "test"], headline),
+        "",
+    ]
+    if test_report:
+        lines += ["Test report:", "", "```", test_report.rstrip(), "```", ""]
+    lines += [
+        "Validation after each epoch:",
+        "",
+        _markdown_table(
+            ["epoch", "step", *task.metric_names],
+            (
+                [entry["epoch"], entry["step"], *(entry[name] for name in task.metric_names)]
+                for entry in progress.history
+            ),
+        ),
+        "",
+        "## Data",
+        "",
+        f"Trained on {data_description}",
+        "",
+        "## Training hyperparameters",
+        "",
+        _markdown_table(["argument", "value"], hyperparameters),
+        "",
+        "MuSE configuration:",
+        "",
+        _markdown_table(["field", "value"], muse_fields),
+        "",
+        f"Training with validation took {results['train_runtime_seconds']:.0f} s "
+        f"({results['train_samples_per_second']:.1f} training samples/s), "
+        f"the whole run {results['wall_time_seconds']:.0f} s.",
+        "",
+        *_how_to_load(task, location, on_hub),
+    ]
+    card_data = _card_data(args, task, results, model_name)
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    path = Path(args.output_dir, MODEL_CARD_FILE)
+    card.save(path)
+    return path
