@@ -2,11 +2,12 @@
 
 FLOPs are counted with the formulas of ``torch.utils.flop_counter`` (those of ``FlopCounterMode``): every matrix
 product, convolution and attention, 2 per multiply-add, forward and backward; element-wise work (activations, norms,
-the optimizer) counts 0. Two gaps of the stock registry are closed here: the CPU attention kernel that ``scaled_dot_product_attention`` picks
-when attention dropout is off (``_scaled_dot_product_flash_attention_for_cpu`` and its backward) would count 0, so
-it gets the formula of the other attention kernels. ``count_flops`` also fails when any contraction-like operator
-without a formula runs, so that nothing (an LSTM cell, a new kernel) is silently counted as free. LSTM cells need no
-formula: ``LSTMCell`` dispatches as two ``addmm``/``mm`` products and element-wise gates, on CPU and on CUDA.
+the optimizer) counts 0. One gap of the stock registry is closed here: the CPU attention kernel that
+``scaled_dot_product_attention`` picks when attention dropout is off (``_scaled_dot_product_flash_attention_for_cpu``
+and its backward, e.g. in inference) would count 0; it gets the formula of the other attention kernels. Counting
+fails when any other contraction-like operator runs without a formula, so that nothing is silently counted as free.
+LSTM cells need no formula of their own: ``LSTMCell`` dispatches as ``addmm``/``mm`` products plus element-wise
+gates, on CPU and on CUDA.
 
 ``--dtype bfloat16`` runs the forward pass (and the losses) under ``torch.autocast``: parameters, gradients and the
 optimizer stay in float32, as in mixed-precision training.
