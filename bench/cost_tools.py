@@ -50,7 +50,10 @@ def _cpu_flash_attention_backward_flop(
 
 
 # Operators whose names say they contract tensors; one of them running without a FLOP formula is an error.
-_CONTRACTION_NAME = re.compile(r"mm|conv|attention|lstm|gru|rnn|matmul|einsum|linear|^(mv|addmv|dot|vdot|addr|outer)$")
+_CONTRACTION_NAME = re.compile(
+    r"mm($|_)|(^|_)conv(?!ert)|attention|lstm|(^|_)gru|rnn|matmul|einsum|^linear"
+    r"|^(mv|addmv|dot|vdot|addr|outer|bilinear)$"
+)
 # Fused recurrent cells that only apply the element-wise gates: their matrix products run as separate mm ops.
 _ELEMENTWISE_CELLS = {"_thnn_fused_lstm_cell", "_thnn_fused_lstm_cell_backward_impl", "_thnn_fused_gru_cell",
                       "_thnn_fused_gru_cell_backward"}

