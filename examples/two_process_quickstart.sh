@@ -4,7 +4,7 @@
 #   bash examples/two_process_quickstart.sh [extra run_mner.py arguments]
 #
 # `accelerate launch --multi_gpu` starts the processes; on a machine without an accelerator, run_mner.py turns
-# them into one gloo process group (training_common.create_accelerator). Each process trains on half of every
+# them into one gloo process group (muse_training.loop.create_accelerator). Each process trains on half of every
 # epoch, gradients are averaged, validation/test predictions are gathered without duplicates, and only the main
 # process writes files and shows the progress bar. Threads per process default to 1, so that two processes fit on
 # a two-core machine; raise OMP_NUM_THREADS on a bigger one.
