@@ -508,7 +508,9 @@ def read_args_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[st
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        parser.error(f"argument file {path} must hold a mapping of argument names to values, not {type(values).__name__}.")
+        parser.error(
+            f"argument file {path} must hold a mapping of argument names to values, not {type(values).__name__}."
+        )
     known = {action.dest for action in parser._actions}
     unknown = sorted(str(key) for key in values if key not in known)
     if unknown:

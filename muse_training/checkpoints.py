@@ -184,7 +184,8 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
                 " and ".join(path.name for path in earlier_results),
             )
         if stale:
-            logger.warning("--overwrite_output_dir: deleting the checkpoints %s", ", ".join(sorted(f.name for f in stale)))
+            names = ", ".join(sorted(folder.name for folder in stale))
+            logger.warning("--overwrite_output_dir: deleting the checkpoints %s", names)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             for folder in stale:

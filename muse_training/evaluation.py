@@ -65,7 +65,8 @@ def _concatenate_rows(arrays: list[np.ndarray]) -> np.ndarray:
     if arrays[0].ndim == 1:
         return np.concatenate(arrays)
     width = max(array.shape[1] for array in arrays)
-    return np.concatenate([np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=-100) for array in arrays])
+    padded = [np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=-100) for array in arrays]
+    return np.concatenate(padded)
 
 
 def score_best_model(
