@@ -23,15 +23,27 @@ Choices the paper leaves open, fixed here (see also MUSE_SPEC.md section 2):
   ``attention_penalty_weight = 1 / N`` reproduces it.)
 * The LSTM state is carried unchanged through steps whose input is padding, so left and right
   padding, and any amount of extra padding, give the same loss.
+
+How it runs: the recurrence is one autograd function (:class:`_AttendAndStep`) with its backward pass
+(backpropagation through time) written out, because run as ordinary autograd operations its cost is
+mostly not arithmetic: dozens of tiny operators per step, and every step materialises and accumulates a
+full gradient of each weight it uses and of the image vectors. Everything that does not depend on the
+recurrence is computed once for all steps (the word-embedding part of the LSTM input, the projected image
+vectors), the three matrix products that read the previous hidden state run as one, and the backward
+pass computes the gradients of the weights and of the image vectors as one matrix product each over all
+steps. The arithmetic is that of the step-by-step formulation (``tests/test_caption_decoder.py`` pins it
+to one written with ``nn.LSTMCell``), up to float rounding.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 @dataclass
@@ -57,7 +69,8 @@ class CaptionDecoderOutput:
 
 
 class SoftAttention(nn.Module):
-    """Additive soft attention of Show, Attend and Tell: alpha = softmax_n(w^T relu(W_f f_n + W_h h))."""
+    """Parameters of the additive soft attention of Show, Attend and Tell:
+    alpha = softmax_n(w^T relu(W_f f_n + W_h h) + b), evaluated by :class:`_AttendAndStep`."""
 
     def __init__(self, feature_dim: int, decoder_dim: int, attention_dim: int) -> None:
         super().__init__()
@@ -65,18 +78,137 @@ class SoftAttention(nn.Module):
         self.hidden_proj = nn.Linear(decoder_dim, attention_dim)
         self.score = nn.Linear(attention_dim, 1)
 
-    def forward(self, features: Tensor, projected_features: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """Attend over ``features`` (B, N, F) given the decoder state ``hidden`` (B, D).
 
-        ``projected_features`` is ``self.feature_proj(features)``, computed once per caption by the
-        caller because it does not depend on the time step.
+class _AttendAndStep(torch.autograd.Function):
+    """All steps of the attention LSTM, forward and backward (backpropagation through time).
 
-        Returns the context (B, F) and the attention weights (B, N).
-        """
-        scores = self.score(torch.relu(projected_features + self.hidden_proj(hidden).unsqueeze(1))).squeeze(-1)
-        weights = scores.softmax(dim=-1)
-        context = torch.bmm(weights.unsqueeze(1), features).squeeze(1)
-        return context, weights
+    Step t, from the state (h, c) before it (B = batch, N = image vectors, D = LSTM width):
+
+        [hh, a, b] = h W^T + w                      W = [W_hh; W_att; W_beta], w = [b_hh; b_att; b_beta]
+        e = relu(P + a)                            P = projected image vectors (B, N, A)
+        alpha = softmax_n(e v + v_0)               v, v_0 = attention score weight and bias
+        z = sigmoid(b) * (alpha @ features)        gated context (B, F)
+        i, f, g, o = LSTM gates of X_t + hh + z W_z^T   X_t = precomputed word-embedding part (B, 4D)
+        c' = f c + i g;  h' = o tanh(c');  (h, c) <- (h', c') where keep_t, else unchanged
+
+    Returns the hidden states after every step (B, T, D) and the attention weights (B, T, N).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        features: Tensor,
+        projected_features: Tensor,
+        input_gates: Tensor,
+        keep: Tensor,
+        h: Tensor,
+        c: Tensor,
+        hidden_weight: Tensor,
+        hidden_bias: Tensor,
+        context_weight: Tensor,
+        score_weight: Tensor,
+        score_bias: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        num_steps = input_gates.size(1)
+        width = h.size(1)
+        splits = [4 * width, projected_features.size(2), features.size(2)]
+        keep = keep.unsqueeze(-1)
+        saved = {name: [] for name in ("h", "c", "activated", "gate", "context", "gated_context", "cell_tanh", "e")}
+        hiddens, alphas = [], []
+        for t in range(num_steps):
+            hidden_gates, attention_query, gate_input = torch.addmm(hidden_bias, h, hidden_weight.t()).split(splits, 1)
+            e = torch.relu(projected_features + attention_query.unsqueeze(1))
+            alpha = torch.softmax((e @ score_weight.unsqueeze(-1)).squeeze(-1) + score_bias, dim=-1)
+            context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)
+            gate = torch.sigmoid(gate_input)
+            gated_context = gate * context
+            gates = torch.addmm(input_gates[:, t] + hidden_gates, gated_context, context_weight.t())
+            activated = torch.sigmoid(gates)
+            activated[:, 2 * width : 3 * width] = torch.tanh(gates[:, 2 * width : 3 * width])
+            in_gate, forget_gate, candidate, out_gate = activated.chunk(4, dim=1)
+            new_c = torch.addcmul(forget_gate * c, in_gate, candidate)
+            cell_tanh = torch.tanh(new_c)
+            new_h = out_gate * cell_tanh
+            for name, value in (("h", h), ("c", c), ("activated", activated), ("gate", gate), ("context", context),
+                                ("gated_context", gated_context), ("cell_tanh", cell_tanh), ("e", e)):
+                saved[name].append(value)
+            h = torch.where(keep[:, t], new_h, h)
+            c = torch.where(keep[:, t], new_c, c)
+            hiddens.append(h)
+            alphas.append(alpha)
+        hiddens = torch.stack(hiddens, dim=1)
+        alphas = torch.stack(alphas, dim=1)
+        ctx.save_for_backward(
+            features, keep, hidden_weight, context_weight, score_weight, alphas,
+            *(torch.stack(values) for values in saved.values()),
+        )
+        return hiddens, alphas
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hiddens: Tensor, grad_alphas: Tensor):
+        (features, keep, hidden_weight, context_weight, score_weight, alphas,
+         hs, cs, activations, gates, contexts, gated_contexts, cell_tanhs, es) = ctx.saved_tensors
+        num_steps, batch, width = hs.shape
+        grad_h = torch.zeros_like(hs[0])
+        grad_c = torch.zeros_like(cs[0])
+        grad_projected = torch.zeros_like(es[0])
+        grad_gates, grad_hidden_outputs, grad_contexts, grad_scores = [], [], [], []
+        for t in range(num_steps - 1, -1, -1):
+            step_keep = keep[:, t]
+            grad_h_total = grad_h + grad_hiddens[:, t]
+            grad_new_h = torch.where(step_keep, grad_h_total, 0.0)
+            grad_new_c = torch.where(step_keep, grad_c, 0.0)
+            in_gate, forget_gate, candidate, out_gate = activations[t].chunk(4, dim=1)
+            cell_tanh = cell_tanhs[t]
+            grad_new_c = grad_new_c + grad_new_h * out_gate * (1.0 - cell_tanh * cell_tanh)
+            grad_gate_outputs = torch.cat(
+                [
+                    grad_new_c * candidate * in_gate * (1.0 - in_gate),
+                    grad_new_c * cs[t] * forget_gate * (1.0 - forget_gate),
+                    grad_new_c * in_gate * (1.0 - candidate * candidate),
+                    grad_new_h * cell_tanh * out_gate * (1.0 - out_gate),
+                ],
+                dim=1,
+            )
+            grad_gated_context = grad_gate_outputs @ context_weight
+            gate = gates[t]
+            grad_gate_input = grad_gated_context * contexts[t] * gate * (1.0 - gate)
+            grad_context = grad_gated_context * gate
+            alpha = alphas[:, t]
+            grad_alpha = torch.bmm(features, grad_context.unsqueeze(-1)).squeeze(-1) + grad_alphas[:, t]
+            grad_score = alpha * (grad_alpha - (alpha * grad_alpha).sum(dim=-1, keepdim=True))
+            grad_pre_relu = torch.where(es[t] > 0, grad_score.unsqueeze(-1) * score_weight, 0.0)
+            grad_projected += grad_pre_relu
+            grad_hidden_output = torch.cat([grad_gate_outputs, grad_pre_relu.sum(dim=1), grad_gate_input], dim=1)
+            grad_h = grad_hidden_output @ hidden_weight + torch.where(step_keep, 0.0, grad_h_total)
+            grad_c = grad_new_c * forget_gate + torch.where(step_keep, 0.0, grad_c)
+            grad_gates.append(grad_gate_outputs)
+            grad_hidden_outputs.append(grad_hidden_output)
+            grad_contexts.append(grad_context)
+            grad_scores.append(grad_score)
+        # Collected in reverse step order; the weight gradients below are sums over steps, so only the per-step
+        # tensors that are matched with saved ones need the forward order back.
+        grad_gates = torch.stack(grad_gates[::-1])
+        grad_hidden_outputs = torch.stack(grad_hidden_outputs[::-1])
+        grad_scores = torch.stack(grad_scores[::-1])
+        grad_features = torch.bmm(alphas.transpose(1, 2), torch.stack(grad_contexts[::-1], dim=1))
+        grad_hidden_weight = grad_hidden_outputs.flatten(0, 1).t() @ hs.flatten(0, 1)
+        grad_context_weight = grad_gates.flatten(0, 1).t() @ gated_contexts.flatten(0, 1)
+        grad_score_weight = (grad_scores.reshape(1, -1) @ es.reshape(-1, es.size(-1))).squeeze(0)
+        return (
+            grad_features,
+            grad_projected,
+            grad_gates.transpose(0, 1),
+            None,
+            grad_h,
+            grad_c,
+            grad_hidden_weight,
+            grad_hidden_outputs.sum(dim=(0, 1)),
+            grad_context_weight,
+            grad_score_weight,
+            grad_scores.sum().reshape(1),
+        )
 
 
 class CaptionDecoder(nn.Module):
@@ -159,29 +291,9 @@ class CaptionDecoder(nn.Module):
         mask = caption_mask.to(dtype=torch.bool)
         # Step t is real when both its input token t and its target token t + 1 are real.
         step_mask = mask[:, :-1] & mask[:, 1:]
-        num_steps = caption_ids.size(1) - 1
 
-        mean_features = image_features.mean(dim=1)
-        h = self.init_h(mean_features)
-        c = self.init_c(mean_features)
-        projected_features = self.attention.feature_proj(image_features)
-        embeddings = self.embedding(caption_ids[:, :-1])
-
-        hiddens = []
-        attention_weights = []
-        for t in range(num_steps):
-            context, alpha = self.attention(image_features, projected_features, h)
-            gate = torch.sigmoid(self.f_beta(h))
-            h_next, c_next = self.lstm(torch.cat([embeddings[:, t], gate * context], dim=-1), (h, c))
-            # Padding inputs must not move the state, so that the amount and side of padding
-            # cannot change what the real steps compute.
-            keep = mask[:, t].unsqueeze(-1)
-            h = torch.where(keep, h_next, h)
-            c = torch.where(keep, c_next, c)
-            hiddens.append(h)
-            attention_weights.append(alpha)
-
-        hidden_states = self.dropout(torch.stack(hiddens, dim=1))
+        hiddens, attention_weights = self._recurrence(image_features, caption_ids[:, :-1], mask[:, :-1])
+        hidden_states = self.dropout(hiddens)
         step_weights = step_mask.to(hidden_states.dtype)
         # The vocabulary projection dominates the decoder's cost, so it runs on the real steps only (posts fill
         # about a third of the padded length); full logits are computed only when asked for.
@@ -190,7 +302,7 @@ class CaptionDecoder(nn.Module):
         has_steps = step_mask.any(dim=1).to(token_nll.dtype)
         token_loss = token_nll / has_steps.sum().clamp(min=1.0)
 
-        alphas = torch.stack(attention_weights, dim=1) * step_weights.unsqueeze(-1)
+        alphas = attention_weights * step_weights.unsqueeze(-1)
         per_sample_penalty = (1.0 - alphas.sum(dim=1)).pow(2).sum(dim=-1)
         attention_penalty = self.attention_penalty_weight * (
             (per_sample_penalty * has_steps).sum() / has_steps.sum().clamp(min=1.0)
@@ -203,3 +315,34 @@ class CaptionDecoder(nn.Module):
             attention_weights=alphas,
             logits=self.fc(hidden_states) if return_logits else None,
         )
+
+    def _recurrence(self, image_features: Tensor, input_ids: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """Hidden states (B, T, D) and attention weights (B, T, N) of the teacher-forced steps.
+
+        ``keep`` (B, T) is False at padding inputs, whose steps leave the state unchanged. Under autocast the
+        recurrence runs in the weights' precision: it is a small part of the decoder's arithmetic, and its state
+        is carried over all steps.
+        """
+        lstm, attention = self.lstm, self.attention
+        embedding_dim = self.embedding.embedding_dim
+        device_type = image_features.device.type
+        with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext():
+            dtype = self.fc.weight.dtype
+            features = image_features.to(dtype)
+            mean_features = features.mean(dim=1)
+            input_weight, context_weight = lstm.weight_ih.split([embedding_dim, self.feature_dim], dim=1)
+            # The word-embedding part of every step's LSTM input, for all steps at once.
+            input_gates = F.linear(self.embedding(input_ids), input_weight, lstm.bias_ih)
+            return _AttendAndStep.apply(
+                features,
+                F.linear(features, attention.feature_proj.weight, attention.feature_proj.bias),
+                input_gates,
+                keep,
+                self.init_h(mean_features),
+                self.init_c(mean_features),
+                torch.cat([lstm.weight_hh, attention.hidden_proj.weight, self.f_beta.weight]),
+                torch.cat([lstm.bias_hh, attention.hidden_proj.bias, self.f_beta.bias]),
+                context_weight,
+                attention.score.weight.squeeze(0),
+                attention.score.bias,
+            )

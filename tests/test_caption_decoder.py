@@ -30,6 +30,61 @@ def make_batch(lengths: list[int], total_length: int, seed: int = 1, num_regions
     return features, ids, mask
 
 
+def step_by_step_loss(decoder: CaptionDecoder, features, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's loss and attention weights computed the plain way: attention, gate and ``nn.LSTMCell``
+    step by step, every operation differentiated by autograd (the formulation before the fused recurrence)."""
+    attention = decoder.attention
+    keep_mask = mask.bool()
+    step_mask = keep_mask[:, :-1] & keep_mask[:, 1:]
+    mean_features = features.mean(dim=1)
+    h, c = decoder.init_h(mean_features), decoder.init_c(mean_features)
+    projected = attention.feature_proj(features)
+    embeddings = decoder.embedding(ids[:, :-1])
+    hiddens, alphas = [], []
+    for t in range(ids.size(1) - 1):
+        scores = attention.score(torch.relu(projected + attention.hidden_proj(h).unsqueeze(1))).squeeze(-1)
+        alpha = scores.softmax(dim=-1)
+        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)
+        gate = torch.sigmoid(decoder.f_beta(h))
+        h_next, c_next = decoder.lstm(torch.cat([embeddings[:, t], gate * context], dim=-1), (h, c))
+        keep = keep_mask[:, t].unsqueeze(-1)
+        h, c = torch.where(keep, h_next, h), torch.where(keep, c_next, c)
+        hiddens.append(h)
+        alphas.append(alpha)
+    hidden_states = torch.stack(hiddens, dim=1)
+    token_nll = F.cross_entropy(decoder.fc(hidden_states[step_mask]), ids[:, 1:][step_mask], reduction="sum")
+    has_steps = step_mask.any(dim=1).to(token_nll.dtype)
+    weights = torch.stack(alphas, dim=1) * step_mask.unsqueeze(-1)
+    penalty = ((1.0 - weights.sum(dim=1)).pow(2).sum(dim=-1) * has_steps).sum() / has_steps.sum()
+    return token_nll / has_steps.sum() + decoder.attention_penalty_weight * penalty, weights
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_fused_recurrence_matches_the_step_by_step_formulation(dtype, tolerance):
+    # Right padding, left padding, a gap inside a post and a post without any real step.
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1],
+                         [1, 1, 0, 1, 1, 0, 1], [1, 0, 0, 0, 0, 0, 0]])
+    decoder = make_decoder(attention_penalty_weight=0.7).to(dtype)
+    features = torch.randn(5, NUM_REGIONS, FEATURE_DIM, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    ids = torch.randint(1, VOCAB, mask.shape, generator=torch.Generator().manual_seed(4)) * mask
+    results = []
+    for compute in (lambda f: decoder(f, ids, mask), lambda f: step_by_step_loss(decoder, f, ids, mask)):
+        decoder.zero_grad()
+        leaf = features.clone().requires_grad_(True)
+        output = compute(leaf)
+        loss, weights = output if isinstance(output, tuple) else (output.loss, output.attention_weights)
+        loss.backward()
+        gradients = {name: parameter.grad.clone() for name, parameter in decoder.named_parameters()}
+        results.append((loss.detach(), weights.detach(), leaf.grad, gradients))
+    (fused_loss, fused_weights, fused_grad, fused_params), (loss, weights, grad, params) = results
+    torch.testing.assert_close(fused_loss, loss, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(fused_weights, weights, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(fused_grad, grad, rtol=tolerance, atol=tolerance)
+    assert fused_params.keys() == params.keys()
+    for name in params:
+        torch.testing.assert_close(fused_params[name], params[name], rtol=tolerance, atol=tolerance, msg=name)
+
+
 def test_appending_padding_does_not_change_loss():
     decoder = make_decoder()
     features, ids, mask = make_batch([7, 4, 2], total_length=7)
