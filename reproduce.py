@@ -150,6 +150,8 @@ def table_recipes(table: str, recipes: dict[str, Recipe]) -> list[Recipe]:
 
 @dataclass(frozen=True)
 class Run:
+    """One training of a recipe with one seed, in its own folder."""
+
     recipe: Recipe
     seed: int
     folder: Path
@@ -566,7 +568,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name, value in run_arguments(run, options).items()
                 if run.recipe.values.get(name) != value
             }
-            print(f"{prefix}{shlex.join(launch_command(run, options))}  # recipes/{run.recipe.name}.yaml + {changes}")
+            command = shlex.join(launch_command(run, options))
+            if options.smoke:
+                command = f"(in this process) {run.recipe.script} {run.folder / ARGS_FILE}"
+            print(f"{prefix}{command}  # recipes/{run.recipe.name}.yaml + {changes}")
             continue
         print(prefix, end="", flush=True)
         run_start = time.perf_counter()

@@ -70,8 +70,12 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
 
 
 def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
-    # Trackers accept scalars only.
-    return {name: value for name, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
+    # Trackers accept scalars only; the Hub token is a secret.
+    return {
+        name: value
+        for name, value in vars(args).items()
+        if isinstance(value, (int, float, str, bool)) and name != "hub_token"
+    }
 
 
 def fit(

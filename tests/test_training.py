@@ -232,6 +232,16 @@ def test_latest_checkpoint_is_the_one_with_most_steps(tmp_path):
     assert find_latest_checkpoint(tmp_path) == tmp_path / "epoch_2"
 
 
+def test_trackers_get_the_scalar_arguments_but_not_the_hub_token():
+    from muse_training.loop import _tracker_config
+
+    args = parse_args(run_mner.TASK, ["--hub_token", "hf_secret", "--seed", "3"])
+    config = _tracker_config(args)
+    assert config["seed"] == 3 and config["dataset_name"] == "twitter2017_sample"
+    assert "hub_token" not in config and "hf_secret" not in map(str, config.values())
+    assert "muse_config" not in config  # a dict: trackers take scalars only
+
+
 @pytest.fixture
 def accelerator():
     from accelerate import Accelerator
