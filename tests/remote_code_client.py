@@ -9,7 +9,7 @@ import importlib.abc
 import json
 import sys
 
-PROJECT_MODULES = {"modeling_muse", "configuration_muse", "processing_muse", "datasets_scripts", "training_common"}
+PROJECT_MODULES = {"modeling_muse", "configuration_muse", "processing_muse", "datasets_scripts", "muse_training"}
 
 
 class BlockProject(importlib.abc.MetaPathFinder):
