@@ -1,6 +1,7 @@
 """MuSE against a plain MiniLM + linear + CRF tagger on the same batches of real Twitter-2017 text (issue 13).
 
-Three models, each trained for one step (forward, backward, AdamW) on each of the same 20 batches of 32 posts:
+Three models, each trained for one step (forward, backward, and the training scripts' AdamW from
+``muse_training.optimization.create_optimizer``) on each of the same 20 batches of 32 posts:
 
 - the plain tagger: the offline all-MiniLM-L6-v2 encoder (``AutoModel``), a linear layer and a CRF over each word's
   first sub-token (pytorch-crf, through the same ``CRFTaggingHead`` MuSE uses);
@@ -36,6 +37,7 @@ from configuration_muse import ABLATION_VARIANTS
 from cost_tools import add_device_arguments, autocast, count_flops, timed
 from datasets_scripts import load_muse_dataset
 from modeling_muse import MuSEForTokenClassification
+from muse_training.optimization import create_optimizer
 from modeling_muse.heads import CRFTaggingHead, WordPositions
 from processing_muse import MuSEProcessor
 
@@ -46,6 +48,8 @@ REAL_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / 
 MUSE_CPU_CONFIGURATION = {"caption_decoder_dim": 64, "pixelcnn_filters": 16, "pixelcnn_resnet_blocks": 1}
 IMAGE_SIZE = 96
 BATCH_SIZE = 32
+# The training scripts' optimizer (muse_training.optimization), at the README's learning rates.
+TRAINING_OPTIMIZER = argparse.Namespace(learning_rate=5e-5, head_learning_rate=1e-4, weight_decay=0.01)
 
 
 class PlainTagger(nn.Module):
@@ -117,7 +121,7 @@ def main() -> None:
         batches.append({name: tensor.to(args.device) for name, tensor in encoded.items()})
 
     models = {name: model.to(args.device).train() for name, model in build_models(label_names).items()}
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=5e-5) for name, model in models.items()}
+    optimizers = {name: create_optimizer(model, ("tagger",), TRAINING_OPTIMIZER) for name, model in models.items()}
 
     def step(name: str, batch: dict[str, torch.Tensor]) -> None:
         model = models[name]

@@ -5,7 +5,8 @@ One model at the paper's sizes: a BERT-base-sized random text encoder, a ResNet-
 (80 filters x 5 blocks, 10 mixtures). The batch's posts have random lengths between 16 and 64 sub-words and the
 text is padded to the longest one, as MuSEProcessor does.
 
-Two variants of the same model and weights, stepped alternately in one process (forward, backward, AdamW):
+Two variants of the same model and weights, stepped alternately in one process (forward, backward, and the training
+scripts' AdamW from ``muse_training.optimization.create_optimizer``):
 
 - full MuSE: L_task + alpha L_it + beta L_ti (paper eq. 14);
 - only-L_task: the same model with its regularizers (noise MLPs and both decoders) detached, so that they neither
@@ -46,8 +47,11 @@ from cost_tools import (
     timed,
 )
 from modeling_muse import MuSEForTokenClassification
+from muse_training.optimization import create_optimizer
 
 VARIANTS = ("full", "only-L_task")
+# The training scripts' optimizer (muse_training.optimization), at the README's learning rates.
+TRAINING_OPTIMIZER = argparse.Namespace(learning_rate=5e-5, head_learning_rate=1e-4, weight_decay=0.01)
 
 
 def make_inputs(batch: int, n: int, device: str) -> dict[str, torch.Tensor]:
@@ -118,7 +122,7 @@ def main() -> None:
     torch.manual_seed(0)
     config = MuSEConfig(text_config=BertConfig(), vision_model_name="resnet152", num_labels=9)
     model = MuSEForTokenClassification(config).to(args.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = create_optimizer(model, ("tagger",), TRAINING_OPTIMIZER)
     inputs = make_inputs(args.batch, config.max_text_length, args.device)
     components = components_of(model)
 
