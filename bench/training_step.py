@@ -13,13 +13,13 @@ scripts' AdamW from ``muse_training.optimization.create_optimizer``):
   run nor get optimizer updates (AdamW skips parameters without gradients), which is what the only-L_task
   ablation's model does.
 
-Per component, ``--profiled_steps`` profiled steps of each variant give its share of the step's time (medians), and
-one step under ``cost_tools.ComponentFlops`` its share of the FLOPs (see cost_tools.py for what is counted). Forward time is the time
-inside the component's modules; backward time is charged to the component whose forward created each autograd node
-(the profiler tags every backward node with its forward operator's sequence number); gradient accumulation and the
-losses' glue are ``other``. The headline ratio comes from the unprofiled steps: medians of ``--repeats`` steps per
-variant, variants interleaved so that changes in the machine's load hit both alike. Last line:
-``decoder overhead (full / only-L_task): X (FLOP ratio Y)``; the goal is X <= 1.15 * Y.
+Per component, ``--profiled_steps`` profiled steps of each variant give its share of the step's time (medians),
+and one step under ``cost_tools.ComponentFlops`` its share of the FLOPs (see cost_tools.py for what is counted).
+Forward time is the time inside the component's modules; backward time is charged to the component whose forward
+created each autograd node (the profiler tags every backward node with its forward operator's sequence number);
+gradient accumulation and the losses' glue are ``other``. The headline ratio comes from the unprofiled steps:
+medians of ``--repeats`` steps per variant, variants interleaved so that changes in the machine's load hit both
+alike. Last line: ``decoder overhead (full / only-L_task): X (FLOP ratio Y)``; the goal is X <= 1.15 * Y.
 
     python bench/training_step.py [--batch 4] [--repeats 5] [--profiled_steps 3] [--device cuda --dtype bfloat16]
 """
