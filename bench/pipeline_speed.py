@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, ViTImageProcessor, pipeline
+from transformers.utils import logging as transformers_logging
 
 from configuration_muse import MuSEConfig
 from cost_tools import add_device_arguments, autocast, count_flops, synchronize
@@ -114,6 +115,7 @@ def main() -> None:
     torch.manual_seed(0)
     # Posts longer than 64 sub-words would log a truncation warning each; that is not what is measured here.
     logging.getLogger("processing_muse").setLevel(logging.ERROR)
+    transformers_logging.disable_progress_bar()
 
     posts = make_posts(args.posts)
     with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:
