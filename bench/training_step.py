@@ -28,11 +28,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator
 
-import torch
+# Kineto (the profiler's backend) otherwise writes start/stop lines to the terminal at every profiled step; read
+# when torch loads.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
+import torch  # noqa: E402
 from transformers import BertConfig
 
 from configuration_muse import MuSEConfig

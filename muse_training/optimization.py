@@ -65,11 +65,16 @@ def optimizer_parameter_groups(
 
 
 def create_optimizer(model: nn.Module, head_modules: Iterable[str], args: argparse.Namespace) -> torch.optim.AdamW:
-    """AdamW over `optimizer_parameter_groups`."""
+    """AdamW over `optimizer_parameter_groups`, with torch's fused kernel.
+
+    Fused, because without it torch runs AdamW on CPUs one parameter at a time: on the 2-core reference CPU the
+    fused update of 52 M parameters takes 0.06 s against 0.36 s (0.30 s for ``foreach``), a tenth of a training step
+    at the paper's model sizes (bench/training_step.py). torch offers the fused kernel on CPU and CUDA devices.
+    """
     groups = optimizer_parameter_groups(
         model, head_modules, args.learning_rate, args.head_learning_rate, args.weight_decay
     )
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=True)
 
 
 @dataclass(frozen=True)

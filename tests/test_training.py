@@ -44,7 +44,7 @@ from muse_training.data import report_splits  # noqa: E402
 from muse_training.evaluation import EvaluationOutput  # noqa: E402
 from muse_training.hub import files_to_upload, push_to_hub  # noqa: E402
 from muse_training.model_card import write_model_card  # noqa: E402
-from muse_training.optimization import optimizer_parameter_groups  # noqa: E402
+from muse_training.optimization import create_optimizer, optimizer_parameter_groups  # noqa: E402
 
 # Time-derived entries differ between two runs of the same training.
 TIMING_KEYS = ("train_runtime_seconds", "train_samples_per_second", "wall_time_seconds")
@@ -213,6 +213,29 @@ def test_optimizer_groups_split_head_and_decay():
     }
     with pytest.raises(ValueError, match="classifier"):
         optimizer_parameter_groups(model, ["classifier"], 1e-5, 1e-3, 0.01)
+
+
+def test_optimizer_is_fused_adamw_with_the_groups_updates():
+    """The training optimizer runs torch's fused AdamW kernel and updates exactly as the per-parameter AdamW would."""
+    torch.manual_seed(0)
+    fused_model, reference_model = _ToyTagger(), _ToyTagger()
+    reference_model.load_state_dict(fused_model.state_dict())
+    initial_weight = fused_model.tagger[0].weight.detach().clone()
+    args = argparse.Namespace(learning_rate=1e-2, head_learning_rate=1e-1, weight_decay=0.1)
+    optimizer = create_optimizer(fused_model, ["tagger"], args)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    reference = torch.optim.AdamW(
+        optimizer_parameter_groups(reference_model, ["tagger"], 1e-2, 1e-1, 0.1), lr=1e-2, foreach=False
+    )
+    inputs = torch.randn(8, 4)
+    for _ in range(3):
+        for model, step in ((fused_model, optimizer), (reference_model, reference)):
+            model.tagger(model.muse(inputs)).pow(2).sum().backward()
+            step.step()
+            step.zero_grad()
+    for (name, fused_parameter), reference_parameter in zip(fused_model.named_parameters(), reference_model.parameters()):
+        torch.testing.assert_close(fused_parameter, reference_parameter, msg=name)
+    assert not torch.equal(fused_model.tagger[0].weight, initial_weight)
 
 
 def _fake_checkpoint(folder: Path, steps: int) -> None:
