@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .dropout import Dropout
+
 
 @dataclass
 class CaptionDecoderOutput:
@@ -254,7 +256,7 @@ class CaptionDecoder(nn.Module):
         self.init_h = nn.Linear(feature_dim, decoder_dim)
         self.init_c = nn.Linear(feature_dim, decoder_dim)
         self.f_beta = nn.Linear(decoder_dim, feature_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(decoder_dim, vocab_size)
         self._init_weights()
 

@@ -1,0 +1,103 @@
+"""MuSE's dropout (modeling_muse/dropout.py): torch's semantics, with the CPU mask drawn by uniform_ instead of
+bernoulli_, and used by the CrossTransformer and both decoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from configuration_muse import MuSEConfig
+from modeling_muse.caption_decoder import CaptionDecoder
+from modeling_muse.cross_transformer import CrossTransformerLayer
+from modeling_muse.dropout import Dropout, dropout
+from modeling_muse.pixelcnn_decoder import PixelCNNPlusPlusDecoder
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keeps_each_element_with_probability_one_minus_p_and_scales_it(p):
+    torch.manual_seed(0)
+    inputs = torch.rand(1000, 1000) + 1.0  # no zeros, so a zero output is a dropped element
+    outputs = dropout(inputs, p, training=True)
+    kept = outputs != 0
+    # 1e6 Bernoulli draws: the kept share's standard deviation is below 5e-4.
+    assert abs(kept.float().mean().item() - (1 - p)) < 3e-3
+    torch.testing.assert_close(outputs[kept], inputs[kept] / (1 - p))
+
+
+def test_gradient_flows_through_kept_elements_only():
+    torch.manual_seed(0)
+    inputs = (torch.rand(64, 128) + 1.0).requires_grad_()
+    weights = torch.randn(64, 128)
+    outputs = dropout(inputs, 0.3, training=True)
+    (outputs * weights).sum().backward()
+    torch.testing.assert_close(inputs.grad, weights * (outputs != 0) / 0.7)
+
+
+def test_masks_follow_the_seed():
+    inputs = torch.ones(256, 256)
+    torch.manual_seed(7)
+    first = dropout(inputs, 0.5, training=True)
+    torch.manual_seed(7)
+    again = dropout(inputs, 0.5, training=True)
+    other = dropout(inputs, 0.5, training=True)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_identity_in_eval_and_at_zero_and_all_dropped_at_one():
+    inputs = torch.randn(8, 8)
+    assert dropout(inputs, 0.5, training=False) is inputs
+    assert dropout(inputs, 0.0, training=True) is inputs
+    assert torch.equal(dropout(inputs, 1.0, training=True), torch.zeros_like(inputs))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dropout(inputs, 1.5, training=True)
+
+
+def test_module_is_a_torch_dropout_without_state():
+    module = Dropout(0.25)
+    assert isinstance(module, torch.nn.Dropout) and module.p == 0.25
+    assert module.state_dict() == {}
+    module.eval()
+    inputs = torch.randn(4, 4)
+    assert module(inputs) is inputs
+
+
+def _train_ops(module: torch.nn.Module, *inputs) -> set[str]:
+    module.train()
+    with _RecordOps() as recorder:
+        module(*inputs)
+    return recorder.names
+
+
+def test_crosstransformer_and_decoders_draw_no_bernoulli_masks_on_cpu():
+    """The cost this module removes: none of MuSE's own layers calls bernoulli_ in training on a CPU (the
+    CrossTransformer's attention dropout lives inside scaled_dot_product_attention and is torch's own)."""
+    torch.manual_seed(0)
+    config = MuSEConfig(num_labels=3, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    layer = CrossTransformerLayer(config)
+    layer.train()
+    with _RecordOps() as recorder:
+        layer.feed_forward(torch.randn(2, 5, 32))
+    assert "uniform_" in recorder.names and "bernoulli_" not in recorder.names
+
+    caption_ops = _train_ops(
+        CaptionDecoder(16, vocab_size=50, decoder_dim=8, attention_dim=8, embedding_dim=8),
+        torch.randn(2, 4, 16), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long),
+    )
+    pixelcnn_ops = _train_ops(
+        PixelCNNPlusPlusDecoder(16, num_filters=8, num_resnet_blocks=1, num_mixtures=2),
+        torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 16),
+    )
+    for names in (caption_ops, pixelcnn_ops):
+        assert "uniform_" in names and "bernoulli_" not in names
