@@ -33,8 +33,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterator
 
-# Kineto (the profiler's backend) otherwise writes start/stop lines to the terminal at every profiled step; read
-# when torch loads.
+# Kineto (the profiler's backend) otherwise logs a CUDA-less machine's failed GPU query as an ERROR line; read when
+# torch loads. Its "USDT ... profiler_start/stop" lines on stderr do not follow this level.
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import torch  # noqa: E402
