@@ -437,7 +437,9 @@ class PixelCNNPlusPlusDecoder(nn.Module):
             condition: (B, condition_dim), pooled from the noised text tokens T_n.
         """
         params = self.mixture_parameters(images, condition)
-        loss = discretized_mix_logistic_nll(images, params).sum(dim=(1, 2)).mean()
+        # In float32 even under autocast: the bin probabilities are differences of nearby CDF values, which bf16's
+        # 8 significant bits cannot resolve.
+        loss = discretized_mix_logistic_nll(images.float(), params.float()).sum(dim=(1, 2)).mean()
         bits_per_dim = loss.detach() / (images[0].numel() * math.log(2.0))
         return PixelCNNDecoderOutput(loss=loss, bits_per_dim=bits_per_dim, params=params)
 
