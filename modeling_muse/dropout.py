@@ -1,8 +1,9 @@
 """Dropout for MuSE's own layers (CrossTransformer, caption decoder, PixelCNN++): torch's, with a cheaper mask on CPUs.
 
 torch draws a CPU dropout mask with ``bernoulli_``, one double-precision draw per element; on the 2-core reference
-CPU that takes 29 ms for a (32, 65, 1536) tensor, where ``uniform_`` fills the same tensor in 12.5 ms, and dropout
-masks were 13% of a full MuSE training step there (bench/epoch_cost.py). On CPUs the mask is therefore
+CPU that takes 29 ms for a (32, 65, 1536) tensor, where ``uniform_`` fills the same tensor in 12.5 ms, and a profile
+of one full MuSE training step in bench/epoch_cost.py's configuration put ``bernoulli_`` (every dropout, the text
+encoder's and the attention's included) at 13% of its time. On CPUs the mask is therefore
 ``uniform_() >= p``, which keeps each element with probability 1 - p as ``bernoulli_`` does; elsewhere (CUDA's
 fused dropout kernel is not slow) this is ``torch.nn.functional.dropout`` itself.
 """

@@ -233,7 +233,9 @@ def test_optimizer_is_fused_adamw_with_the_groups_updates():
             model.tagger(model.muse(inputs)).pow(2).sum().backward()
             step.step()
             step.zero_grad()
-    for (name, fused_parameter), reference_parameter in zip(fused_model.named_parameters(), reference_model.parameters()):
+    for (name, fused_parameter), reference_parameter in zip(
+        fused_model.named_parameters(), reference_model.parameters()
+    ):
         torch.testing.assert_close(fused_parameter, reference_parameter, msg=name)
     assert not torch.equal(fused_model.tagger[0].weight, initial_weight)
 
