@@ -115,7 +115,8 @@ class _AttendAndStep(torch.autograd.Function):
         width = h.size(1)
         splits = [4 * width, projected_features.size(2), features.size(2)]
         keep = keep.unsqueeze(-1)
-        saved = {name: [] for name in ("h", "c", "activated", "gate", "context", "gated_context", "cell_tanh", "e")}
+        saved = {name: [] for name in ("c", "activated", "gate", "context", "gated_context", "cell_tanh", "e")}
+        initial_h = h
         hiddens, alphas = [], []
         # The per-step products have a batch of rows only: the weight as the left operand, read in its stored order,
         # runs them several times faster than the usual input-times-transposed-weight order on CPUs.
@@ -135,7 +136,7 @@ class _AttendAndStep(torch.autograd.Function):
             new_c = torch.addcmul(forget_gate * c, in_gate, candidate)
             cell_tanh = torch.tanh(new_c)
             new_h = out_gate * cell_tanh
-            for name, value in (("h", h), ("c", c), ("activated", activated), ("gate", gate), ("context", context),
+            for name, value in (("c", c), ("activated", activated), ("gate", gate), ("context", context),
                                 ("gated_context", gated_context), ("cell_tanh", cell_tanh), ("e", e)):
                 saved[name].append(value)
             h = torch.where(keep[:, t], new_h, h)
@@ -145,7 +146,7 @@ class _AttendAndStep(torch.autograd.Function):
         hiddens = torch.stack(hiddens, dim=1)
         alphas = torch.stack(alphas, dim=1)
         ctx.save_for_backward(
-            features, keep, hidden_weight, context_weight, score_weight, alphas,
+            features, keep, hidden_weight, context_weight, score_weight, alphas, initial_h, hiddens,
             *(torch.stack(values) for values in saved.values()),
         )
         return hiddens, alphas
@@ -153,8 +154,10 @@ class _AttendAndStep(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hiddens: Tensor, grad_alphas: Tensor):
-        (features, keep, hidden_weight, context_weight, score_weight, alphas,
-         hs, cs, activations, gates, contexts, gated_contexts, cell_tanhs, es) = ctx.saved_tensors
+        (features, keep, hidden_weight, context_weight, score_weight, alphas, initial_h, hiddens,
+         cs, activations, gates, contexts, gated_contexts, cell_tanhs, es) = ctx.saved_tensors
+        # The state each step started from: the initial one, then the previous step's output.
+        hs = torch.cat([initial_h.unsqueeze(0), hiddens.transpose(0, 1)[:-1]])
         num_steps, batch, width = hs.shape
         # Contiguous transposes, so that the per-step products read the weights as their left operand (see forward).
         hidden_weight_t = hidden_weight.t().contiguous()
