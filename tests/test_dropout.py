@@ -73,10 +73,11 @@ def test_module_is_a_torch_dropout_without_state():
     assert module(inputs) is inputs
 
 
-def _train_ops(module: torch.nn.Module, *inputs) -> set[str]:
+def _ops_in_training(module: torch.nn.Module, run) -> set[str]:
+    """The operators ``run()`` dispatches with ``module`` in training mode."""
     module.train()
     with _RecordOps() as recorder:
-        module(*inputs)
+        run()
     return recorder.names
 
 
@@ -86,18 +87,16 @@ def test_crosstransformer_and_decoders_draw_no_bernoulli_masks_on_cpu():
     torch.manual_seed(0)
     config = MuSEConfig(num_labels=3, hidden_size=32, num_attention_heads=4, intermediate_size=64)
     layer = CrossTransformerLayer(config)
-    layer.train()
-    with _RecordOps() as recorder:
-        layer.feed_forward(torch.randn(2, 5, 32))
-    assert "uniform_" in recorder.names and "bernoulli_" not in recorder.names
-
-    caption_ops = _train_ops(
-        CaptionDecoder(16, vocab_size=50, decoder_dim=8, attention_dim=8, embedding_dim=8),
-        torch.randn(2, 4, 16), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long),
-    )
-    pixelcnn_ops = _train_ops(
-        PixelCNNPlusPlusDecoder(16, num_filters=8, num_resnet_blocks=1, num_mixtures=2),
-        torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 16),
-    )
-    for names in (caption_ops, pixelcnn_ops):
-        assert "uniform_" in names and "bernoulli_" not in names
+    caption = CaptionDecoder(16, vocab_size=50, decoder_dim=8, attention_dim=8, embedding_dim=8)
+    pixelcnn = PixelCNNPlusPlusDecoder(16, num_filters=8, num_resnet_blocks=1, num_mixtures=2)
+    runs = {
+        "CrossTransformer": (layer, lambda: layer.feed_forward(torch.randn(2, 5, 32))),
+        "caption decoder": (
+            caption,
+            lambda: caption(torch.randn(2, 4, 16), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long)),
+        ),
+        "PixelCNN++": (pixelcnn, lambda: pixelcnn(torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 16))),
+    }
+    for name, (module, run) in runs.items():
+        names = _ops_in_training(module, run)
+        assert "uniform_" in names and "bernoulli_" not in names, name
