@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configuration_muse import MuSEConfig
-from .dropout import dropout
+
 from .exchange import exchange_least_attended_tokens
 
 __all__ = ["CrossTransformer", "CrossTransformerLayer", "CrossTransformerOutput"]
@@ -63,7 +63,7 @@ class CrossTransformerLayer(nn.Module):
             query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
         )
         context = context.transpose(1, 2).reshape(batch, length, width)
-        attended = dropout(self.attention_output(context), self.dropout, self.training)
+        attended = F.dropout(self.attention_output(context), self.dropout, self.training)
         hidden_states = self.attention_norm(hidden_states + attended)
 
         cls_attention = None
@@ -77,8 +77,8 @@ class CrossTransformerLayer(nn.Module):
 
     def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Feed-forward sub-module (eqs. 12-13)."""
-        intermediate = dropout(F.relu(self.intermediate(hidden_states)), self.dropout, self.training)
-        output = dropout(self.output(intermediate), self.dropout, self.training)
+        intermediate = F.dropout(F.relu(self.intermediate(hidden_states)), self.dropout, self.training)
+        output = F.dropout(self.output(intermediate), self.dropout, self.training)
         return self.output_norm(hidden_states + output)
 
 

@@ -1,5 +1,5 @@
 """MuSE's dropout (modeling_muse/dropout.py): torch's semantics, with the CPU mask drawn by uniform_ instead of
-bernoulli_, and used by the CrossTransformer and both decoders."""
+bernoulli_, and used by both decoders."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from configuration_muse import MuSEConfig
 from modeling_muse.caption_decoder import CaptionDecoder
-from modeling_muse.cross_transformer import CrossTransformerLayer
 from modeling_muse.dropout import Dropout, dropout
 from modeling_muse.pixelcnn_decoder import PixelCNNPlusPlusDecoder
 
@@ -81,16 +79,12 @@ def _ops_in_training(module: torch.nn.Module, run) -> set[str]:
     return recorder.names
 
 
-def test_crosstransformer_and_decoders_draw_no_bernoulli_masks_on_cpu():
-    """The cost this module removes: none of MuSE's own layers calls bernoulli_ in training on a CPU (the
-    CrossTransformer's attention dropout lives inside scaled_dot_product_attention and is torch's own)."""
+def test_the_decoders_draw_no_bernoulli_masks_on_cpu():
+    """The cost this module removes: neither decoder calls bernoulli_ in training on a CPU."""
     torch.manual_seed(0)
-    config = MuSEConfig(num_labels=3, hidden_size=32, num_attention_heads=4, intermediate_size=64)
-    layer = CrossTransformerLayer(config)
     caption = CaptionDecoder(16, vocab_size=50, decoder_dim=8, attention_dim=8, embedding_dim=8)
     pixelcnn = PixelCNNPlusPlusDecoder(16, num_filters=8, num_resnet_blocks=1, num_mixtures=2)
     runs = {
-        "CrossTransformer": (layer, lambda: layer.feed_forward(torch.randn(2, 5, 32))),
         "caption decoder": (
             caption,
             lambda: caption(torch.randn(2, 4, 16), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long)),
