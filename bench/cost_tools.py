@@ -2,12 +2,12 @@
 
 FLOPs are counted with the formulas of ``torch.utils.flop_counter`` (those of ``FlopCounterMode``): every matrix
 product, convolution and attention, 2 per multiply-add, forward and backward; element-wise work (activations, norms,
-the optimizer) counts 0. One gap of the stock registry is closed here: the CPU attention kernel that
+the optimizer) counts 0. Two gaps of the stock registry are closed here: the CPU attention kernel that
 ``scaled_dot_product_attention`` picks when attention dropout is off (``_scaled_dot_product_flash_attention_for_cpu``
-and its backward, e.g. in inference) would count 0; it gets the formula of the other attention kernels. Counting
-fails when any other contraction-like operator runs without a formula, so that nothing is silently counted as free.
-LSTM cells need no formula of their own: ``LSTMCell`` dispatches as ``addmm``/``mm`` products plus element-wise
-gates, on CPU and on CUDA.
+and its backward, e.g. in inference) would count 0 (it gets the formula of the other attention kernels), and so would
+the in-place ``addmm_`` (it gets ``addmm``'s). Counting fails when any other contraction-like operator runs without a
+formula, so that nothing is silently counted as free. LSTM cells need no formula of their own: ``LSTMCell``
+dispatches as ``addmm``/``mm`` products plus element-wise gates, on CPU and on CUDA.
 
 ``--dtype bfloat16`` runs the forward pass (and the losses) under ``torch.autocast``: parameters, gradients and the
 optimizer stay in float32, as in mixed-precision training.
@@ -47,6 +47,13 @@ def _cpu_flash_attention_backward_flop(
     grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
 ) -> int:
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+@register_flop_formula(aten.addmm_)
+def _inplace_addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    # addmm's arithmetic, accumulated into its first operand (e.g. by the caption decoder's vocabulary loss).
+    (rows, inner), (_, columns) = a_shape, b_shape
+    return 2 * rows * inner * columns
 
 
 # Operators whose names say they contract tensors; one of them running without a FLOP formula is an error.

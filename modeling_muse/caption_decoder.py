@@ -223,6 +223,59 @@ class _AttendAndStep(torch.autograd.Function):
         )
 
 
+# Rows of the vocabulary projection computed at a time: about 4M scores (16 MB in float32) fit the reference CPU's
+# 32 MB L3 cache, and no tensor of the loss ever gets to the full (rows, vocabulary) size.
+_SCORES_PER_CHUNK = 2**22
+
+
+class _VocabularyNegativeLogLikelihood(torch.autograd.Function):
+    """``F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum")`` over chunks of rows, with the
+    gradients computed in the same pass.
+
+    For every chunk of rows the scores, their log-softmax and, in training, the gradient of the summed negative
+    log-likelihood with respect to the scores (softmax minus one-hot) are computed one after the other while the chunk
+    is in cache, and turned at once into the chunk's share of the gradients of ``hidden``, ``weight`` and ``bias``;
+    backward only scales those by the loss's incoming gradient. The arithmetic is the unfused one's (the same three
+    matrix products per row), but the (rows, vocabulary) scores, log-probabilities and their gradient, each 70 MB at
+    the README's CPU configuration, are never materialised: on CPU their allocation, filling and copying cost more
+    than the products. ``tests/test_caption_decoder.py`` pins the loss and all three gradients to the unfused formula.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, compute_gradients: bool
+    ) -> Tensor:
+        needs_hidden, needs_weight, needs_bias = (compute_gradients and needed for needed in ctx.needs_input_grad[:3])
+        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        grad_weight = torch.zeros_like(weight) if needs_weight else None
+        grad_bias = torch.zeros_like(bias) if needs_bias else None
+        total = hidden.new_zeros(())
+        rows_per_chunk = max(1, _SCORES_PER_CHUNK // weight.size(0))
+        for start in range(0, hidden.size(0), rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            chunk_hidden, chunk_targets = hidden[rows], targets[rows].unsqueeze(1)
+            log_probs = torch.log_softmax(torch.addmm(bias, chunk_hidden, weight.t()), dim=1)
+            total -= log_probs.gather(1, chunk_targets).sum()
+            if not (needs_hidden or needs_weight or needs_bias):
+                continue
+            grad_scores = log_probs.exp_()
+            grad_scores.scatter_add_(1, chunk_targets, grad_scores.new_full(chunk_targets.shape, -1.0))
+            if needs_hidden:
+                torch.mm(grad_scores, weight, out=grad_hidden[rows])
+            if needs_weight:
+                grad_weight.addmm_(grad_scores.t(), chunk_hidden)
+            if needs_bias:
+                grad_bias += grad_scores.sum(dim=0)
+        ctx.gradients = (grad_hidden, grad_weight, grad_bias)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total: Tensor):
+        gradients = tuple(None if gradient is None else gradient * grad_total for gradient in ctx.gradients)
+        return (*gradients, None, None)
+
+
 class CaptionDecoder(nn.Module):
     """Show, Attend and Tell caption decoder used as MuSE's image-captioning regularizer (eq. 6).
 
@@ -309,8 +362,7 @@ class CaptionDecoder(nn.Module):
         step_weights = step_mask.to(hidden_states.dtype)
         # The vocabulary projection dominates the decoder's cost, so it runs on the real steps only (posts fill
         # about a third of the padded length); full logits are computed only when asked for.
-        real_logits = self.fc(hidden_states[step_mask])
-        token_nll = F.cross_entropy(real_logits, caption_ids[:, 1:][step_mask], reduction="sum")
+        token_nll = self._vocabulary_nll(hidden_states[step_mask], caption_ids[:, 1:][step_mask])
         has_steps = step_mask.any(dim=1).to(token_nll.dtype)
         token_loss = token_nll / has_steps.sum().clamp(min=1.0)
 
@@ -327,6 +379,18 @@ class CaptionDecoder(nn.Module):
             attention_weights=alphas,
             logits=self.fc(hidden_states) if return_logits else None,
         )
+
+    def _vocabulary_nll(self, hidden_states: Tensor, targets: Tensor) -> Tensor:
+        """Summed cross-entropy of the vocabulary projection of ``hidden_states`` (R, D) against ``targets`` (R,).
+
+        Under autocast it runs in the weights' precision, as the recurrence does: the log-softmax over the vocabulary
+        would run in float32 anyway, and the products are a small part of the model's arithmetic.
+        """
+        device_type = hidden_states.device.type
+        with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext():
+            return _VocabularyNegativeLogLikelihood.apply(
+                hidden_states.to(self.fc.weight.dtype), self.fc.weight, self.fc.bias, targets, torch.is_grad_enabled()
+            )
 
     def _recurrence(self, image_features: Tensor, input_ids: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
         """Hidden states (B, T, D) and attention weights (B, T, N) of the teacher-forced steps.

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configuration_muse import MuSEConfig
-
+from .dropout import dropout
 from .exchange import exchange_least_attended_tokens
 
 __all__ = ["CrossTransformer", "CrossTransformerLayer", "CrossTransformerOutput"]
@@ -36,7 +36,7 @@ class CrossTransformerLayer(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.dropout = config.cross_dropout
+        self.dropout_p = config.cross_dropout
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.attention_output = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -60,10 +60,10 @@ class CrossTransformerLayer(nn.Module):
         )
         attention_mask = key_mask[:, None, None, :]
         context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0
         )
         context = context.transpose(1, 2).reshape(batch, length, width)
-        attended = F.dropout(self.attention_output(context), self.dropout, self.training)
+        attended = dropout(self.attention_output(context), self.dropout_p, self.training)
         hidden_states = self.attention_norm(hidden_states + attended)
 
         cls_attention = None
@@ -77,8 +77,8 @@ class CrossTransformerLayer(nn.Module):
 
     def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Feed-forward sub-module (eqs. 12-13)."""
-        intermediate = F.dropout(F.relu(self.intermediate(hidden_states)), self.dropout, self.training)
-        output = F.dropout(self.output(intermediate), self.dropout, self.training)
+        intermediate = dropout(F.relu(self.intermediate(hidden_states)), self.dropout_p, self.training)
+        output = dropout(self.output(intermediate), self.dropout_p, self.training)
         return self.output_norm(hidden_states + output)
 
 

@@ -1,12 +1,16 @@
-"""Dropout for the two regularizer decoders (caption decoder, PixelCNN++): torch's, with a cheaper mask on CPUs.
+"""Dropout for MuSE's own layers (CrossTransformer, caption decoder, PixelCNN++): torch's, with a cheaper CPU mask.
 
-torch draws a CPU dropout mask with ``bernoulli_``, one double-precision draw per element; ``uniform_`` fills the same
-tensor in 0.5 to 0.9 of that time on the 2-core reference CPU, and in the decoders, whose dropout covers every
-activation of every block, that shows: ``python bench/dropout_speed.py`` measures their forward+backward at 0.83 to
-0.91 of the time with torch's dropout. On CPUs the mask is therefore ``uniform_() >= p``, which keeps each element
-with probability 1 - p as ``bernoulli_`` does; elsewhere (CUDA's fused dropout kernel is not slow) this is
-``torch.nn.functional.dropout`` itself. The CrossTransformer keeps torch's dropout: there the same benchmark found
-no difference beyond its noise (0.98 to 1.04).
+torch draws a CPU dropout mask with ``bernoulli_``: one draw of the generator and a double-precision comparison per
+element, about 10-14 ns per element on the 2-core reference CPU. Here each 64-bit draw of the same generator
+(``random_`` over the full int64 range) gives two 32-bit integers, and an element is kept when its integer is at
+least ``round(p * 2**32)`` above the smallest int32, i.e. with probability ``1 - p`` up to 2**-32 (``bernoulli_``
+resolves p to 2**-53, float32 ``uniform_`` to 2**-24). ``python bench/dropout_speed.py`` times the mask, one
+CrossTransformer layer and both decoders against torch's dropout. MuSE's dropout sits wherever the paper's layers
+have one: the CrossTransformer's attention output and feed-forward sub-module (its attention probabilities are
+dropped inside ``scaled_dot_product_attention``), the caption decoder's LSTM output and every PixelCNN++ gated block.
+On other devices (CUDA's fused dropout kernel is not slow) and at ``p == 1`` this is
+``torch.nn.functional.dropout`` itself. The text encoder and the heads are transformers' and torch's modules and
+keep torch's dropout.
 """
 
 from __future__ import annotations
@@ -15,13 +19,26 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["Dropout", "dropout"]
+__all__ = ["Dropout", "dropout", "keep_mask"]
+
+_INT32_MIN = -(2**31)
 
 
-class _UniformMaskDropout(torch.autograd.Function):
+def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> Tensor:
+    """A bool tensor of ``shape``, True with probability ``1 - p`` (to 2**-32) for each element, independently.
+
+    Drawn from the default generator of ``device``, so ``torch.manual_seed`` fixes it.
+    """
+    count = shape.numel()
+    draws = torch.empty((count + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
+    dropped_values = min(round(p * 2**32), 2**32 - 1)
+    return draws.view(torch.int32)[:count].view(shape) >= _INT32_MIN + dropped_values
+
+
+class _MaskedDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: Tensor, p: float) -> Tensor:
-        keep = torch.empty_like(inputs).uniform_() >= p
+        keep = keep_mask(inputs.shape, p, inputs.device)
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)
         ctx.scale = scale
@@ -42,7 +59,7 @@ def dropout(inputs: Tensor, p: float, training: bool) -> Tensor:
         return inputs
     if inputs.device.type != "cpu" or p == 1.0:
         return F.dropout(inputs, p, training=True)
-    return _UniformMaskDropout.apply(inputs, p)
+    return _MaskedDropout.apply(inputs, p)
 
 
 class Dropout(nn.Dropout):

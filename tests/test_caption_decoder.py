@@ -3,7 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from modeling_muse import caption_decoder
 from modeling_muse.caption_decoder import CaptionDecoder
 
 FEATURE_DIM = 8
@@ -83,6 +85,51 @@ def test_fused_recurrence_matches_the_step_by_step_formulation(dtype, tolerance)
     assert fused_params.keys() == params.keys()
     for name in params:
         torch.testing.assert_close(fused_params[name], params[name], rtol=tolerance, atol=tolerance, msg=name)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 3, 40])
+def test_vocabulary_loss_over_chunks_matches_the_unfused_cross_entropy(monkeypatch, rows_per_chunk):
+    """The chunked vocabulary loss, with its gradients computed in the forward pass, gives F.cross_entropy's loss and
+    gradients of the hidden states, weight and bias, also when the rows do not divide into whole chunks, and scales
+    them by the loss's incoming gradient."""
+    monkeypatch.setattr(caption_decoder, "_SCORES_PER_CHUNK", rows_per_chunk * VOCAB)
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(10, 6, generator=generator, dtype=torch.float64)
+    weight = torch.randn(VOCAB, 6, generator=generator, dtype=torch.float64)
+    bias = torch.randn(VOCAB, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, VOCAB, (10,), generator=generator)
+    results = []
+    for compute in (
+        lambda h, w, b: caption_decoder._VocabularyNegativeLogLikelihood.apply(h, w, b, targets, True),
+        lambda h, w, b: F.cross_entropy(F.linear(h, w, b), targets, reduction="sum"),
+    ):
+        leaves = [tensor.clone().requires_grad_(True) for tensor in (hidden, weight, bias)]
+        loss = compute(*leaves)
+        (2.5 * loss).backward()
+        results.append((loss.detach(), *(leaf.grad for leaf in leaves)))
+    for chunked, unfused in zip(*results):
+        torch.testing.assert_close(chunked, unfused, rtol=1e-12, atol=1e-12)
+
+
+def test_vocabulary_loss_without_grad_mode_gives_the_loss_and_computes_no_gradients():
+    class RecordOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    decoder = make_decoder()
+    features, ids, mask = make_batch([7, 4], 7)
+    with RecordOps() as with_grad_ops:
+        with_grad = decoder(features, ids, mask).loss
+    with torch.no_grad(), RecordOps() as without_grad_ops:
+        without = decoder(features, ids, mask).loss
+    torch.testing.assert_close(without, with_grad.detach())
+    # The score gradient's one-hot subtraction is the first step of the gradients.
+    assert "scatter_add_" in with_grad_ops.names and "scatter_add_" not in without_grad_ops.names
 
 
 def test_appending_padding_does_not_change_loss():

@@ -1,5 +1,5 @@
-"""MuSE's dropout (modeling_muse/dropout.py): torch's semantics, with the CPU mask drawn by uniform_ instead of
-bernoulli_, and used by both decoders."""
+"""MuSE's dropout (modeling_muse/dropout.py): torch's semantics, with the CPU mask drawn from 32-bit random integers
+instead of bernoulli_, and used by the CrossTransformer and both decoders."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from configuration_muse import MuSEConfig
 from modeling_muse.caption_decoder import CaptionDecoder
-from modeling_muse.dropout import Dropout, dropout
+from modeling_muse.cross_transformer import CrossTransformerLayer
+from modeling_muse.dropout import Dropout, dropout, keep_mask
 from modeling_muse.pixelcnn_decoder import PixelCNNPlusPlusDecoder
 
 
@@ -31,6 +33,22 @@ def test_keeps_each_element_with_probability_one_minus_p_and_scales_it(p):
     # 1e6 Bernoulli draws: the kept share's standard deviation is below 5e-4.
     assert abs(kept.float().mean().item() - (1 - p)) < 3e-3
     torch.testing.assert_close(outputs[kept], inputs[kept] / (1 - p))
+
+
+def test_neighbouring_elements_are_dropped_independently():
+    """Each 64-bit draw feeds two neighbouring elements: their masks must still be independent."""
+    torch.manual_seed(0)
+    keep = keep_mask(torch.Size([500_000, 2]), 0.5)
+    both = (keep[:, 0] & keep[:, 1]).float().mean().item()
+    neither = (~keep[:, 0] & ~keep[:, 1]).float().mean().item()
+    # 5e5 pairs: each share's standard deviation is about 6e-4.
+    assert abs(both - 0.25) < 3e-3 and abs(neither - 0.25) < 3e-3
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 5)])
+def test_a_mask_of_odd_size_has_the_asked_shape(shape):
+    keep = keep_mask(torch.Size(shape), 0.2)
+    assert keep.shape == shape and keep.dtype == torch.bool
 
 
 def test_gradient_flows_through_kept_elements_only():
@@ -79,18 +97,21 @@ def _ops_in_training(module: torch.nn.Module, run) -> set[str]:
     return recorder.names
 
 
-def test_the_decoders_draw_no_bernoulli_masks_on_cpu():
-    """The cost this module removes: neither decoder calls bernoulli_ in training on a CPU."""
+def test_muse_s_own_layers_draw_no_bernoulli_masks_on_cpu():
+    """The cost this module removes: neither the CrossTransformer's feed-forward sub-module nor the decoders call
+    bernoulli_ in training on a CPU."""
     torch.manual_seed(0)
     caption = CaptionDecoder(16, vocab_size=50, decoder_dim=8, attention_dim=8, embedding_dim=8)
     pixelcnn = PixelCNNPlusPlusDecoder(16, num_filters=8, num_resnet_blocks=1, num_mixtures=2)
+    layer = CrossTransformerLayer(MuSEConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32))
     runs = {
         "caption decoder": (
             caption,
             lambda: caption(torch.randn(2, 4, 16), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long)),
         ),
         "PixelCNN++": (pixelcnn, lambda: pixelcnn(torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 16))),
+        "CrossTransformer feed-forward": (layer, lambda: layer.feed_forward(torch.randn(2, 5, 16))),
     }
     for name, (module, run) in runs.items():
         names = _ops_in_training(module, run)
-        assert "uniform_" in names and "bernoulli_" not in names, name
+        assert "random_" in names and "bernoulli_" not in names, name
