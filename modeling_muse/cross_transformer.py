@@ -27,9 +27,10 @@ class CrossTransformerLayer(nn.Module):
     """A post-norm Transformer encoder layer (eq. 7), split in its two sub-modules so the exchange fits between.
 
     ``attend``: multi-head self-attention, Add & LayerNorm. ``feed_forward``: FFN (4d, ReLU), Add & LayerNorm.
-    The attention runs on the fused ``scaled_dot_product_attention`` kernel; the cls row of the attention map,
-    which is all the exchange needs, is computed separately from the cls query alone (O(n) per head), so the
-    full n x n map is never materialised.
+    The attention runs on the fused ``scaled_dot_product_attention`` kernel (on CPUs in training, where that has no
+    fused kernel with dropout, on its formula with MuSE's dropout masks); the cls row of the attention map, which is
+    all the exchange needs, is computed separately from the cls query alone (O(n) per head), so that the exchange
+    never needs the full n x n map.
     """
 
     def __init__(self, config: MuSEConfig):
@@ -59,9 +60,16 @@ class CrossTransformerLayer(nn.Module):
             self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
         attention_mask = key_mask[:, None, None, :]
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
+        if self.training and self.dropout_p > 0.0 and hidden_states.device.type == "cpu":
+            # With attention dropout on, scaled_dot_product_attention has no fused CPU kernel and computes this same
+            # formula, drawing the mask with bernoulli_; MuSE's dropout draws it in about half the time.
+            scores = (query @ key.transpose(-1, -2)).mul_(1.0 / math.sqrt(self.head_dim))
+            scores = scores.masked_fill_(~attention_mask, float("-inf"))
+            context = dropout(scores.softmax(dim=-1), self.dropout_p, True) @ value
+        else:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0
+            )
         context = context.transpose(1, 2).reshape(batch, length, width)
         attended = dropout(self.attention_output(context), self.dropout_p, self.training)
         hidden_states = self.attention_norm(hidden_states + attended)

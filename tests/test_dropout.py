@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from configuration_muse import MuSEConfig
 from modeling_muse.caption_decoder import CaptionDecoder
 from modeling_muse.cross_transformer import CrossTransformerLayer
-from modeling_muse.dropout import Dropout, dropout, keep_mask
+from modeling_muse.dropout import Dropout, dropout, dropout_mask
 from modeling_muse.pixelcnn_decoder import PixelCNNPlusPlusDecoder
 
 
@@ -38,7 +38,7 @@ def test_keeps_each_element_with_probability_one_minus_p_and_scales_it(p):
 def test_neighbouring_elements_are_dropped_independently():
     """Each 64-bit draw feeds two neighbouring elements: their masks must still be independent."""
     torch.manual_seed(0)
-    keep = keep_mask(torch.Size([500_000, 2]), 0.5)
+    keep = dropout_mask(torch.Size([500_000, 2]), 0.5) != 0
     both = (keep[:, 0] & keep[:, 1]).float().mean().item()
     neither = (~keep[:, 0] & ~keep[:, 1]).float().mean().item()
     # 5e5 pairs: each share's standard deviation is about 6e-4.
@@ -46,9 +46,12 @@ def test_neighbouring_elements_are_dropped_independently():
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 5)])
-def test_a_mask_of_odd_size_has_the_asked_shape(shape):
-    keep = keep_mask(torch.Size(shape), 0.2)
-    assert keep.shape == shape and keep.dtype == torch.bool
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_mask_of_odd_size_has_the_asked_shape_dtype_and_values(shape, dtype):
+    torch.manual_seed(0)
+    mask = dropout_mask(torch.Size(shape), 0.2, dtype)
+    assert mask.shape == shape and mask.dtype == dtype
+    assert set(mask.unique().tolist()) <= {0.0, torch.tensor(1 / 0.8, dtype=dtype).item()}
 
 
 def test_gradient_flows_through_kept_elements_only():
@@ -98,8 +101,8 @@ def _ops_in_training(module: torch.nn.Module, run) -> set[str]:
 
 
 def test_muse_s_own_layers_draw_no_bernoulli_masks_on_cpu():
-    """The cost this module removes: neither the CrossTransformer's feed-forward sub-module nor the decoders call
-    bernoulli_ in training on a CPU."""
+    """The cost this module removes: neither the CrossTransformer (attention weights, attention output,
+    feed-forward) nor the decoders call bernoulli_ in training on a CPU."""
     torch.manual_seed(0)
     caption = CaptionDecoder(16, vocab_size=50, decoder_dim=8, attention_dim=8, embedding_dim=8)
     pixelcnn = PixelCNNPlusPlusDecoder(16, num_filters=8, num_resnet_blocks=1, num_mixtures=2)
@@ -110,7 +113,10 @@ def test_muse_s_own_layers_draw_no_bernoulli_masks_on_cpu():
             lambda: caption(torch.randn(2, 4, 16), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long)),
         ),
         "PixelCNN++": (pixelcnn, lambda: pixelcnn(torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 16))),
-        "CrossTransformer feed-forward": (layer, lambda: layer.feed_forward(torch.randn(2, 5, 16))),
+        "CrossTransformer": (
+            layer,
+            lambda: layer.feed_forward(layer.attend(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool), False)[0]),
+        ),
     }
     for name, (module, run) in runs.items():
         names = _ops_in_training(module, run)
