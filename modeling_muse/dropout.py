@@ -1,20 +1,22 @@
 """Dropout for MuSE's own layers (CrossTransformer, caption decoder, PixelCNN++): torch's, with a cheaper CPU mask.
 
-torch draws a CPU dropout mask with ``bernoulli_``: one draw of the generator and a double-precision comparison per
-element, about 10-14 ns per element on the 2-core reference CPU. Here each 64-bit draw of the same generator
-(``random_`` over the full int64 range) gives two 32-bit integers, and an element is kept when its integer is at
-least ``round(p * 2**32)`` above the smallest int32, i.e. with probability ``1 - p`` up to 2**-32 (``bernoulli_``
-resolves p to 2**-53, float32 ``uniform_`` to 2**-24). ``python bench/dropout_speed.py`` times the mask, one
-CrossTransformer layer and both decoders against torch's dropout. MuSE's dropout sits wherever the paper's layers
-have one: the CrossTransformer's attention output and feed-forward sub-module (its attention probabilities are
-dropped inside ``scaled_dot_product_attention``), the caption decoder's LSTM output and every PixelCNN++ gated block.
-On other devices (CUDA's fused dropout kernel is not slow) and at ``p == 1`` this is
-``torch.nn.functional.dropout`` itself. The text encoder and the heads are transformers' and torch's modules and
-keep torch's dropout.
+torch draws a CPU dropout mask with ``bernoulli_``, one draw of its Mersenne Twister and a double-precision comparison
+per element: 10-14 ns per element on the 2-core reference CPU, several percent of a MuSE training step. Here the
+random bits come from NumPy's PCG64 (seeded from torch's generator, so ``torch.manual_seed`` still fixes every mask),
+each 64-bit draw gives two 32-bit integers, and an element is kept when its integer is at least ``round(p * 2**32)``
+above the smallest int32, i.e. with probability ``1 - p`` to 2**-32 (``bernoulli_`` resolves p to 2**-53, float32
+``uniform_`` to 2**-24). The kept elements are scaled by ``1 / (1 - p)`` as torch's are. ``python
+bench/dropout_speed.py`` times the mask, one CrossTransformer layer and both decoders against torch's dropout.
+
+MuSE's dropout sits wherever the paper's layers have one: the CrossTransformer's attention weights, attention output
+and feed-forward sub-module, the caption decoder's LSTM output and every PixelCNN++ gated block. On other devices
+(CUDA's fused dropout kernel is not slow) and at ``p == 1`` this is ``torch.nn.functional.dropout`` itself. The text
+encoder and the heads are transformers' and torch's modules and keep torch's dropout.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -24,26 +26,26 @@ __all__ = ["Dropout", "dropout", "dropout_mask"]
 _INT32_MIN = -(2**31)
 
 
-def dropout_mask(
-    shape: torch.Size, p: float, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
-) -> Tensor:
-    """A tensor of ``shape`` holding ``1 / (1 - p)`` with probability ``1 - p`` (to 2**-32) and 0 otherwise, for
+def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A CPU tensor of ``shape`` holding ``1 / (1 - p)`` with probability ``1 - p`` (to 2**-32) and 0 otherwise, for
     each element independently: what torch's CPU dropout multiplies its input by, drawn more cheaply.
 
-    Drawn from the default generator of ``device``, so ``torch.manual_seed`` fixes it.
+    The random bits come from NumPy's PCG64, seeded with one draw from torch's default CPU generator, so
+    ``torch.manual_seed`` fixes the masks and every mask gets a fresh seed.
     """
     count = shape.numel()
-    draws = torch.empty((count + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    draws = np.random.PCG64(seed).random_raw((count + 1) // 2)
     dropped_values = min(round(p * 2**32), 2**32 - 1)
-    keep = draws.view(torch.int32)[:count].view(shape) >= _INT32_MIN + dropped_values
+    keep = torch.from_numpy(draws.view(np.int32))[:count].view(shape) >= _INT32_MIN + dropped_values
     # One pass from the comparison to the scaled mask, which forward and backward then apply with one product each.
-    return torch.where(keep, torch.tensor(1.0 / (1.0 - p), dtype=dtype, device=device), 0.0)
+    return torch.where(keep, torch.tensor(1.0 / (1.0 - p), dtype=dtype), 0.0)
 
 
 class _MaskedDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: Tensor, p: float) -> Tensor:
-        mask = dropout_mask(inputs.shape, p, inputs.dtype, inputs.device)
+        mask = dropout_mask(inputs.shape, p, inputs.dtype)
         ctx.save_for_backward(mask)
         return inputs * mask
 
