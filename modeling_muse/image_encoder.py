@@ -108,7 +108,9 @@ class ImageEncoder(nn.Module):
             parameter.requires_grad = index >= first_trainable
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = self.backbone.forward_features(pixel_values)
+        # Channels-last images take oneDNN's (and cuDNN's) faster convolution layouts, which the whole backbone then
+        # keeps; the pooled grid comes out with its P*P tokens already contiguous rows.
+        features = self.backbone.forward_features(pixel_values.contiguous(memory_format=torch.channels_last))
         grid = F.adaptive_avg_pool2d(features, self.image_grid_size)
         tokens = grid.flatten(2).transpose(1, 2)
         return self.projection(tokens)

@@ -1,0 +1,49 @@
+"""The two encoders (modeling_muse/text_encoder.py, image_encoder.py): what they change in their backbones."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig
+
+from modeling_muse import dropout as muse_dropout
+from modeling_muse.image_encoder import ImageEncoder
+from modeling_muse.text_encoder import TextEncoder
+
+
+def test_the_text_encoder_drops_with_muse_s_dropout_at_the_configured_rates(monkeypatch):
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
+    encoder = TextEncoder(config, 32)
+    dropouts = [module for module in encoder.modules() if isinstance(module, nn.Dropout)]
+    assert dropouts and all(type(module) is muse_dropout.Dropout for module in dropouts)
+    # Embeddings and both sub-layers' outputs use hidden_dropout_prob; attention keeps its own rate.
+    assert sorted({module.p for module in dropouts}) == [0.2, 0.3]
+    assert encoder.backbone.encoder.layer[0].attention.self.dropout.p == 0.3
+
+    masks = []
+    real_mask = muse_dropout.dropout_mask
+    monkeypatch.setattr(muse_dropout, "dropout_mask", lambda *args: masks.append(args[1]) or real_mask(*args))
+    encoder.train()(torch.randint(1, 100, (2, 5)), torch.ones(2, 5, dtype=torch.long))
+    # The embeddings' dropout, then each layer's attention output and feed-forward output.
+    assert masks == [0.2] * (1 + 2 * config.num_hidden_layers)
+
+
+def test_the_image_encoder_runs_its_backbone_channels_last_and_keeps_the_token_order():
+    torch.manual_seed(0)
+    encoder = ImageEncoder("test_resnet", {}, image_grid_size=4, hidden_size=16).eval()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    layouts = []
+    first_convolution = next(module for module in encoder.backbone.modules() if isinstance(module, nn.Conv2d))
+    hook = first_convolution.register_forward_pre_hook(
+        lambda _module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    tokens = encoder(pixel_values)
+    hook.remove()
+    assert layouts == [True]
+    # Token k is grid cell (k // P, k % P) of the pooled feature map, computed here in the default layout.
+    features = encoder.backbone.forward_features(pixel_values.contiguous())
+    grid = F.adaptive_avg_pool2d(features, 4)
+    expected = encoder.projection(grid.permute(0, 2, 3, 1).reshape(2, 16, -1))
+    torch.testing.assert_close(tokens, expected, rtol=1e-4, atol=1e-5)
