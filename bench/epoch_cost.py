@@ -11,7 +11,8 @@ Three models, each trained for one step (forward, backward, and the training scr
 
 The batches come from ``../shared/data/twitter2017`` (the bundled sample when that folder is absent; it has 420
 posts, so 13 batches), shuffled with seed 0, every image the grey placeholder, through the real MuSEProcessor: text
-padded to each batch's longest post. All three models read the same tokens and padding. The first pass over the
+padded to each batch's longest post. All three models read the same tokens and padding, in one process in which
+glibc keeps freed memory for reuse, as in the training scripts (muse_training/memory.py). The first pass over the
 batches counts FLOPs (cost_tools.py says what is counted) and warms up; then ``--rounds`` timed passes, the models
 interleaved batch by batch so that changes in the machine's load hit all three alike. Prints seconds per batch
 (the mean over the batches and rounds) and FLOPs per batch, the spread of the per-batch time ratios (each model's
@@ -38,6 +39,7 @@ from configuration_muse import ABLATION_VARIANTS
 from cost_tools import add_device_arguments, autocast, count_flops, spread, timed
 from datasets_scripts import load_muse_dataset
 from modeling_muse import MuSEForTokenClassification
+from muse_training.memory import keep_freed_memory_in_process
 from muse_training.optimization import create_optimizer
 from modeling_muse.heads import CRFTaggingHead, WordPositions
 from processing_muse import MuSEProcessor
@@ -102,6 +104,8 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=REAL_DATA)
     add_device_arguments(parser)
     args = parser.parse_args()
+    # As the training scripts do (muse_training.loop.create_accelerator), for every variant alike.
+    kept_freed_memory = keep_freed_memory_in_process()
     # from_text_vision_pretrained warns that the new layers need training, which is what happens here.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
@@ -148,7 +152,7 @@ def main() -> None:
     print(f"one training step (forward, backward, AdamW) per batch: {len(batches)} batches of {BATCH_SIZE} posts from "
           f"{source}, text padded to each batch's longest post ({min(lengths)}-{max(lengths)} sub-words, mean "
           f"{statistics.mean(lengths):.1f}); {args.device} {args.dtype}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} timed round(s)")
+          f"{args.rounds} timed round(s); glibc keeps freed memory: {'yes' if kept_freed_memory else 'no'}")
     print(f"{'model':<14}{'params (M)':>11}{'s / batch':>11}{'GFLOP / batch':>15}{'GFLOP/s':>9}")
     per_batch = {name: statistics.mean(values) for name, values in seconds.items()}
     mean_flops = {name: statistics.mean(values) for name, values in flops.items()}

@@ -3,7 +3,8 @@
 One model at the paper's sizes: a BERT-base-sized random text encoder, a ResNet-152 backbone on 224x224 images, a
 6-layer CrossTransformer (exchange in layers 2-4, theta 0.1), the caption decoder (LSTM 512) and the PixelCNN++
 (80 filters x 5 blocks, 10 mixtures). The batch's posts have random lengths between 16 and 64 sub-words and the
-text is padded to the longest one, as MuSEProcessor does.
+text is padded to the longest one, as MuSEProcessor does. As in the training scripts, glibc keeps freed memory for
+reuse (muse_training/memory.py).
 
 Two variants of the same model and weights, stepped alternately in one process (forward, backward, and the training
 scripts' AdamW from ``muse_training.optimization.create_optimizer``):
@@ -52,6 +53,7 @@ from cost_tools import (
     timed,
 )
 from modeling_muse import MuSEForTokenClassification
+from muse_training.memory import keep_freed_memory_in_process
 from muse_training.optimization import create_optimizer
 
 VARIANTS = ("full", "only-L_task")
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--profiled_steps", type=int, default=3, help="profiled steps per variant")
     add_device_arguments(parser)
     args = parser.parse_args()
+    # As the training scripts do (muse_training.loop.create_accelerator), for every variant alike.
+    kept_freed_memory = keep_freed_memory_in_process()
 
     torch.manual_seed(0)
     config = MuSEConfig(text_config=BertConfig(), vision_model_name="resnet152", num_labels=9)
@@ -168,7 +172,8 @@ def main() -> None:
     print(
         f"MuSE training step (forward, backward, AdamW), batch {args.batch}, text padded to its longest post "
         f"({inputs['input_ids'].shape[1]}), 224x224 images, BERT-base-sized text encoder, ResNet-152, caption LSTM "
-        f"512, PixelCNN++ 80x5; {args.device} {args.dtype}, {torch.get_num_threads()} threads"
+        f"512, PixelCNN++ 80x5; {args.device} {args.dtype}, {torch.get_num_threads()} threads; glibc keeps freed "
+        f"memory: {'yes' if kept_freed_memory else 'no'}"
     )
     print(f"{'variant':<13}{'params (M)':>11}{'GFLOP':>9}   step s: median [min-max] of {args.repeats}")
     for name in VARIANTS:

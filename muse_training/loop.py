@@ -25,6 +25,7 @@ from processing_muse import MuSEProcessor
 
 from .checkpoints import TrainingProgress, save_checkpoint, save_model
 from .logs import LossMeter, configure_logging, epoch_summary
+from .memory import keep_freed_memory_in_process
 from .optimization import Schedule
 
 __all__ = ["create_accelerator", "fit"]
@@ -49,6 +50,8 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         project_dir=args.output_dir if args.with_tracking else None,
     )
     configure_logging(accelerator)
+    if accelerator.device.type == "cpu" and keep_freed_memory_in_process():
+        logger.debug("glibc keeps freed memory in the process (muse_training/memory.py)")
     if accelerator.distributed_type != DistributedType.NO:
         logger.info(accelerator.state, main_process_only=False)
     for plugin, distributed_type in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
