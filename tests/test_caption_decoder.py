@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from modeling_muse import caption_decoder
 from modeling_muse.caption_decoder import CaptionDecoder
+from operator_recording import RecordOperators
 
 FEATURE_DIM = 8
 VOCAB = 13
@@ -112,20 +112,11 @@ def test_vocabulary_loss_over_chunks_matches_the_unfused_cross_entropy(monkeypat
 
 
 def test_vocabulary_loss_without_grad_mode_gives_the_loss_and_computes_no_gradients():
-    class RecordOps(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names: set[str] = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
     decoder = make_decoder()
     features, ids, mask = make_batch([7, 4], 7)
-    with RecordOps() as with_grad_ops:
+    with RecordOperators() as with_grad_ops:
         with_grad = decoder(features, ids, mask).loss
-    with torch.no_grad(), RecordOps() as without_grad_ops:
+    with torch.no_grad(), RecordOperators() as without_grad_ops:
         without = decoder(features, ids, mask).loss
     torch.testing.assert_close(without, with_grad.detach())
     # The score gradient's one-hot subtraction is the first step of the gradients.

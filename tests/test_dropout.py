@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from configuration_muse import MuSEConfig
 from modeling_muse.caption_decoder import CaptionDecoder
@@ -13,16 +12,7 @@ from modeling_muse.cross_transformer import CrossTransformerLayer
 from modeling_muse import dropout as muse_dropout
 from modeling_muse.dropout import Dropout, dropout, dropout_mask
 from modeling_muse.pixelcnn_decoder import PixelCNNPlusPlusDecoder
-
-
-class _RecordOps(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
+from operator_recording import RecordOperators
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -96,7 +86,7 @@ def test_module_is_a_torch_dropout_without_state():
 def _ops_in_training(module: torch.nn.Module, run) -> set[str]:
     """The operators ``run()`` dispatches with ``module`` in training mode."""
     module.train()
-    with _RecordOps() as recorder:
+    with RecordOperators() as recorder:
         run()
     return recorder.names
 
