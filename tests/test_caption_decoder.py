@@ -87,17 +87,17 @@ def test_fused_recurrence_matches_the_step_by_step_formulation(dtype, tolerance)
         torch.testing.assert_close(fused_params[name], params[name], rtol=tolerance, atol=tolerance, msg=name)
 
 
-@pytest.mark.parametrize("rows_per_chunk", [1, 3, 40])
+@pytest.mark.parametrize("rows_per_chunk", [1, 7, 60])
 def test_vocabulary_loss_over_chunks_matches_the_unfused_cross_entropy(monkeypatch, rows_per_chunk):
     """The chunked vocabulary loss, with its gradients computed in the forward pass, gives F.cross_entropy's loss and
-    gradients of the hidden states, weight and bias, also when the rows do not divide into whole chunks, and scales
-    them by the loss's incoming gradient."""
+    gradients of the hidden states, weight and bias, also when the rows do not divide into whole chunks (50 rows in
+    chunks of 6, the least for width 3, of 7, and in one chunk), and scales them by the loss's incoming gradient."""
     monkeypatch.setattr(caption_decoder, "_SCORES_PER_CHUNK", rows_per_chunk * VOCAB)
     generator = torch.Generator().manual_seed(5)
-    hidden = torch.randn(10, 6, generator=generator, dtype=torch.float64)
-    weight = torch.randn(VOCAB, 6, generator=generator, dtype=torch.float64)
+    hidden = torch.randn(50, 3, generator=generator, dtype=torch.float64)
+    weight = torch.randn(VOCAB, 3, generator=generator, dtype=torch.float64)
     bias = torch.randn(VOCAB, generator=generator, dtype=torch.float64)
-    targets = torch.randint(0, VOCAB, (10,), generator=generator)
+    targets = torch.randint(0, VOCAB, (50,), generator=generator)
     results = []
     for compute in (
         lambda h, w, b: caption_decoder._VocabularyNegativeLogLikelihood.apply(h, w, b, targets, True),
