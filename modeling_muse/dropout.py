@@ -1,4 +1,4 @@
-"""Dropout for MuSE's own layers (CrossTransformer, caption decoder, PixelCNN++): torch's, with a cheaper CPU mask.
+"""Dropout for MuSE's layers (CrossTransformer, decoders, text encoder): torch's, with a cheaper CPU mask.
 
 torch draws a CPU dropout mask with ``bernoulli_``, one draw of its Mersenne Twister and a double-precision comparison
 per element: 10-14 ns per element on the 2-core reference CPU, several percent of a MuSE training step. Here the
@@ -9,9 +9,10 @@ above the smallest int32, i.e. with probability ``1 - p`` to 2**-32 (``bernoulli
 bench/dropout_speed.py`` times the mask, one CrossTransformer layer and both decoders against torch's dropout.
 
 MuSE's dropout sits wherever the paper's layers have one: the CrossTransformer's attention weights, attention output
-and feed-forward sub-module, the caption decoder's LSTM output and every PixelCNN++ gated block. On other devices
-(CUDA's fused dropout kernel is not slow) and at ``p == 1`` this is ``torch.nn.functional.dropout`` itself. The text
-encoder and the heads are transformers' and torch's modules and keep torch's dropout.
+and feed-forward sub-module, the caption decoder's LSTM output, every PixelCNN++ gated block, and the text encoder's
+``nn.Dropout`` modules (swapped in by text_encoder.py; its attention-weight dropout, applied inside transformers'
+attention, and the heads keep torch's). On other devices (CUDA's fused dropout kernel is not slow) and at ``p == 1``
+this is ``torch.nn.functional.dropout`` itself.
 """
 
 from __future__ import annotations

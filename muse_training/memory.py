@@ -3,8 +3,8 @@
 torch's CPU allocator hands every freed tensor back to the C library. glibc returns the top of its heap to the
 operating system once more than its trim threshold (64 MB at most, by its own adjustment) lies free there, and a
 training step frees the gigabytes of activations it saved for backward at once, so every next step faults the same
-pages back in, zero-filled by the kernel: on the 2-core reference CPU that took 10% of a full MuSE step (and most of
-the PixelCNN++'s time). ``keep_freed_memory_in_process`` sets glibc's thresholds so that freed memory stays with the
+pages back in, zero-filled by the kernel: on the 2-core reference CPU that was about a fifth of a full MuSE step in the
+README's CPU configuration (``bench/epoch_cost.py``, README "Benchmarks"). ``keep_freed_memory_in_process`` sets glibc's thresholds so that freed memory stays with the
 process (its resident size then stays at its peak, which a training process reaches every step anyway): heap
 allocations up to 32 MB (the most glibc's own adjustment would allow) and no trimming.
 """
