@@ -253,7 +253,7 @@ class _VocabularyNegativeLogLikelihood(torch.autograd.Function):
         total = hidden.new_zeros(())
         # Every chunk also reads the weight twice and adds into its gradient: at LSTM width 512 (62 MB of weight
         # gradient at BERT's vocabulary) those passes cost more than the cache misses of larger chunks.
-        rows_per_chunk = max(_SCORES_PER_CHUNK // weight.size(0), 2 * weight.size(1), 1)
+        rows_per_chunk = max(_SCORES_PER_CHUNK // weight.size(0), 2 * weight.size(1))
         for start in range(0, hidden.size(0), rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
             chunk_hidden, chunk_targets = hidden[rows], targets[rows].unsqueeze(1)

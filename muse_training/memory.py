@@ -36,7 +36,7 @@ def keep_freed_memory_in_process() -> bool:
     except OSError:
         return False
     # These mallopt parameters are glibc's; other C libraries (musl) have no gnu_get_libc_version.
-    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+    if not hasattr(libc, "gnu_get_libc_version"):
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_ALLOCATIONS_UP_TO)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)

@@ -16,3 +16,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def drawn_dropout_masks(monkeypatch) -> list[float]:
+    """The rate ``p`` of every mask MuSE's dropout draws during the test, in order (modeling_muse/dropout.py)."""
+    from modeling_muse import dropout as muse_dropout
+
+    rates = []
+    draw = muse_dropout.dropout_mask
+
+    def recorded(shape, p, *args, **kwargs):
+        rates.append(p)
+        return draw(shape, p, *args, **kwargs)
+
+    monkeypatch.setattr(muse_dropout, "dropout_mask", recorded)
+    return rates

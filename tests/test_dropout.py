@@ -1,5 +1,5 @@
 """MuSE's dropout (modeling_muse/dropout.py): torch's semantics, with the CPU mask drawn from 32-bit random integers
-instead of bernoulli_, and used by the CrossTransformer and both decoders."""
+(NumPy's PCG64) instead of bernoulli_, and used by the CrossTransformer, both decoders and the text encoder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from configuration_muse import MuSEConfig
 from modeling_muse.caption_decoder import CaptionDecoder
 from modeling_muse.cross_transformer import CrossTransformerLayer
-from modeling_muse import dropout as muse_dropout
 from modeling_muse.dropout import Dropout, dropout, dropout_mask
 from modeling_muse.pixelcnn_decoder import PixelCNNPlusPlusDecoder
 from operator_recording import RecordOperators
@@ -91,7 +90,7 @@ def _ops_in_training(module: torch.nn.Module, run) -> set[str]:
     return recorder.names
 
 
-def test_muse_s_own_layers_draw_no_bernoulli_masks_on_cpu(monkeypatch):
+def test_muse_s_own_layers_draw_no_bernoulli_masks_on_cpu(drawn_dropout_masks):
     """The cost this module removes: neither the CrossTransformer (attention weights, attention output,
     feed-forward) nor the decoders call bernoulli_ in training on a CPU."""
     torch.manual_seed(0)
@@ -109,14 +108,7 @@ def test_muse_s_own_layers_draw_no_bernoulli_masks_on_cpu(monkeypatch):
             lambda: layer.feed_forward(layer.attend(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool), False)[0]),
         ),
     }
-    masks = []
-
-    def counted_mask(*args, **kwargs):
-        masks.append(args[0])
-        return dropout_mask(*args, **kwargs)
-
-    monkeypatch.setattr(muse_dropout, "dropout_mask", counted_mask)
     for name, (module, run) in runs.items():
-        masks.clear()
+        drawn_dropout_masks.clear()
         names = _ops_in_training(module, run)
-        assert masks and "bernoulli_" not in names, name
+        assert drawn_dropout_masks and "bernoulli_" not in names, name

@@ -12,7 +12,7 @@ from modeling_muse.image_encoder import ImageEncoder
 from modeling_muse.text_encoder import TextEncoder
 
 
-def test_the_text_encoder_drops_with_muse_s_dropout_at_the_configured_rates(monkeypatch):
+def test_the_text_encoder_drops_with_muse_s_dropout_at_the_configured_rates(drawn_dropout_masks):
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
     encoder = TextEncoder(config, 32)
@@ -22,12 +22,9 @@ def test_the_text_encoder_drops_with_muse_s_dropout_at_the_configured_rates(monk
     assert sorted({module.p for module in dropouts}) == [0.2, 0.3]
     assert encoder.backbone.encoder.layer[0].attention.self.dropout.p == 0.3
 
-    masks = []
-    real_mask = muse_dropout.dropout_mask
-    monkeypatch.setattr(muse_dropout, "dropout_mask", lambda *args: masks.append(args[1]) or real_mask(*args))
     encoder.train()(torch.randint(1, 100, (2, 5)), torch.ones(2, 5, dtype=torch.long))
     # The embeddings' dropout, then each layer's attention output and feed-forward output.
-    assert masks == [0.2] * (1 + 2 * config.num_hidden_layers)
+    assert drawn_dropout_masks == [0.2] * (1 + 2 * config.num_hidden_layers)
 
 
 def test_the_image_encoder_runs_its_backbone_channels_last_and_keeps_the_token_order():
