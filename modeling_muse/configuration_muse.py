@@ -16,7 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["ABLATION_VARIANTS", "MuSEConfig", "is_hub_id"]
+__all__ = ["ABLATION_VARIANTS", "MuSEConfig", "is_hub_id", "is_vision_model_id"]
 
 # "name" or "namespace/name", as the Hugging Face Hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -30,20 +30,43 @@ def is_hub_id(name_or_path: str | os.PathLike | None) -> bool:
     return bool(_HUB_ID.match(name)) and not os.path.exists(name)
 
 
+def is_vision_model_id(name_or_path: str | os.PathLike | None) -> bool:
+    """Whether an image tower's name is one that means the same on any machine: a timm name or Hub id (with or
+    without timm's ``hf-hub:`` prefix), not a folder (timm's ``local-dir:`` prefix included)."""
+    if not name_or_path:
+        return False
+    name = os.fspath(name_or_path)
+    if name.startswith("local-dir:"):
+        return False
+    return is_hub_id(name.removeprefix("hf-hub:"))
+
+
 @strict
 class MuSEConfig(PreTrainedConfig):
     r"""
     Configuration of a MuSE model: a text encoder (any `transformers` text model, nested as ``text_config``),
-    an image encoder (a timm CNN backbone), and the CrossTransformer that exchanges tokens between the two.
+    an image encoder (a timm model, or a `transformers` vision model nested as ``vision_config``), and the
+    CrossTransformer that exchanges tokens between the two.
 
     Args:
         text_config (`PreTrainedConfig` or `dict`, *optional*):
             Configuration of the text encoder (paper eq. 1). Any `AutoConfig` model type; defaults to
             BERT-base uncased (`BertConfig()`), the encoder of the paper's reference runs.
-        vision_model_name (`str`, *optional*, defaults to `"resnet152"`):
-            timm model name of the image encoder backbone (paper eq. 2).
+        vision_model_name_or_path (`str`, *optional*, defaults to `"resnet152"`):
+            The image encoder's backbone (paper eq. 2), as it was named when the model was built: a timm model
+            name (CNN or ViT), a ``hf-hub:`` / ``timm/`` Hub id of a timm model, or the Hub id of a `transformers`
+            vision model. Only a Hub id or a timm name is kept (a folder of this machine is saved as ``""``); the
+            architecture is rebuilt from ``vision_config`` or ``vision_timm_architecture`` when they are set, so a
+            saved MuSE reloads without the tower's repository. ``vision_model_name`` is an alias.
+        vision_config (`PreTrainedConfig` or `dict`, *optional*):
+            Configuration of a `transformers` vision backbone (ViT, CLIP / SigLIP vision, ConvNeXt, DINOv2, Swin,
+            ...), built with `AutoModel.from_config`. `None` means a timm backbone.
+        vision_timm_architecture (`str`, *optional*):
+            The timm architecture of a tower given by Hub id (``hf-hub:...``) or folder, read from its
+            ``config.json``; `None` when ``vision_model_name_or_path`` is a timm name itself.
         vision_model_kwargs (`dict`, *optional*):
-            Extra keyword arguments for `timm.create_model` (e.g. ``{"layers": [1, 1, 1, 1]}``).
+            Extra keyword arguments for `timm.create_model` (e.g. ``{"layers": [1, 1, 1, 1]}``; for a tower from
+            the Hub or a folder, its ``model_args``).
         vision_trainable_stages (`int`, *optional*):
             Train only the last ``vision_trainable_stages`` feature stages of the backbone (timm's
             ``feature_info``: for a ResNet the stem and ``layer1``..``layer4``) and freeze the rest. `None`
@@ -118,10 +141,17 @@ class MuSEConfig(PreTrainedConfig):
     """
 
     model_type = "muse"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    # Checkpoints saved before the image tower could be more than a timm name call the field vision_model_name.
+    attribute_map = {"vision_model_name": "vision_model_name_or_path"}
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", optional=True),
+    }
 
     text_config: PreTrainedConfig | dict | None = None
-    vision_model_name: str = "resnet152"
+    vision_model_name_or_path: str = "resnet152"
+    vision_config: PreTrainedConfig | dict | None = None
+    vision_timm_architecture: str | None = None
     vision_model_kwargs: dict | None = None
     vision_trainable_stages: int | None = None
     hidden_size: int | None = None
@@ -188,12 +218,15 @@ class MuSEConfig(PreTrainedConfig):
         self.__dict__["custom_pipelines"] = tasks
 
     def to_dict(self) -> dict[str, Any]:
-        """`PreTrainedConfig.to_dict`, naming the text encoder by its Hub id only: a local folder is meaningless on
-        another machine (and would leak this one's paths into every saved checkpoint), so it is left out."""
+        """`PreTrainedConfig.to_dict`, naming the towers by Hub id or timm name only: a local folder is meaningless
+        on another machine (and would leak this one's paths into every saved checkpoint), so it is left out."""
         output = super().to_dict()
-        text_config = output.get("text_config")
-        if isinstance(text_config, dict) and not is_hub_id(text_config.get("_name_or_path")):
-            text_config["_name_or_path"] = ""
+        for key in ("text_config", "vision_config"):
+            sub_config = output.get(key)
+            if isinstance(sub_config, dict) and not is_hub_id(sub_config.get("_name_or_path")):
+                sub_config["_name_or_path"] = ""
+        if not is_vision_model_id(output.get("vision_model_name_or_path")):
+            output["vision_model_name_or_path"] = ""
         return output
 
     @property
@@ -257,6 +290,11 @@ class MuSEConfig(PreTrainedConfig):
         if self.vision_trainable_stages is not None and self.vision_trainable_stages < 0:
             raise ValueError(
                 f"vision_trainable_stages must be None (train everything) or >= 0, got {self.vision_trainable_stages}."
+            )
+        if self.vision_trainable_stages is not None and self.vision_config is not None:
+            raise ValueError(
+                "vision_trainable_stages freezes the stages of a timm backbone (its feature_info); this model's image "
+                "tower is a transformers model (vision_config): leave vision_trainable_stages unset."
             )
 
     def validate_muse_dropouts(self):

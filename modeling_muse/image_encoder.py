@@ -1,93 +1,348 @@
-"""ImageEncoder (paper eq. 2): I_e = ImageEncoder(I), shape (B, P*P, d)."""
+"""ImageEncoder (paper eq. 2): I_e = ImageEncoder(I), shape (B, P*P, d).
+
+The backbone is any image tower that yields a spatial feature map or a sequence of patch tokens:
+
+- a timm model (CNNs such as ResNet or ConvNeXt, token models such as ViT or DeiT), by timm name, by Hub id
+  (``hf-hub:<repo>`` or ``timm/<name>``) or from a folder that timm saved (``local-dir:<folder>`` or the folder itself);
+- a `transformers` vision model (ViT, CLIP / SigLIP vision, ConvNeXt, DINOv2, Swin, ...), by Hub id or folder, built
+  with `AutoModel` (the vision half of a CLIP or SigLIP checkpoint is taken when the folder holds both halves).
+
+Whatever the tower, its last feature map (C, h, w) is average-pooled to (C, P, P), flattened to P*P tokens and
+projected to d (docs/design.md, "Image encoder"). Token towers first drop their prefix tokens (cls, distillation and
+register tokens) and lay the patch tokens out on their grid.
+"""
 
 from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import timm
 import torch
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
+from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
 from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 from .hub import hub_unreachable_reason
 
-__all__ = ["ImageEncoder", "create_vision_backbone", "load_pretrained_vision_backbone"]
+__all__ = [
+    "ImageEncoder",
+    "VisionTower",
+    "build_vision_backbone",
+    "load_pretrained_vision_backbone",
+    "resolve_vision_tower",
+    "tower_image_processor",
+]
 
 # The file names under which timm publishes weights on the Hub, in the order timm tries them.
 _TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_TIMM_PREFIXES = ("hf-hub:", "local-dir:")
+_HEAD_ARGUMENTS = ("num_classes", "global_pool")
 
 
-def create_vision_backbone(model_name: str, model_kwargs: dict, pretrained: bool = False) -> nn.Module:
-    """A timm backbone that returns its last feature map (no classifier, no global pooling).
+@dataclass
+class VisionTower:
+    """What an image tower's name or folder stands for, resolved once when a model or processor is built.
 
-    ``pretrained=True`` downloads timm's weights for ``model_name`` (needs the Hugging Face Hub or a timm
-    cache); nothing is downloaded otherwise.
+    Attributes:
+        name_or_path: as given.
+        library: ``"timm"`` or ``"transformers"``.
+        timm_name: the name `timm.create_model` takes for the pretrained weights (a registry name, or the
+            ``hf-hub:`` / ``local-dir:`` form).
+        timm_architecture: for a timm tower from the Hub or a folder, the architecture in its ``config.json``.
+        timm_model_args: that ``config.json``'s ``model_args``.
+        timm_pretrained_cfg: timm's pretrained configuration (input size, crop, interpolation, mean, std).
+        vision_config: for a transformers tower, its configuration (the vision half of a two-tower checkpoint).
     """
-    return timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="", **model_kwargs)
+
+    name_or_path: str
+    library: str
+    timm_name: str | None = None
+    timm_architecture: str | None = None
+    timm_model_args: dict[str, Any] = field(default_factory=dict)
+    timm_pretrained_cfg: dict[str, Any] = field(default_factory=dict)
+    vision_config: PreTrainedConfig | None = None
+
+    def config_fields(self) -> dict[str, Any]:
+        """The `MuSEConfig` fields that describe this tower, enough to rebuild it without its repository."""
+        fields: dict[str, Any] = {"vision_model_name_or_path": self.name_or_path}
+        if self.library == "transformers":
+            fields["vision_config"] = self.vision_config
+        elif self.timm_architecture is not None:
+            fields["vision_timm_architecture"] = self.timm_architecture
+            fields["vision_model_kwargs"] = dict(self.timm_model_args)
+        return fields
 
 
-def load_pretrained_vision_backbone(model_name: str, model_kwargs: dict) -> nn.Module:
-    """`create_vision_backbone` with timm's pretrained weights, from the local Hugging Face cache when they are there.
+def _vision_half(config: PreTrainedConfig) -> PreTrainedConfig:
+    # A CLIP / SigLIP checkpoint holds a text and a vision tower; MuSE uses the vision one.
+    return getattr(config, "vision_config", None) or config
 
-    Without a cached copy the weights are downloaded; when the Hub cannot be reached (``HF_HUB_OFFLINE=1`` or no
-    connection) this fails at once, naming the backbone and ``pretrained_vision=False``, instead of after a minute
-    of retries with a generic error.
+
+def _timm_tower(name_or_path: str, timm_name: str) -> VisionTower:
+    source, model_id = timm.models.parse_model_name(timm_name)
+    if source is None:
+        if not timm.is_model(model_id.split(".")[0]):
+            raise ValueError(
+                f"vision_model_name_or_path={name_or_path!r} is neither a timm model name (timm.list_models()), a "
+                f"folder, nor a Hub id: give a timm name such as 'resnet152' or 'vit_base_patch16_224', a Hub id "
+                f"('timm/<name>', 'hf-hub:<repo>' or a transformers vision model's repo) or a folder."
+            )
+        pretrained_cfg = timm.models.get_pretrained_cfg(model_id)
+        return VisionTower(
+            name_or_path,
+            "timm",
+            timm_name=model_id,
+            timm_pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg is not None else {},
+        )
+    loader = load_model_config_from_hf if source == "hf-hub" else load_model_config_from_path
+    pretrained_cfg, architecture, model_args = loader(model_id)
+    # MuSE builds every timm tower without classifier and pooling; the saved ones say what they were trained with.
+    model_args = {key: value for key, value in (model_args or {}).items() if key not in _HEAD_ARGUMENTS}
+    return VisionTower(
+        name_or_path,
+        "timm",
+        timm_name=timm_name,
+        timm_architecture=architecture,
+        timm_model_args=model_args,
+        timm_pretrained_cfg=dict(pretrained_cfg or {}),
+    )
+
+
+def resolve_vision_tower(name_or_path: str | os.PathLike, **config_kwargs: Any) -> VisionTower:
+    """Tell which library builds the image tower ``name_or_path`` and read its configuration (no weights).
+
+    - ``hf-hub:<repo>``, ``local-dir:<folder>``, ``timm/<name>``: timm.
+    - a folder: timm when its ``config.json`` names an ``architecture`` (timm's format), else transformers.
+    - another Hub id (``<owner>/<name>``): transformers (`AutoConfig`), unless the repository is timm's.
+    - anything else: a timm model name.
+
+    ``config_kwargs`` go to `AutoConfig.from_pretrained` (``revision``, ``token``, ...).
     """
-    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
-    hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
+    name = os.fspath(name_or_path)
+    if name.startswith(_TIMM_PREFIXES):
+        return _timm_tower(name, name)
+    if name.startswith("timm/"):
+        return _timm_tower(name, f"hf-hub:{name}")
+    if os.path.isdir(name):
+        config_file = os.path.join(name, "config.json")
+        if not os.path.isfile(config_file):
+            raise ValueError(
+                f"vision_model_name_or_path={name!r} is a folder without a config.json: give a folder saved by "
+                f"transformers (save_pretrained) or timm (with its config.json), or a timm name or Hub id."
+            )
+        with open(config_file, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        if "architecture" in saved and "model_type" not in saved:
+            return _timm_tower(name, f"local-dir:{name}")
+    elif "/" not in name:
+        return _timm_tower(name, name)
+    config = AutoConfig.from_pretrained(name, **config_kwargs)
+    if config.model_type == "timm_wrapper":
+        return _timm_tower(name, f"hf-hub:{name}")
+    return VisionTower(name, "transformers", vision_config=_vision_half(config))
+
+
+_RESAMPLING = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
+
+
+def tower_image_processor(tower: VisionTower, image_size: int | None = None) -> Any:
+    """The image processor that prepares pictures for ``tower``.
+
+    ``image_size=None`` gives the tower's own preprocessing: a transformers tower's `AutoImageProcessor` (saved in
+    its folder or repository); for a timm tower, its pretrained configuration as a `BitImageProcessor` (shorter side
+    to ``input_size / crop_pct``, centre crop to ``input_size``, timm's interpolation, mean and std) or, without a
+    centre crop, a resize to ``input_size``. A side in pixels resizes every image to ``image_size`` x
+    ``image_size`` with the tower's mean and std.
+    """
+    from transformers import AutoImageProcessor, BitImageProcessor, ViTImageProcessor
+
+    if tower.library == "transformers":
+        try:
+            own = AutoImageProcessor.from_pretrained(tower.name_or_path)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"vision_model_name_or_path={tower.name_or_path!r}: no image processor could be loaded for it "
+                f"({error}). Save the tower's image processor beside it (image_processor.save_pretrained(folder)), "
+                f"or give image_size=<side in pixels> to resize images to a square with ImageNet's normalisation."
+            ) from error
+        if image_size is None:
+            return own
+        mean, std = list(own.image_mean), list(own.image_std)
+    else:
+        settings = tower.timm_pretrained_cfg
+        mean = list(settings.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
+        std = list(settings.get("std") or timm.data.IMAGENET_DEFAULT_STD)
+        if image_size is None:
+            _, height, width = settings.get("input_size") or (3, 224, 224)
+            resample = _RESAMPLING.get(settings.get("interpolation", "bilinear"), 2)
+            crop_pct = settings.get("crop_pct") or 1.0
+            if settings.get("crop_mode", "center") == "center" and crop_pct < 1.0:
+                return BitImageProcessor(
+                    size={"shortest_edge": math.floor(min(height, width) / crop_pct)},
+                    resample=resample,
+                    do_center_crop=True,
+                    crop_size={"height": height, "width": width},
+                    image_mean=mean,
+                    image_std=std,
+                )
+            return ViTImageProcessor(
+                size={"height": height, "width": width}, resample=resample, image_mean=mean, image_std=std
+            )
+    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std)
+
+
+def _drop_pooler_kwargs(model_class: type[nn.Module]) -> dict[str, Any]:
+    # MuSE reads the feature map, never a pooled output; an unused pooler would also leave parameters without
+    # gradients, which DistributedDataParallel rejects.
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
+
+
+def _transformers_backbone(vision_config: PreTrainedConfig) -> nn.Module:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING[type(vision_config)]
+    return AutoModel.from_config(vision_config, **_drop_pooler_kwargs(model_class))
+
+
+def build_vision_backbone(config: Any) -> nn.Module:
+    """A randomly initialised image backbone for a `MuSEConfig` (no classifier, no global pooling, no download)."""
+    if config.vision_config is not None:
+        return _transformers_backbone(config.vision_config)
+    architecture = config.vision_timm_architecture or config.vision_model_name_or_path
+    return timm.create_model(architecture, pretrained=False, num_classes=0, global_pool="", **config.vision_model_kwargs)
+
+
+def _timm_pretrained(tower: VisionTower, model_kwargs: dict[str, Any]) -> nn.Module:
+    """The timm tower with its pretrained weights: from a folder, the local Hugging Face cache, or the Hub."""
+    kwargs = {"num_classes": 0, "global_pool": "", **model_kwargs}
+    if tower.timm_name.startswith("local-dir:"):
+        return timm.create_model(tower.timm_name, pretrained=True, **kwargs)
+    hub_id = tower.timm_name.removeprefix("hf-hub:") if tower.timm_name.startswith("hf-hub:") else None
+    hub_id = hub_id or tower.timm_pretrained_cfg.get("hf_hub_id")
     if not hub_id:
         raise ValueError(
-            f"vision_model_name={model_name!r}: timm publishes no pretrained weights for it on the Hugging Face Hub; "
-            f"choose a backbone that has them (e.g. 'resnet152') or pass pretrained_vision=False."
+            f"vision_model_name_or_path={tower.name_or_path!r}: timm publishes no pretrained weights for it on the "
+            f"Hugging Face Hub; choose a backbone that has them (e.g. 'resnet152') or pass pretrained_vision=False."
         )
+    architecture = tower.timm_architecture or tower.timm_name
     for file_name in _TIMM_WEIGHT_FILES:
         cached = try_to_load_from_cache(hub_id, file_name)
         if isinstance(cached, str):
-            return timm.create_model(
-                model_name, pretrained=True, pretrained_cfg_overlay={"file": cached}, num_classes=0, global_pool="",
-                **model_kwargs,
-            )
+            # Built from the architecture and the configuration already read, so that nothing asks the Hub again.
+            overlay = {**tower.timm_pretrained_cfg, "file": cached}
+            return timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     switch = "pretrained_vision=False (command line: --no-pretrained_vision) to start the backbone from random weights"
     reason = hub_unreachable_reason()
     if reason is not None:
         raise OSError(
-            f"vision_model_name={model_name!r}: timm's pretrained weights ({hub_id} on the Hugging Face Hub) are not in "
-            f"the local cache and cannot be downloaded: {reason}. Download them once with a connection, or pass "
-            f"{switch}."
+            f"vision_model_name_or_path={tower.name_or_path!r}: timm's pretrained weights ({hub_id} on the Hugging "
+            f"Face Hub) are not in the local cache and cannot be downloaded: {reason}. Download them once with a "
+            f"connection, or pass {switch}."
         )
     try:
-        return create_vision_backbone(model_name, model_kwargs, pretrained=True)
+        return timm.create_model(tower.timm_name, pretrained=True, **kwargs)
     except OSError as error:
         raise OSError(
-            f"vision_model_name={model_name!r}: downloading timm's pretrained weights ({hub_id}) failed: {error}. "
-            f"Check the connection, or pass {switch}."
+            f"vision_model_name_or_path={tower.name_or_path!r}: downloading timm's pretrained weights ({hub_id}) "
+            f"failed: {error}. Check the connection, or pass {switch}."
         ) from error
 
 
-class ImageEncoder(nn.Module):
-    """A CNN backbone whose last feature map is average-pooled to P x P, flattened and projected to d.
+def load_pretrained_vision_backbone(
+    tower: VisionTower, model_kwargs: dict[str, Any], **from_pretrained_kwargs: Any
+) -> nn.Module:
+    """The image backbone of ``tower`` with its pretrained weights, built as `build_vision_backbone` builds it.
 
-    Spec section 1: 224x224 input -> feature map (C, h, w) -> adaptive average pool to (C, P, P) -> P*P tokens
-    -> Linear(C -> d).
+    A timm tower's weights come from its folder, the local Hugging Face cache or the Hub; when the Hub cannot be
+    reached (``HF_HUB_OFFLINE=1`` or no connection) and nothing is cached this fails at once, naming the tower and
+    ``pretrained_vision=False``. A transformers tower loads with `from_pretrained` (``from_pretrained_kwargs``).
+    """
+    if tower.library == "timm":
+        return _timm_pretrained(tower, model_kwargs)
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING[type(tower.vision_config)]
+    # Loaded as saved, pooler included, so that the weights match the architecture exactly; dropped afterwards.
+    backbone = model_class.from_pretrained(tower.name_or_path, config=tower.vision_config, **from_pretrained_kwargs)
+    if _drop_pooler_kwargs(model_class) and getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    return backbone
+
+
+def _prefix_token_count(backbone: nn.Module) -> int:
+    """Tokens before the patch tokens in a transformers vision model's output: cls, distillation and registers."""
+    embeddings = getattr(backbone, "embeddings", None)
+    if embeddings is None:
+        embeddings = getattr(getattr(backbone, "vision_model", None), "embeddings", None)
+    count = 0
+    for name in ("cls_token", "class_embedding", "distillation_token"):
+        count += getattr(embeddings, name, None) is not None
+    registers = getattr(embeddings, "register_tokens", None)
+    if registers is not None:
+        count += registers.shape[1]
+    return count
+
+
+def _tokens_to_grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, N, C) patch tokens in row-major order -> (B, C, H, W), the grid laid over a ``height`` x ``width`` image."""
+    count = tokens.shape[1]
+    stride = math.sqrt(height * width / count)
+    rows, columns = round(height / stride), round(width / stride)
+    if rows * columns != count:
+        raise ValueError(
+            f"The image tower returned {count} patch tokens for a {height}x{width} image, which lay out on no grid "
+            f"of that aspect ratio: give it images of the size it was made for (its image processor's)."
+        )
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, columns)
+
+
+def _feature_width(backbone: nn.Module, config: Any) -> int:
+    if config.vision_config is None:
+        return backbone.num_features
+    vision_config = config.vision_config
+    sizes = getattr(vision_config, "hidden_sizes", None)
+    return sizes[-1] if sizes else vision_config.hidden_size
+
+
+class ImageEncoder(nn.Module):
+    """An image backbone whose last feature map is average-pooled to P x P, flattened and projected to d.
+
+    docs/design.md, "Image encoder": image -> feature map (C, h, w) -> adaptive average pool to (C, P, P) -> P*P
+    tokens -> Linear(C -> d). A token backbone's patch tokens are laid out on their grid first.
     """
 
-    def __init__(
-        self,
-        model_name: str,
-        model_kwargs: dict,
-        image_grid_size: int,
-        hidden_size: int,
-        trainable_stages: int | None = None,
-    ):
+    def __init__(self, config: Any):
         super().__init__()
-        self.backbone = create_vision_backbone(model_name, model_kwargs)
-        # timm's own initialisation suits its architectures (Kaiming for convolutions); the flag keeps
-        # transformers' generic `_init_weights` from overwriting it.
-        for module in self.backbone.modules():
-            module._is_hf_initialized = True
-        self.image_grid_size = image_grid_size
-        self.projection = nn.Linear(self.backbone.num_features, hidden_size)
-        if trainable_stages is not None:
-            self.freeze_all_but_last_stages(trainable_stages)
+        self.backbone = build_vision_backbone(config)
+        self.is_timm = config.vision_config is None
+        if self.is_timm:
+            # timm's own initialisation suits its architectures (Kaiming for convolutions); the flag keeps
+            # transformers' generic `_init_weights` from overwriting it.
+            for module in self.backbone.modules():
+                module._is_hf_initialized = True
+            self.prefix_tokens = getattr(self.backbone, "num_prefix_tokens", 0)
+            self.channels_last_output = getattr(self.backbone, "output_fmt", "NCHW") == "NHWC"
+        else:
+            self.prefix_tokens = _prefix_token_count(self.backbone)
+            self.channels_last_output = False
+            configured_size = getattr(config.vision_config, "image_size", None)
+            self.configured_size = (
+                tuple(configured_size) if isinstance(configured_size, (list, tuple)) else (configured_size,) * 2
+            )
+            self.interpolates = "interpolate_pos_encoding" in inspect.signature(self.backbone.forward).parameters
+        self.image_grid_size = config.image_grid_size
+        self.projection = nn.Linear(_feature_width(self.backbone, config), config.hidden_size)
+        if config.vision_trainable_stages is not None:
+            self.freeze_all_but_last_stages(config.vision_trainable_stages)
 
     def freeze_all_but_last_stages(self, trainable_stages: int) -> None:
         """Freeze the backbone up to its last ``trainable_stages`` feature stages (timm ``feature_info``).
@@ -107,10 +362,25 @@ class ImageEncoder(nn.Module):
         for index, (_, parameter) in enumerate(parameters):
             parameter.requires_grad = index >= first_trainable
 
+    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The backbone's last features as a (B, C, h, w) map."""
+        if self.is_timm:
+            # Channels-last images take oneDNN's (and cuDNN's) faster convolution layouts, which the whole backbone
+            # then keeps.
+            features = self.backbone.forward_features(pixel_values.contiguous(memory_format=torch.channels_last))
+        else:
+            kwargs = {}
+            if self.interpolates and tuple(pixel_values.shape[-2:]) != self.configured_size:
+                # ViT-style towers interpolate their position embeddings to other image sizes only when asked.
+                kwargs["interpolate_pos_encoding"] = True
+            features = self.backbone(pixel_values=pixel_values, **kwargs).last_hidden_state
+        if features.dim() == 3:
+            return _tokens_to_grid(features[:, self.prefix_tokens :], *pixel_values.shape[-2:])
+        if self.channels_last_output:
+            return features.permute(0, 3, 1, 2)
+        return features
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # Channels-last images take oneDNN's (and cuDNN's) faster convolution layouts, which the whole backbone then
-        # keeps; the pooled grid comes out with its P*P tokens already contiguous rows.
-        features = self.backbone.forward_features(pixel_values.contiguous(memory_format=torch.channels_last))
-        grid = F.adaptive_avg_pool2d(features, self.image_grid_size)
+        grid = F.adaptive_avg_pool2d(self.feature_map(pixel_values), self.image_grid_size)
         tokens = grid.flatten(2).transpose(1, 2)
         return self.projection(tokens)

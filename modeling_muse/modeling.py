@@ -35,7 +35,7 @@ from .configuration_muse import MuSEConfig
 
 from .cross_transformer import CrossTransformer
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
-from .image_encoder import ImageEncoder, load_pretrained_vision_backbone
+from .image_encoder import ImageEncoder, load_pretrained_vision_backbone, resolve_vision_tower
 from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
 from .pipelines import PIPELINE_TASKS
 from .regularizers import EmbeddingRegularizers
@@ -90,41 +90,54 @@ class MuSEPreTrainedModel(PreTrainedModel):
     def from_text_vision_pretrained(
         cls,
         text_model_name_or_path: str,
-        vision_model_name: str,
+        vision_model_name_or_path: str,
         *,
         pretrained_vision: bool = True,
         text_model_kwargs: dict | None = None,
+        vision_model_kwargs: dict | None = None,
         **config_kwargs,
     ) -> MuSEPreTrainedModel:
-        """A fresh MuSE around a pretrained text encoder and a (pretrained) timm image backbone.
+        """A fresh MuSE around a pretrained text encoder and a (pretrained) image tower.
 
         In the manner of `VisionTextDualEncoderModel.from_vision_text_pretrained`: the towers carry their
         pretrained weights, everything MuSE adds (projections, CrossTransformer, fusion, head) is newly
-        initialised and needs training.
+        initialised and needs training. The towers' configurations are stored in the `MuSEConfig`, so the saved
+        model reloads without their repositories.
 
         Args:
             text_model_name_or_path: Hub id or local folder of any `AutoModel` text encoder.
-            vision_model_name: timm model name, e.g. ``"resnet152"``.
-            pretrained_vision: load timm's pretrained weights for the backbone: from the local Hugging Face cache,
-                else from the Hub. Without the Hub (``HF_HUB_OFFLINE=1`` or no connection) and without a cached copy,
-                fails at once naming the backbone; ``False`` starts the backbone from random weights.
-            text_model_kwargs: extra arguments for `AutoModel.from_pretrained` (``revision``, ``token``, ...).
+            vision_model_name_or_path: the image tower: a timm name (``"resnet152"``, ``"vit_base_patch16_224"``),
+                a timm Hub id (``"timm/<name>"``, ``"hf-hub:<repo>"``) or folder, or a `transformers` vision model's
+                Hub id or folder (ViT, CLIP / SigLIP vision, ConvNeXt, DINOv2, Swin, ...); see `resolve_vision_tower`.
+            pretrained_vision: load the tower's pretrained weights. For a timm name or Hub id they come from the
+                local Hugging Face cache, else from the Hub; without the Hub (``HF_HUB_OFFLINE=1`` or no connection)
+                and without a cached copy this fails at once naming the tower. ``False`` starts the tower from
+                random weights (its configuration is still read).
+            text_model_kwargs: extra arguments for `AutoModel.from_pretrained` of the text encoder (``revision``,
+                ``token``, ...).
+            vision_model_kwargs: for a transformers tower, extra arguments for its `from_pretrained`; for a timm
+                tower, extra arguments for `timm.create_model` (stored in the config).
             **config_kwargs: `MuSEConfig` fields (``num_cross_layers``, ``exchange_ratio``, ``id2label``, ...).
         """
         text_backbone = load_pretrained_text_backbone(text_model_name_or_path, **(text_model_kwargs or {}))
-        config = MuSEConfig(text_config=text_backbone.config, vision_model_name=vision_model_name, **config_kwargs)
+        tower = resolve_vision_tower(vision_model_name_or_path)
+        vision_fields = tower.config_fields()
+        if tower.library == "timm" and vision_model_kwargs:
+            vision_fields["vision_model_kwargs"] = {**vision_fields.get("vision_model_kwargs", {}), **vision_model_kwargs}
+        config = MuSEConfig(text_config=text_backbone.config, **vision_fields, **config_kwargs)
         model = cls(config)
         muse = model.base_muse
         if muse.text_encoder is not None:
             muse.text_encoder.backbone.load_state_dict(text_backbone.state_dict())
         if pretrained_vision and muse.image_encoder is not None:
-            vision_backbone = load_pretrained_vision_backbone(vision_model_name, config.vision_model_kwargs)
+            extra = vision_model_kwargs if tower.library == "transformers" else {}
+            vision_backbone = load_pretrained_vision_backbone(tower, config.vision_model_kwargs, **(extra or {}))
             muse.image_encoder.backbone.load_state_dict(vision_backbone.state_dict())
         logger.warning(
             "MuSE was built around pretrained towers (%s, %s); its projections, CrossTransformer, fusion layer "
             "and head are newly initialised: train the model before using it for predictions.",
             text_model_name_or_path,
-            vision_model_name,
+            vision_model_name_or_path,
         )
         return model
 
@@ -210,13 +223,7 @@ class MuSEModel(MuSEPreTrainedModel):
         self.text_encoder = TextEncoder(config.text_config, config.hidden_size) if config.use_text else None
         self.image_encoder = None
         if config.use_image:
-            self.image_encoder = ImageEncoder(
-                config.vision_model_name,
-                config.vision_model_kwargs,
-                config.image_grid_size,
-                config.hidden_size,
-                config.vision_trainable_stages,
-            )
+            self.image_encoder = ImageEncoder(config)
         has_regularizers = config.has_caption_decoder or config.has_generation_decoder
         self.regularizers = EmbeddingRegularizers(config) if has_regularizers else None
         self.cross_transformer = CrossTransformer(config) if config.use_cross_transformer else None

@@ -348,25 +348,31 @@ class MuSEProcessor(ProcessorMixin):
     def from_text_vision_pretrained(
         cls,
         text_model_name_or_path: str,
-        vision_model_name: str,
+        vision_model_name_or_path: str,
         *,
         max_length: int = 64,
         label_names: list[str] | None = None,
-        image_size: int = 224,
+        image_size: int | None = None,
     ) -> MuSEProcessor:
-        """The text encoder's tokenizer and a 224x224 image processor with the timm backbone's normalisation.
+        """The text encoder's tokenizer and the image tower's preprocessing (downloads no weights).
 
-        Reads timm's pretrained configuration for the mean/std; downloads no weights.
+        Args:
+            text_model_name_or_path: Hub id or folder of the text encoder (its tokenizer).
+            vision_model_name_or_path: the image tower, in any form `MuSEForTokenClassification.from_text_vision_pretrained`
+                takes.
+            max_length: n, the model's ``max_text_length``.
+            label_names: tag names in id order.
+            image_size: ``None`` keeps the tower's own preprocessing: a transformers tower's `AutoImageProcessor`,
+                or for timm its pretrained configuration (resize by ``crop_pct``, centre crop to ``input_size``,
+                its interpolation, mean and std). A side in pixels resizes every image to ``image_size`` x
+                ``image_size`` instead (docs/design.md, "Image encoder"), with the tower's mean and std.
         """
-        import timm
-        from transformers import AutoTokenizer, ViTImageProcessor
+        from transformers import AutoTokenizer
 
-        pretrained_cfg = timm.models.get_pretrained_cfg(vision_model_name)
-        mean = getattr(pretrained_cfg, "mean", None) or timm.data.IMAGENET_DEFAULT_MEAN
-        std = getattr(pretrained_cfg, "std", None) or timm.data.IMAGENET_DEFAULT_STD
-        image_processor = ViTImageProcessor(
-            size={"height": image_size, "width": image_size}, image_mean=list(mean), image_std=list(std)
-        )
+        from .image_encoder import resolve_vision_tower, tower_image_processor
+
+        tower = resolve_vision_tower(vision_model_name_or_path)
+        image_processor = tower_image_processor(tower, image_size)
         tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
         return cls(image_processor, tokenizer, max_length=max_length, label_names=label_names)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
 
+from modeling_muse import MuSEConfig
 from modeling_muse import dropout as muse_dropout
 from modeling_muse.image_encoder import ImageEncoder
 from modeling_muse.text_encoder import TextEncoder
@@ -29,7 +30,9 @@ def test_the_text_encoder_drops_with_muse_s_dropout_at_the_configured_rates(draw
 
 def test_the_image_encoder_runs_its_backbone_channels_last_and_keeps_the_token_order():
     torch.manual_seed(0)
-    encoder = ImageEncoder("test_resnet", {}, image_grid_size=4, hidden_size=16).eval()
+    config = MuSEConfig(text_config=BertConfig(hidden_size=16, num_attention_heads=2), vision_model_name="test_resnet",
+                        image_grid_size=4, max_text_length=16, num_attention_heads=2)
+    encoder = ImageEncoder(config).eval()
     pixel_values = torch.randn(2, 3, 64, 64)
     layouts = []
     first_convolution = next(module for module in encoder.backbone.modules() if isinstance(module, nn.Conv2d))
