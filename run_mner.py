@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Train MuSE for multimodal named entity recognition (Twitter-2015/2017, MT-Product, any UMT-format data).
+"""Train, evaluate and predict with MuSE for multimodal named entity recognition: the paper's datasets
+(Twitter-2015/2017, MT-Product, UMT-format folders) or your own (a Hub dataset, a dataset folder, JSON lines or Parquet
+files with words, BIO tags and images).
 
     accelerate launch --config_file accelerate_configs/single_process.yaml run_mner.py   # quick start (sample)
     accelerate launch run_mner.py recipes/twitter2017.yaml      # the paper's Twitter-2017 setting, into muse-twitter17/
+    accelerate launch run_mner.py --train_file train.jsonl --validation_file dev.jsonl --test_file test.jsonl
+    accelerate launch run_mner.py --model_name_or_path muse-twitter17 --dataset_name user/posts --do_predict
     python run_mner.py --help                                   # every argument
 
 An explicit Accelerate loop in the manner of transformers' `run_ner_no_trainer.py`; the parts shared with
 `run_msa.py` (arguments, data, optimizer, the loop, checkpoints, evaluation, model card) are the modules of
 `muse_training`. Scores are entity-level micro precision/recall/F1 (seqeval, CoNLL-style), with a per-type
-report; the model with the best validation F1 is kept in ``--output_dir`` and scored on the test split.
+report; the model with the best validation F1 is kept in ``--output_dir`` and scored on the test split, whose
+predictions (each word's tag and CRF confidence) go to ``predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from modeling_muse.heads import WordPositions
 from muse_training.arguments import MNER_DATASETS, TaskInfo, parse_args
 from muse_training.checkpoints import TrainingProgress, prepare_output_dir, resume
 from muse_training.data import build_processor, load_splits, make_dataloaders, report_splits
-from muse_training.evaluation import EvaluationOutput, evaluate_model, score_best_model
+from muse_training.evaluation import EvaluationOutput, evaluate_model, use_best_model
 from muse_training.hub import create_hub_repo
-from muse_training.logs import silenced
 from muse_training.loop import create_accelerator, fit
+from muse_training.models import align_labels, load_model, model_label_names
 from muse_training.optimization import create_optimizer, create_scheduler
+from muse_training.predictions import write_predictions
 from muse_training.results import finish
 from processing_muse import MuSEProcessor
 
@@ -116,8 +122,43 @@ def ner_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dic
     return metrics
 
 
+def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The CRF's marginal probability of the predicted tag at each position, ``(batch, n)`` (0 off word starts), as the
+    pipeline scores words."""
+    words = WordPositions(batch["word_start_mask"])
+    marginals = model.tagger.marginals(outputs.logits, words)
+    word_tags = words.gather(outputs.predicted_tag_ids).clamp(min=0)
+    confidences = marginals.gather(2, word_tags.unsqueeze(2)).squeeze(2)
+    return words.scatter(confidences, outputs.logits.shape[1], fill_value=0)
+
+
+def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its words, each word's predicted tag and CRF confidence, and the gold
+    tags. Words past the model's max_text_length sub-word tokens were not read: their tag and score are null."""
+    rows = []
+    for index, (post, predicted, gold, scores) in enumerate(
+        zip(split.select_columns(["tokens", "ner_tags"]), evaluation.predictions, evaluation.labels, evaluation.scores,
+            strict=True)
+    ):
+        words = gold != -100
+        tags = [label_names[tag] for tag in predicted[words]]
+        confidences = [round(float(score), 6) for score in scores[words]]
+        cut = len(post["tokens"]) - len(tags)
+        rows.append(
+            {
+                "index": index,
+                "tokens": post["tokens"],
+                "predicted_tags": tags + [None] * cut,
+                "scores": confidences + [None] * cut,
+                "gold_tags": [label_names[tag] for tag in post["ner_tags"]],
+            }
+        )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train MuSE for MNER, keep the best model by validation F1, score it on test; returns ``all_results.json``."""
+    """Train MuSE for MNER, keep the best model by validation F1, score it on test and write its predictions (or,
+    with ``--model_name_or_path``, evaluate or fine-tune a trained one); returns ``all_results.json``."""
     start_time = time.perf_counter()
     # The command line, or an argument file (a recipe) followed by overrides; unset arguments take the quick-start
     # values on the bundled sample and the paper's elsewhere (muse_training.arguments.resolve_defaults).
@@ -126,66 +167,71 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # The Accelerator places everything on the devices and processes of `accelerate launch`.
     accelerator = create_accelerator(args)
     set_seed(args.seed)
-    checkpoint = prepare_output_dir(accelerator, args)
     if args.push_to_hub and accelerator.is_main_process:
         args.hub_model_id = create_hub_repo(args.hub_model_id, args.hub_token)
 
-    # Data. The tag set comes from the dataset; O has id 0.
+    # Data: the splits there are (which settles --do_train / --do_eval / --do_predict) and the tag set, O first.
     raw_datasets = load_splits(args, accelerator)
-    label_names = raw_datasets["train"].features["ner_tags"].feature.names
+    checkpoint = prepare_output_dir(accelerator, args)
+    label_names = raw_datasets[next(iter(raw_datasets))].features["ner_tags"].feature.names
 
-    # Model: pretrained towers around newly initialised MuSE layers. This script trains those layers right away, so
-    # the reminder to train them before predicting does not apply.
-    with silenced("modeling_muse.modeling"):
-        model = MuSEForTokenClassification.from_text_vision_pretrained(
-            args.text_model_name_or_path,
-            args.vision_model_name,
-            pretrained_vision=args.pretrained_vision,
-            id2label=dict(enumerate(label_names)),
-            label2id={label: index for index, label in enumerate(label_names)},
-            **args.muse_config,
-        )
+    # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new CRF for other tags).
+    model = load_model(args, MuSEForTokenClassification, label_names, TASK.head_modules)
+    label_names = model_label_names(model)
+    raw_datasets = align_labels(raw_datasets, "ner_tags", label_names)
 
     # Processor (words, tags and images -> tensors), one report line per split, data loaders.
     processor = build_processor(args, model.config, label_names)
     report_splits(args, raw_datasets, processor, text_column="tokens", label_column="ner_tags")
-    collate = MNERCollator(processor)
-    train_dataloader, eval_dataloader, test_dataloader = make_dataloaders(raw_datasets, COLUMNS, collate, args)
+    dataloaders = make_dataloaders(raw_datasets, COLUMNS, MNERCollator(processor), args)
 
     # Optimizer (separate learning rate for the CRF head), devices, schedule, and the state of a resumed run.
-    optimizer = create_optimizer(model, TASK.head_modules, args)
-    model, optimizer, train_dataloader, eval_dataloader, test_dataloader = accelerator.prepare(
-        model, optimizer, train_dataloader, eval_dataloader, test_dataloader
-    )
-    lr_scheduler, schedule = create_scheduler(accelerator, optimizer, train_dataloader, args)
-    progress = resume(accelerator, checkpoint, args.output_dir) if checkpoint else TrainingProgress()
+    optimizer = create_optimizer(model, TASK.head_modules, args) if args.do_train else None
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *dataloaders.values())
+    dataloaders = dict(zip(dataloaders, prepared, strict=True))
 
-    def evaluate(dataloader) -> dict[str, Any]:
+    def evaluate(split: str, with_confidences: bool = False) -> dict[str, Any]:
+        unwrapped = accelerator.unwrap_model(model)
         evaluation = evaluate_model(
             accelerator,
             model,
-            dataloader,
+            dataloaders[split],
             predictions_of=lambda outputs: outputs.predicted_tag_ids,
-            losses_of=lambda outputs, batch: crf_loss_per_post(accelerator.unwrap_model(model), outputs, batch),
+            losses_of=lambda outputs, batch: crf_loss_per_post(unwrapped, outputs, batch),
+            scores_of=(lambda outputs, batch: word_confidences(unwrapped, outputs, batch)) if with_confidences else None,
         )
-        return ner_metrics(evaluation, label_names)
+        metrics = ner_metrics(evaluation, label_names)
+        if with_confidences and accelerator.is_main_process:
+            write_predictions(args.output_dir, ner_predictions(raw_datasets[split], evaluation, label_names))
+        return metrics
 
-    # Train with validation after every epoch, then score the kept (best) model on the test split.
-    training_stats = fit(
-        accelerator,
-        model,
-        optimizer,
-        lr_scheduler,
-        schedule,
-        train_dataloader,
-        lambda: evaluate(eval_dataloader),
-        TASK.metric_names,
-        processor,
-        progress,
-        args,
+    # Train with validation after every epoch, keeping the best model; then score it on validation and test.
+    progress, training_stats, eval_metrics, test_metrics = TrainingProgress(), {}, None, None
+    if args.do_train:
+        lr_scheduler, schedule = create_scheduler(accelerator, optimizer, dataloaders["train"], args)
+        progress = resume(accelerator, checkpoint, args.output_dir) if checkpoint else TrainingProgress()
+        training_stats = fit(
+            accelerator,
+            model,
+            optimizer,
+            lr_scheduler,
+            schedule,
+            dataloaders["train"],
+            lambda: evaluate("validation"),
+            TASK.metric_names,
+            processor,
+            progress,
+            args,
+        )
+        use_best_model(accelerator, model, progress, args)
+        eval_metrics = progress.best["metrics"]
+    elif args.do_eval:
+        eval_metrics = evaluate("validation")
+    if args.do_predict:
+        test_metrics = evaluate("test", with_confidences=True)
+    return finish(
+        accelerator, args, TASK, model, progress, eval_metrics, test_metrics, training_stats, raw_datasets, start_time
     )
-    test_metrics = score_best_model(accelerator, model, progress, args, lambda: evaluate(test_dataloader))
-    return finish(accelerator, args, TASK, model, progress, test_metrics, training_stats, raw_datasets, start_time)
 
 
 if __name__ == "__main__":

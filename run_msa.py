@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""Train MuSE for multimodal sentiment analysis (MVSA-Single, MVSA-Multiple).
+"""Train, evaluate and predict with MuSE for multimodal sentiment analysis: the paper's datasets (MVSA-Single,
+MVSA-Multiple) or your own (a Hub dataset, a dataset folder, CSV, JSON lines or Parquet files with text, a label of
+any label set and images).
 
     accelerate launch --config_file accelerate_configs/single_process.yaml run_msa.py    # quick start (sample)
     accelerate launch run_msa.py recipes/mvsa_single.yaml       # the paper's MVSA-Single setting
+    accelerate launch run_msa.py --train_file train.csv --validation_file dev.csv --test_file test.csv
     python run_msa.py --help                                    # every argument
 
 An explicit Accelerate loop in the manner of transformers' `run_ner_no_trainer.py`; the parts shared with
 `run_mner.py` (arguments, data, optimizer, the loop, checkpoints, evaluation, model card) are the modules of
 `muse_training`. Scores are accuracy and support-weighted F1 over positive/neutral/negative, as in the MSA
-literature the paper compares with; the model with the best validation F1 is kept in ``--output_dir`` and scored on
-the test split.
+literature the paper compares with (over the data's own classes); the model with the best validation F1 is kept in
+``--output_dir`` and scored on the test split, whose predictions (label and class probabilities) go to
+``predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from modeling_muse import MuSEForSequenceClassification
 from muse_training.arguments import MSA_DATASETS, TaskInfo, parse_args
 from muse_training.checkpoints import TrainingProgress, prepare_output_dir, resume
 from muse_training.data import build_processor, load_splits, make_dataloaders, report_splits
-from muse_training.evaluation import EvaluationOutput, evaluate_model, score_best_model
+from muse_training.evaluation import EvaluationOutput, evaluate_model, use_best_model
 from muse_training.hub import create_hub_repo
-from muse_training.logs import silenced
 from muse_training.loop import create_accelerator, fit
+from muse_training.models import align_labels, load_model, model_label_names
 from muse_training.optimization import create_optimizer, create_scheduler
+from muse_training.predictions import write_predictions
 from muse_training.results import finish
 from processing_muse import MuSEProcessor
 
@@ -47,7 +52,8 @@ TASK = TaskInfo(
     pipeline_tag="text-classification",
     custom_pipeline="multimodal-sentiment",
     metric_names=("accuracy", "f1"),
-    description="Multimodal sentiment analysis (post text + image: positive, neutral, negative) with MuSE.",
+    description="Multimodal sentiment analysis (post text + image: positive, neutral, negative, or any label set) "
+    "with MuSE.",
 )
 COLUMNS = ["text", "label", "image"]
 
@@ -93,8 +99,26 @@ def sentiment_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) 
     return metrics
 
 
+def sentiment_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its text, the predicted label, every class's probability and the
+    gold label."""
+    return [
+        {
+            "index": index,
+            "text": post["text"],
+            "predicted_label": label_names[predicted],
+            "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probabilities, strict=True)},
+            "gold_label": label_names[post["label"]],
+        }
+        for index, (post, predicted, probabilities) in enumerate(
+            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores, strict=True)
+        )
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train MuSE for MSA, keep the best model by validation F1, score it on test; returns ``all_results.json``."""
+    """Train MuSE for MSA, keep the best model by validation F1, score it on test and write its predictions (or, with
+    ``--model_name_or_path``, evaluate or fine-tune a trained one); returns ``all_results.json``."""
     start_time = time.perf_counter()
     # The command line, or an argument file (a recipe) followed by overrides; unset arguments take the quick-start
     # values on the bundled sample and the paper's elsewhere (muse_training.arguments.resolve_defaults).
@@ -103,66 +127,70 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # The Accelerator places everything on the devices and processes of `accelerate launch`.
     accelerator = create_accelerator(args)
     set_seed(args.seed)
-    checkpoint = prepare_output_dir(accelerator, args)
     if args.push_to_hub and accelerator.is_main_process:
         args.hub_model_id = create_hub_repo(args.hub_model_id, args.hub_token)
 
-    # Data. The classes come from the dataset (positive, neutral, negative).
+    # Data: the splits there are (which settles --do_train / --do_eval / --do_predict) and the classes.
     raw_datasets = load_splits(args, accelerator)
-    label_names = raw_datasets["train"].features["label"].names
+    checkpoint = prepare_output_dir(accelerator, args)
+    label_names = raw_datasets[next(iter(raw_datasets))].features["label"].names
 
-    # Model: pretrained towers around newly initialised MuSE layers. This script trains those layers right away, so
-    # the reminder to train them before predicting does not apply.
-    with silenced("modeling_muse.modeling"):
-        model = MuSEForSequenceClassification.from_text_vision_pretrained(
-            args.text_model_name_or_path,
-            args.vision_model_name,
-            pretrained_vision=args.pretrained_vision,
-            id2label=dict(enumerate(label_names)),
-            label2id={label: index for index, label in enumerate(label_names)},
-            **args.muse_config,
-        )
+    # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new head for other classes).
+    model = load_model(args, MuSEForSequenceClassification, label_names, TASK.head_modules)
+    label_names = model_label_names(model)
+    raw_datasets = align_labels(raw_datasets, "label", label_names)
 
     # Processor (text and images -> tensors), one report line per split, data loaders.
     processor = build_processor(args, model.config, label_names=None)
     report_splits(args, raw_datasets, processor, text_column="text")
-    collate = MSACollator(processor)
-    train_dataloader, eval_dataloader, test_dataloader = make_dataloaders(raw_datasets, COLUMNS, collate, args)
+    dataloaders = make_dataloaders(raw_datasets, COLUMNS, MSACollator(processor), args)
 
     # Optimizer (separate learning rate for the classifier), devices, schedule, and the state of a resumed run.
-    optimizer = create_optimizer(model, TASK.head_modules, args)
-    model, optimizer, train_dataloader, eval_dataloader, test_dataloader = accelerator.prepare(
-        model, optimizer, train_dataloader, eval_dataloader, test_dataloader
-    )
-    lr_scheduler, schedule = create_scheduler(accelerator, optimizer, train_dataloader, args)
-    progress = resume(accelerator, checkpoint, args.output_dir) if checkpoint else TrainingProgress()
+    optimizer = create_optimizer(model, TASK.head_modules, args) if args.do_train else None
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *dataloaders.values())
+    dataloaders = dict(zip(dataloaders, prepared, strict=True))
 
-    def evaluate(dataloader) -> dict[str, Any]:
+    def evaluate(split: str, with_probabilities: bool = False) -> dict[str, Any]:
         evaluation = evaluate_model(
             accelerator,
             model,
-            dataloader,
+            dataloaders[split],
             predictions_of=lambda outputs: outputs.logits.argmax(dim=-1),
             losses_of=lambda outputs, batch: F.cross_entropy(outputs.logits, batch["labels"], reduction="none"),
+            scores_of=(lambda outputs, batch: outputs.logits.softmax(dim=-1)) if with_probabilities else None,
         )
-        return sentiment_metrics(evaluation, label_names)
+        metrics = sentiment_metrics(evaluation, label_names)
+        if with_probabilities and accelerator.is_main_process:
+            write_predictions(args.output_dir, sentiment_predictions(raw_datasets[split], evaluation, label_names))
+        return metrics
 
-    # Train with validation after every epoch, then score the kept (best) model on the test split.
-    training_stats = fit(
-        accelerator,
-        model,
-        optimizer,
-        lr_scheduler,
-        schedule,
-        train_dataloader,
-        lambda: evaluate(eval_dataloader),
-        TASK.metric_names,
-        processor,
-        progress,
-        args,
+    # Train with validation after every epoch, keeping the best model; then score it on validation and test.
+    progress, training_stats, eval_metrics, test_metrics = TrainingProgress(), {}, None, None
+    if args.do_train:
+        lr_scheduler, schedule = create_scheduler(accelerator, optimizer, dataloaders["train"], args)
+        progress = resume(accelerator, checkpoint, args.output_dir) if checkpoint else TrainingProgress()
+        training_stats = fit(
+            accelerator,
+            model,
+            optimizer,
+            lr_scheduler,
+            schedule,
+            dataloaders["train"],
+            lambda: evaluate("validation"),
+            TASK.metric_names,
+            processor,
+            progress,
+            args,
+        )
+        use_best_model(accelerator, model, progress, args)
+        eval_metrics = progress.best["metrics"]
+    elif args.do_eval:
+        eval_metrics = evaluate("validation")
+    if args.do_predict:
+        test_metrics = evaluate("test", with_probabilities=True)
+    return finish(
+        accelerator, args, TASK, model, progress, eval_metrics, test_metrics, training_stats, raw_datasets, start_time
     )
-    test_metrics = score_best_model(accelerator, model, progress, args, lambda: evaluate(test_dataloader))
-    return finish(accelerator, args, TASK, model, progress, test_metrics, training_stats, raw_datasets, start_time)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ __all__ = [
     "PostText",
     "WordAggregation",
     "aggregate_word_tags",
+    "download_image_bytes",
     "load_post_image",
 ]
 
@@ -151,7 +152,7 @@ class PostText:
         raise TypeError(f"{argument}: expected a string or a list of words, got {type(text).__name__}.")
 
 
-def _download(url: str, timeout: float, max_bytes: int, argument: str) -> bytes:
+def download_image_bytes(url: str, timeout: float, max_bytes: int, argument: str = "image") -> bytes:
     """The body of ``url``, fetched within ``timeout`` seconds all told and refused past ``max_bytes`` bytes.
 
     Neither transformers' `load_image` (``httpx.get`` with a per-operation timeout and no size limit) nor
@@ -234,7 +235,7 @@ def load_post_image(
     if isinstance(image, str):
         scheme = URL_SCHEME.match(image)
         if scheme and scheme.group(1).lower() in ("http", "https"):
-            data = _download(image, timeout, max_image_bytes, argument)
+            data = download_image_bytes(image, timeout, max_image_bytes, argument)
             return decode_image(io.BytesIO(data), image, argument)
         if scheme and not os.path.isfile(image):
             raise ValueError(

@@ -2,12 +2,15 @@
 
 - `arguments`: the command line and argument files (dataclasses for `transformers.HfArgumentParser`) and the one
   place where unset arguments take the quick-start or the paper's values.
-- `data`: the three splits, their one-line reports, the processor and the data loaders.
+- `data`: the splits (the paper's datasets, or the user's own through `datasets_scripts.user_data`), their one-line
+  reports, the processor and the data loaders.
+- `models`: a fresh MuSE around pretrained towers, or a trained one (``--model_name_or_path``) relabelled for the data.
 - `optimization`: AdamW with a separate learning rate for the task head, and the learning-rate schedule.
 - `loop`: the Accelerator and the training loop with validation after every epoch.
 - `logs`: logging set-up, the loss meter and the per-epoch summary line.
 - `checkpoints`: checkpoint/resume, the output folder, the best model kept in it.
-- `evaluation`: a split's predictions, labels and loss, gathered over processes without duplicates.
+- `evaluation`: a split's predictions, labels and loss, gathered over processes without duplicates;
+  `predictions`: the ``predictions.jsonl`` file.
 - `results`: `all_results.json`, the console's test line; `model_card`: the model card; `hub`: the Hub upload.
 
 Conventions follow transformers' `examples/pytorch/token-classification/run_ner_no_trainer.py` (argument names,

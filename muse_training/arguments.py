@@ -108,7 +108,7 @@ class TaskInfo:
 # A small configuration that trains in a few minutes on two CPU cores, used on the bundled samples for every
 # argument left unset.
 QUICKSTART_DEFAULTS: dict[str, Any] = {
-    "vision_model_name": "resnet18",
+    "vision_model_name_or_path": "resnet18",
     "pretrained_vision": False,
     "image_size": 96,
     "num_cross_layers": 2,
@@ -128,7 +128,7 @@ QUICKSTART_DEFAULTS: dict[str, Any] = {
 # Paper section 4 / MUSE_SPEC section 6 for everything that MuSEConfig does not hold; the MuSE hyperparameters keep
 # MuSEConfig's defaults, which are the paper's.
 PAPER_DEFAULTS: dict[str, Any] = {
-    "vision_model_name": "resnet152",
+    "vision_model_name_or_path": "resnet152",
     "pretrained_vision": True,
     "image_size": 224,
     "learning_rate": 5e-5,
@@ -192,13 +192,53 @@ class DataArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A datasets_scripts.load_muse_dataset name; the *_sample ones are bundled."},
+        metadata={
+            "help": "One of the paper's datasets (the *_sample ones are bundled; the others read --data_dir in their "
+            "release's layout), or your own: a Hub dataset id (owner/name) or a local dataset folder, anything "
+            "datasets.load_dataset reads. Default: the bundled sample, unless --train_file etc. are given."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration of a Hub or folder dataset that has several."}
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "Your own training data: a .csv, .json / .jsonl or .parquet file."}
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Your own validation data (same format as --train_file)."}
+    )
+    test_file: str | None = field(
+        default=None, metadata={"help": "Your own test data (same format as --train_file)."}
+    )
+    text_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Column of the words (NER: a list of strings) or the text (sentiment). Default: tokens / text."},
+    )
+    label_column_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column of the tags (NER: BIO tags, ClassLabel ids or strings) or the label (sentiment: any "
+            "class names). Default: ner_tags / label."
+        },
+    )
+    image_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Column of the images (datasets.Image, a path or an http(s) URL). Default: image."},
+    )
+    validation_split_percentage: int = field(
+        default=10,
+        metadata={"help": "When your data has no validation split, this percentage of train (seeded) becomes it."},
     )
     data_dir: str | None = field(
-        default=None, metadata={"help": "Dataset folder (text files); required except for the bundled samples."}
+        default=None,
+        metadata={"help": "Folder of a paper dataset in its release's layout; not for the samples or your own data."},
     )
     image_dir: str | None = field(
-        default=None, metadata={"help": "Folder of <image_id>.jpg (MNER); for MVSA defaults to <data_dir>/data."}
+        default=None,
+        metadata={
+            "help": "Paper datasets: folder of <image_id>.jpg (MNER; MVSA defaults to <data_dir>/data). Your own "
+            "data: where relative image paths resolve (default: the data file's folder, or the dataset folder)."
+        },
     )
     missing_images: Literal["error", "placeholder"] | None = field(
         default=None,
@@ -215,7 +255,12 @@ class DataArguments:
         default=None, metadata={"help": "Keep only the first N posts of validation and of test."}
     )
     image_size: int | None = field(
-        default=None, metadata={"help": "Side of the images fed to the backbone." + _default_note("image_size")}
+        default=None,
+        metadata={
+            "help": "Side of the square images fed to the image tower. Default: 96 on a bundled sample, 224 on the "
+            "paper's datasets; on your own data, the tower's own preprocessing (its image processor, or timm's "
+            "pretrained configuration)."
+        },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader."})
 
@@ -226,6 +271,14 @@ class ModelArguments:
 
     _argument_group_name = "model"
 
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained MuSE model (folder or Hub id) to fine-tune or evaluate instead of building a fresh one "
+            "around --text_model_name_or_path and --vision_model_name_or_path; a different label set replaces its "
+            "head (with a warning)."
+        },
+    )
     text_model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -234,8 +287,14 @@ class ModelArguments:
             "package; the paper used bert-base-uncased)."
         },
     )
-    vision_model_name: str | None = field(
-        default=None, metadata={"help": "timm name of the image backbone." + _default_note("vision_model_name")}
+    vision_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Image tower: a timm name (CNN or ViT), a timm Hub id (timm/<name>, hf-hub:<repo>), or a "
+            "transformers vision model's Hub id or folder (ViT, CLIP / SigLIP vision, ConvNeXt, DINOv2, Swin)."
+            + _default_note("vision_model_name_or_path"),
+            "aliases": ["--vision_model_name"],
+        },
     )
     pretrained_vision: bool | None = field(
         default=None,
@@ -360,6 +419,26 @@ class TrainingArguments:
 
     _argument_group_name = "training"
 
+    do_train: bool | None = field(
+        default=None,
+        metadata={"help": "Train (default: when the data has a train split).", "nargs": "?", "const": True},
+    )
+    do_eval: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Score the model on the validation split (default: when there is one).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    do_predict: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Score the model on the test split and write predictions.jsonl (default: when there is one).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
     learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate of the encoders and the fusion." + _default_note("learning_rate")},
@@ -396,7 +475,11 @@ class TrainingArguments:
     warmup_ratio: float = field(default=0.1, metadata={"help": "Warm-up as a fraction of all optimizer steps."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, dropout, noise and data order."})
     output_dir: str | None = field(
-        default=None, metadata={"help": "Where the model, results and checkpoints go."}
+        default=None,
+        metadata={
+            "help": "Where the model, results and checkpoints go. Default: outputs/muse-<bundled sample> for the "
+            "paper's datasets, outputs/muse-<task>-<your dataset or train file> for your own."
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -445,6 +528,11 @@ class TrainingArguments:
 
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, MuSEArguments, TrainingArguments)
+# Earlier names of arguments, accepted in argument files as on the command line.
+ARGUMENT_ALIASES = {"vision_model_name": "vision_model_name_or_path"}
+DATA_FILE_ARGUMENTS = ("train_file", "validation_file", "test_file")
+# What a trained MuSE model (--model_name_or_path) brings with it, and so may not be set next to it.
+CHECKPOINT_ARGUMENTS = ("text_model_name_or_path", "vision_model_name_or_path", "pretrained_vision", "image_size")
 _POSITIVE = (
     "max_train_samples",
     "max_eval_samples",
@@ -479,7 +567,6 @@ def build_parser(task: TaskInfo) -> HfArgumentParser:
         formatter_class=_HelpFormatter,
     )
     actions = {action.dest: action for action in parser._actions}
-    actions["dataset_name"].choices = task.datasets
     actions["variant"].choices = task.variants
     model_group = next(group for group in parser._action_groups if group.title == ModelArguments._argument_group_name)
     model_group.add_argument(
@@ -489,7 +576,6 @@ def build_parser(task: TaskInfo) -> HfArgumentParser:
         dest="pretrained_vision",
         help="Start the image backbone from random weights.",
     )
-    parser.set_defaults(dataset_name=task.datasets[0], output_dir=task.default_output_dir)
     return parser
 
 
@@ -512,6 +598,7 @@ def read_args_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[st
         parser.error(
             f"argument file {path} must hold a mapping of argument names to values, not {type(values).__name__}."
         )
+    values = {ARGUMENT_ALIASES.get(key, key): value for key, value in values.items()}
     known = {action.dest for action in parser._actions}
     unknown = sorted(str(key) for key in values if key not in known)
     if unknown:
@@ -529,9 +616,10 @@ def read_args_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[st
 def parse_args(task: TaskInfo, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line (or an argument file), and fill unset arguments with `resolve_defaults`.
 
-    Returns one namespace holding every argument, plus ``task``, ``is_quickstart``, ``defaults_used`` (what was
-    filled in) and ``muse_config`` (the `MuSEConfig` fields this run sets). Every problem is reported through
-    ``parser.error``, naming the argument and the fix.
+    Returns one namespace holding every argument, plus ``task``, ``data_source`` (``"paper"`` for the paper's datasets
+    and samples, ``"dataset"`` for a Hub id or folder, ``"files"`` for --train_file etc.), ``is_quickstart``,
+    ``defaults_used`` (what was filled in) and ``muse_config`` (the `MuSEConfig` fields this run sets). Every problem
+    is reported through ``parser.error``, naming the argument and the fix.
     """
     parser = build_parser(task)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -542,30 +630,74 @@ def parse_args(task: TaskInfo, argv: Sequence[str] | None = None) -> argparse.Na
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args = argparse.Namespace(**{name: value for group in groups for name, value in dataclasses.asdict(group).items()})
     args.task = task.name
+    explicit = {name for name, value in vars(args).items() if value is not None}
+    _check_data_source(parser, args, task)
     _check_choices(parser, args, task)
-    args.is_quickstart = args.dataset_name in SAMPLE_DATASETS
-    resolve_defaults(args)
+    resolve_defaults(args, task)
     _check_data_args(parser, args)
     _check_training_args(parser, args)
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).resolve().name
-    args.muse_config = muse_config_overrides(parser, args)
+    args.muse_config = muse_config_overrides(parser, args, explicit)
     return args
 
 
-def resolve_defaults(args: argparse.Namespace) -> None:
+def _check_data_source(parser: argparse.ArgumentParser, args: argparse.Namespace, task: TaskInfo) -> None:
+    """Tell the paper's datasets from the user's own (a Hub id, a folder, or data files) and check the choice."""
+    files = [name for name in DATA_FILE_ARGUMENTS if getattr(args, name) is not None]
+    if files and args.dataset_name is not None:
+        parser.error(
+            f"--dataset_name {args.dataset_name} and --{files[0]} both name the data: give one of the two."
+        )
+    if files:
+        args.data_source = "files"
+        return
+    name = args.dataset_name
+    if name is None or name in task.datasets:
+        args.data_source = "paper"
+        return
+    other_task = MSA_DATASETS if task.name == "mner" else MNER_DATASETS
+    if name in other_task:
+        parser.error(
+            f"--dataset_name {name!r} is a {'sentiment' if task.name == 'mner' else 'NER'} dataset; run_{task.name}.py "
+            f"takes {', '.join(task.datasets)}, or your own data (a Hub id owner/name, a folder, or --train_file)."
+        )
+    if not Path(name).is_dir() and "/" not in name:
+        parser.error(
+            f"--dataset_name {name!r} is none of the paper's datasets ({', '.join(task.datasets)}), no folder here, "
+            f"and no Hub dataset id (owner/name): choose one of those, or give your data as --train_file etc."
+        )
+    args.data_source = "dataset"
+
+
+def resolve_defaults(args: argparse.Namespace, task: TaskInfo) -> None:
     """Fill the arguments left unset (None): quick-start values on a bundled sample, the paper's elsewhere.
 
     Records what it filled in ``args.defaults_used``. The MuSE hyperparameters are resolved with the variant, in
-    `muse_config_overrides`.
+    `muse_config_overrides`. On the user's own data the image preprocessing defaults to the tower's own; a trained
+    MuSE model (``--model_name_or_path``) brings its towers and processor, so none of those is filled in.
     """
-    defaults = QUICKSTART_DEFAULTS if args.is_quickstart else PAPER_DEFAULTS
     args.defaults_used = {}
+    if args.data_source == "paper" and args.dataset_name is None:
+        args.dataset_name = task.datasets[0]
+    args.is_quickstart = args.dataset_name in SAMPLE_DATASETS
+    if args.output_dir is None:
+        if args.data_source == "paper":
+            args.output_dir = task.default_output_dir
+        else:
+            data = args.dataset_name or args.train_file or args.validation_file or args.test_file
+            args.output_dir = f"outputs/muse-{task.name}-{Path(data.rstrip('/')).stem.replace('_', '-')}"
+    defaults = dict(QUICKSTART_DEFAULTS if args.is_quickstart else PAPER_DEFAULTS)
+    if args.data_source != "paper":
+        defaults.pop("image_size")
+    if args.model_name_or_path is not None:
+        for name in CHECKPOINT_ARGUMENTS:
+            defaults.pop(name, None)
     for name, value in defaults.items():
         if name not in MUSE_ARGUMENTS and getattr(args, name) is None:
             setattr(args, name, value)
             args.defaults_used[name] = value
-    if args.text_model_name_or_path is None:
+    if args.text_model_name_or_path is None and args.model_name_or_path is None:
         if args.dataset_name in TEXT_ENCODER_DEFAULTS:
             args.text_model_name_or_path = TEXT_ENCODER_DEFAULTS[args.dataset_name]
             args.defaults_used["text_model_name_or_path"] = args.text_model_name_or_path
@@ -575,12 +707,25 @@ def resolve_defaults(args: argparse.Namespace) -> None:
 
 def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, task: TaskInfo) -> None:
     # An argument file's values bypass argparse's own choice check.
-    for name, choices in (("dataset_name", task.datasets), ("variant", task.variants)):
-        if getattr(args, name) not in choices:
-            parser.error(f"--{name} {getattr(args, name)!r}: choose one of {', '.join(choices)}.")
+    if args.variant not in task.variants:
+        parser.error(f"--variant {args.variant!r}: choose one of {', '.join(task.variants)}.")
 
 
 def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.data_source != "paper":
+        if args.data_dir is not None:
+            parser.error(
+                f"--data_dir is for the paper's datasets in their release's layout; your own data is --dataset_name "
+                f"<folder or Hub id> or --train_file / --validation_file / --test_file (drop --data_dir "
+                f"{args.data_dir})."
+            )
+        for name in DATA_FILE_ARGUMENTS:
+            path = getattr(args, name)
+            if path is not None and not Path(path).is_file():
+                parser.error(f"--{name} {path}: no such file.")
+        if args.image_dir is not None and not Path(args.image_dir).is_dir():
+            parser.error(f"--image_dir {args.image_dir} is not a folder.")
+        return
     if args.is_quickstart:
         if args.data_dir is not None:
             parser.error(
@@ -610,6 +755,11 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def _check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.do_train is False and args.model_name_or_path is None:
+        parser.error(
+            "--do_train false needs --model_name_or_path: a fresh MuSE has newly initialised layers and must be "
+            "trained before it is evaluated."
+        )
     for name in _POSITIVE:
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -634,16 +784,21 @@ def _parse_checkpointing_steps(parser: argparse.ArgumentParser, value: str | Non
     )
 
 
-def muse_config_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+def muse_config_overrides(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, explicit: set[str] = frozenset()
+) -> dict[str, Any]:
     """The `MuSEConfig` fields this run sets, and ``args`` updated to show them.
 
     Precedence: a value given on the command line (or in the argument file), then the ``--variant``'s overrides,
     then (on a bundled sample) the quick-start value; anything else keeps MuSEConfig's default. A value that
     contradicts the variant is an error. The result is validated against the text encoder's configuration here, so
-    that a bad value stops the run before any data or weights are loaded.
+    that a bad value stops the run before any data or weights are loaded. A trained MuSE model
+    (``--model_name_or_path``) keeps its own configuration: setting its architecture here is an error.
     """
     variant = ABLATION_VARIANTS[args.variant]
     given = {name: getattr(args, name) for name in MUSE_ARGUMENTS if getattr(args, name) is not None}
+    if args.model_name_or_path is not None:
+        return _check_checkpoint(parser, args, given, explicit)
     for name, value in given.items():
         if name in variant and variant[name] != value:
             parser.error(
@@ -667,8 +822,36 @@ def muse_config_overrides(parser: argparse.ArgumentParser, args: argparse.Namesp
             f"<folder>."
         )
     try:
-        MuSEConfig(text_config=text_config, vision_model_name=args.vision_model_name, **overrides)
+        MuSEConfig(text_config=text_config, vision_model_name_or_path=args.vision_model_name_or_path, **overrides)
     except (StrictDataclassError, ValueError, TypeError) as error:
         in_effect = f" Quick-start values in effect: {defaulted}." if defaulted else ""
         parser.error(f"invalid MuSE hyperparameters (command-line arguments of the same names): {error}{in_effect}")
     return overrides
+
+
+def _check_checkpoint(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, given: dict[str, Any], explicit: set[str]
+) -> dict[str, Any]:
+    """--model_name_or_path: it must be a MuSE model, and nothing may set what it brings with it."""
+    clashing = [f"--{name}" for name in (*CHECKPOINT_ARGUMENTS, *given) if name in explicit]
+    if args.variant != "full":
+        clashing.append("--variant")
+    if clashing:
+        parser.error(
+            f"--model_name_or_path {args.model_name_or_path} brings its own towers, processor and MuSE configuration; "
+            f"drop {', '.join(clashing)} (to change the architecture, build a fresh model without "
+            f"--model_name_or_path)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path)
+    except (OSError, ValueError) as error:
+        parser.error(
+            f"--model_name_or_path {args.model_name_or_path}: cannot load its configuration ({error}). Give a folder "
+            f"or Hub id of a MuSE model (what run_mner.py / run_msa.py save)."
+        )
+    if not isinstance(config, MuSEConfig):
+        parser.error(
+            f"--model_name_or_path {args.model_name_or_path} is a {config.model_type!r} model, not MuSE; a text "
+            f"encoder goes to --text_model_name_or_path, an image tower to --vision_model_name_or_path."
+        )
+    return {}

@@ -151,10 +151,17 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
     """Decide between a fresh start and a resume; return the checkpoint to resume from, if any.
 
     A fresh start refuses an output_dir that holds checkpoints of an earlier run (``latest`` would mix runs)
-    unless ``--overwrite_output_dir`` is given, which deletes them.
+    unless ``--overwrite_output_dir`` is given, which deletes them. A run that does not train leaves the folder as
+    it is.
     """
     output_dir = Path(args.output_dir)
     checkpoint = None
+    if not args.do_train:
+        # Evaluating or predicting only adds result files; the folder may well be the evaluated model's own.
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        return None
     if args.resume_from_checkpoint == "latest":
         checkpoint = find_latest_checkpoint(output_dir)
         if checkpoint is None:

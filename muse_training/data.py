@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -13,7 +14,8 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
 from configuration_muse import MuSEConfig
-from datasets_scripts import count_placeholder_images, load_muse_dataset
+from datasets_scripts import MissingImagesError, count_placeholder_images, load_muse_dataset
+from datasets_scripts.user_data import UserDataError, load_user_dataset
 from modeling_muse.processing_muse import unknown_words_warning
 from processing_muse import MuSEProcessor, TextReport, split_words_with_offsets
 
@@ -27,7 +29,8 @@ SPLITS = ("train", "validation", "test")
 
 
 def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.DatasetDict:
-    """Load train/validation/test of ``--dataset_name``, cut to ``--max_*_samples``.
+    """Load the splits of ``--dataset_name`` (a paper dataset, a Hub id or a folder) or of ``--train_file`` etc., cut
+    to ``--max_*_samples``, and settle ``--do_train`` / ``--do_eval`` / ``--do_predict`` by the splits there are.
 
     The main process prepares the dataset cache first; the others then read it.
     """
@@ -37,41 +40,89 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
     quieted = "datasets_scripts" if args.is_quickstart else "datasets_scripts.loading"
     try:
         with silenced(quieted), accelerator.main_process_first():
-            raw = load_muse_dataset(
-                args.dataset_name,
-                data_dir=args.data_dir,
-                image_dir=args.image_dir,
-                missing_images=args.missing_images,
-                cache_dir=args.dataset_cache_dir,
-                seed=args.seed,
-            )
+            if args.data_source == "paper":
+                raw = load_muse_dataset(
+                    args.dataset_name,
+                    data_dir=args.data_dir,
+                    image_dir=args.image_dir,
+                    missing_images=args.missing_images,
+                    cache_dir=args.dataset_cache_dir,
+                    seed=args.seed,
+                )
+            else:
+                files = {split: getattr(args, f"{split}_file") for split in ("train", "validation", "test")}
+                raw = load_user_dataset(
+                    args.task,
+                    dataset_name=args.dataset_name,
+                    dataset_config_name=args.dataset_config_name,
+                    data_files={split: path for split, path in files.items() if path is not None} or None,
+                    text_column=args.text_column_name,
+                    label_column=args.label_column_name,
+                    image_column=args.image_column_name,
+                    image_dir=args.image_dir,
+                    missing_images=args.missing_images or "error",
+                    validation_split_percentage=args.validation_split_percentage if args.do_train != False else None,  # noqa: E712
+                    seed=args.seed,
+                    cache_dir=args.dataset_cache_dir,
+                )
+    except (UserDataError, MissingImagesError) as error:
+        raise SystemExit(str(error)) from error
     except FileNotFoundError as error:
         raise SystemExit(
             f"Could not load --dataset_name {args.dataset_name} (--data_dir {args.data_dir}, --image_dir "
             f"{args.image_dir}):\n{error}"
         ) from error
-    absent = [split for split in SPLITS if split not in raw]
-    if absent:
-        raise SystemExit(
-            f"--dataset_name {args.dataset_name} --data_dir {args.data_dir}: the splits {absent} are missing; training "
-            f"needs train (fitting), validation (model selection) and test (the final score)."
-        )
+    _settle_what_to_do(args, raw)
     limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
     return datasets.DatasetDict(
         {
-            split: raw[split].select(range(min(limit, len(raw[split])))) if limit is not None else raw[split]
-            for split, limit in limits.items()
+            split: raw[split].select(range(min(limits[split], len(raw[split]))))
+            if limits[split] is not None
+            else raw[split]
+            for split in SPLITS
+            if split in raw
         }
     )
 
 
+def _settle_what_to_do(args: argparse.Namespace, raw: datasets.DatasetDict) -> None:
+    """``--do_train`` / ``--do_eval`` / ``--do_predict``: left unset, each is on when its split is there; asked for
+    without its split, an error. Says once what the data leaves out."""
+    needs = {"do_train": "train", "do_eval": "validation", "do_predict": "test"}
+    for flag, split in needs.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, split in raw)
+        elif getattr(args, flag) and split not in raw:
+            raise SystemExit(f"--{flag}: the data has no {split} split (it has {sorted(raw)}).")
+    if args.do_train and "validation" not in raw:
+        raise SystemExit(
+            "Training keeps the model with the best validation F1, but the data has no validation split: give "
+            "--validation_file, or a --validation_split_percentage of train."
+        )
+    if not (args.do_train or args.do_eval or args.do_predict):
+        raise SystemExit(f"Nothing to do: --do_train, --do_eval and --do_predict are all off (splits: {sorted(raw)}).")
+    if not args.do_train and args.model_name_or_path is None:
+        raise SystemExit(
+            "The data has no train split and no --model_name_or_path was given: a fresh MuSE must be trained before "
+            "it is evaluated. Give a train split, or a trained MuSE model to evaluate."
+        )
+    if "test" not in raw:
+        logger.warning("The data has no test split: this run reports no test score.")
+
+
 def build_processor(args: argparse.Namespace, config: MuSEConfig, label_names: Sequence[str] | None) -> MuSEProcessor:
-    """The processor matching the model: text padded to the model's n, images resized to ``--image_size``."""
+    """The processor matching the model: the one saved with ``--model_name_or_path``, or the towers' tokenizer and
+    image preprocessing (``--image_size`` when set), with text cut at the model's n."""
+    label_names = list(label_names) if label_names is not None else None
+    if args.model_name_or_path is not None:
+        processor = MuSEProcessor.from_pretrained(args.model_name_or_path)
+        processor.label_names = label_names
+        return processor
     return MuSEProcessor.from_text_vision_pretrained(
         args.text_model_name_or_path,
-        args.vision_model_name,
+        args.vision_model_name_or_path,
         max_length=config.max_text_length,
-        label_names=list(label_names) if label_names is not None else None,
+        label_names=label_names,
         image_size=args.image_size,
     )
 
@@ -91,7 +142,7 @@ def report_splits(
     """
     reports, placeholders, images = {}, 0, 0
     unknown = processor.tokenizer.unk_token
-    for split in SPLITS:
+    for split in raw_datasets:
         rows = raw_datasets[split]
         texts = rows[text_column]
         words = [text if isinstance(text, list) else split_words_with_offsets(text)[0] for text in texts]
@@ -138,9 +189,9 @@ def make_dataloaders(
     columns: Sequence[str],
     collate_fn: Callable[[list[dict]], Any],
     args: argparse.Namespace,
-) -> tuple[DataLoader, DataLoader, DataLoader]:
+) -> dict[str, DataLoader]:
     """Train (shuffled), validation and test loaders over the ``columns`` of each split's rows, batched by
-    ``collate_fn`` (the processor) on the fly."""
+    ``collate_fn`` (the processor) on the fly; one for each split the data has."""
 
     def loader(split: str, batch_size: int) -> DataLoader:
         return DataLoader(
@@ -154,11 +205,12 @@ def make_dataloaders(
             generator=torch.Generator().manual_seed(args.seed),
         )
 
-    return (
-        loader("train", args.per_device_train_batch_size),
-        loader("validation", args.per_device_eval_batch_size),
-        loader("test", args.per_device_eval_batch_size),
-    )
+    sizes = {"train": args.per_device_train_batch_size}
+    return {
+        split: loader(split, sizes.get(split, args.per_device_eval_batch_size))
+        for split in SPLITS
+        if split in raw_datasets
+    }
 
 
 def describe_data(args: argparse.Namespace, raw_datasets: datasets.DatasetDict) -> str:
@@ -166,12 +218,13 @@ def describe_data(args: argparse.Namespace, raw_datasets: datasets.DatasetDict) 
 
     Names the dataset, never a folder of this machine.
     """
-    source = (
-        f"the bundled sample `{args.dataset_name}` of `datasets_scripts`"
-        if args.is_quickstart
-        else f"`{args.dataset_name}`"
-    )
-    sizes = ", ".join(f"{len(raw_datasets[split])} {split}" for split in SPLITS)
-    placeholders = sum(count_placeholder_images(raw_datasets[split]) for split in SPLITS)
+    if args.is_quickstart:
+        source = f"the bundled sample `{args.dataset_name}` of `datasets_scripts`"
+    elif args.data_source == "files" or (args.data_source == "dataset" and Path(args.dataset_name).is_dir()):
+        source = "the trainer's own data"
+    else:
+        source = f"`{args.dataset_name}`"
+    sizes = ", ".join(f"{len(raw_datasets[split])} {split}" for split in raw_datasets)
+    placeholders = sum(count_placeholder_images(raw_datasets[split]) for split in raw_datasets)
     images = f"; {placeholders} of the images are grey placeholders for missing ones" if placeholders else ""
     return f"{source}: {sizes} posts{images}."

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoints import TrainingProgress, load_best_weights
 
-__all__ = ["EvaluationOutput", "evaluate_model", "score_best_model"]
+__all__ = ["EvaluationOutput", "evaluate_model", "use_best_model"]
 
 
 @dataclass
@@ -25,6 +25,7 @@ class EvaluationOutput:
     predictions: np.ndarray
     labels: np.ndarray
     loss: float
+    scores: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -34,6 +35,7 @@ def evaluate_model(
     dataloader: DataLoader,
     predictions_of: Callable[[Any], torch.Tensor],
     losses_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+    scores_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> EvaluationOutput:
     """Run ``model`` over ``dataloader`` in eval mode and gather predictions, labels and per-post task losses.
 
@@ -42,21 +44,32 @@ def evaluate_model(
         losses_of: (model outputs, batch) -> the task loss of each post, ``(batch,)``; NaN where a post has none.
             Per post, not the batch mean: in a multi-process run the last batches are padded with repeated posts,
             which `gather_for_metrics` drops, and a batch mean would still carry them.
+        scores_of: (model outputs, batch) -> what the predictions file reports with each prediction, one row per
+            post (a confidence per position, or a probability per class); None computes nothing more.
     """
     model.eval()
-    predictions, labels, losses = [], [], []
+    stores: list[list[np.ndarray]] = [[], [], [], []]
     for batch in dataloader:
         outputs = model(**batch)
         per_position = [predictions_of(outputs), batch["labels"]]
+        if scores_of is not None:
+            per_position.append(scores_of(outputs, batch).detach().float())
         if per_position[0].dim() == 2:
             # Each batch is padded to its own longest post, so processes may hold different widths.
             per_position = [accelerator.pad_across_processes(values, dim=1, pad_index=-100) for values in per_position]
-        gathered = accelerator.gather_for_metrics((*per_position, losses_of(outputs, batch).detach().float()))
-        for store, values in zip((predictions, labels, losses), gathered, strict=True):
+        per_position.insert(2, losses_of(outputs, batch).detach().float())
+        gathered = accelerator.gather_for_metrics(tuple(per_position))
+        for store, values in zip(stores, gathered, strict=False):
             store.append(values.cpu().numpy())
+    predictions, labels, losses, scores = stores
     losses = np.concatenate(losses)
     mean_loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else float("nan")
-    return EvaluationOutput(_concatenate_rows(predictions), _concatenate_rows(labels), mean_loss)
+    return EvaluationOutput(
+        _concatenate_rows(predictions),
+        _concatenate_rows(labels),
+        mean_loss,
+        _concatenate_rows(scores) if scores else None,
+    )
 
 
 def _concatenate_rows(arrays: list[np.ndarray]) -> np.ndarray:
@@ -69,17 +82,8 @@ def _concatenate_rows(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(padded)
 
 
-def score_best_model(
-    accelerator: Accelerator,
-    model: nn.Module,
-    progress: TrainingProgress,
-    args: argparse.Namespace,
-    evaluate: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:
-    """Put the kept (best) model's weights into ``model`` and return ``evaluate()`` (the test metrics).
-
-    When the kept model was saved at the last step, ``model`` holds its weights already and nothing is loaded.
-    """
-    if progress.best["step"] != progress.completed_steps:
+def use_best_model(accelerator: Accelerator, model: nn.Module, progress: TrainingProgress, args: argparse.Namespace) -> None:
+    """After training, put the kept (best) model's weights into ``model``; nothing is loaded when the kept model was
+    saved at the last step (``model`` holds its weights already) or when nothing was trained."""
+    if progress.best and progress.best["step"] != progress.completed_steps:
         load_best_weights(accelerator, model, args.output_dir)
-    return evaluate()

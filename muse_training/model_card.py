@@ -13,6 +13,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
+from modeling_muse.configuration_muse import is_hub_id, is_vision_model_id
+
 from .arguments import DATASET_TITLES, MUSE_ARGUMENTS, TaskInfo, text_encoder_hub_id
 from .checkpoints import MODEL_CARD_FILE, TrainingProgress
 
@@ -31,7 +33,6 @@ _AUTO_CLASSES = {"mner": "AutoModelForTokenClassification", "msa": "AutoModelFor
 _EXAMPLE_TEXT = {"mner": "Kevin Durant joins the Warriors", "msa": "What a wonderful day at the beach"}
 _HYPERPARAMETERS = (
     "variant",
-    "vision_model_name",
     "pretrained_vision",
     "image_size",
     "learning_rate",
@@ -59,26 +60,48 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def base_model_id(args: argparse.Namespace) -> str | None:
+    """What the model card names as ``base_model``: the trained MuSE it started from (its Hub id, or the name of its
+    folder), else the text encoder's Hub id; None for a text encoder from an unknown folder."""
+    if args.model_name_or_path is not None:
+        if is_hub_id(args.model_name_or_path):
+            return args.model_name_or_path
+        return Path(args.model_name_or_path).resolve().name
+    return text_encoder_hub_id(args.text_model_name_or_path)
+
+
+def dataset_id(args: argparse.Namespace) -> str:
+    """The data as the card names it: a paper dataset's or Hub dataset's name, a folder's or a file's base name."""
+    if args.data_source == "files":
+        return Path(args.train_file or args.validation_file or args.test_file).name
+    if args.data_source == "dataset" and not is_hub_id(args.dataset_name):
+        return Path(args.dataset_name).resolve().name
+    return args.dataset_name
+
+
 def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any], model_name: str) -> ModelCardData:
-    base_model = text_encoder_hub_id(args.text_model_name_or_path)
-    f1_title = "Test F1 (entity-level micro, seqeval)" if task.name == "mner" else "Test F1 (support-weighted)"
+    split = "test" if "test_f1" in results else "validation"
+    prefix = "test" if split == "test" else "eval"
+    title = "Test" if split == "test" else "Validation"
+    f1_title = f"{title} F1 (entity-level micro, seqeval)" if task.name == "mner" else f"{title} F1 (support-weighted)"
+    name = dataset_id(args)
     eval_results = [
         EvalResult(
             task_type=task.pipeline_tag,
             task_name=task.title,
-            dataset_type=args.dataset_name,
-            dataset_name=DATASET_TITLES[args.dataset_name],
-            dataset_split="test",
-            metric_type=name,
-            metric_value=results[f"test_{name}"],
-            metric_name=f1_title if name == "f1" else _METRIC_TITLES[name],
+            dataset_type=name,
+            dataset_name=DATASET_TITLES.get(args.dataset_name, name),
+            dataset_split=split,
+            metric_type=metric,
+            metric_value=results[f"{prefix}_{metric}"],
+            metric_name=f1_title if metric == "f1" else _METRIC_TITLES[metric].replace("Test", title),
         )
-        for name in task.metric_names
+        for metric in task.metric_names
     ]
     return ModelCardData(
         model_name=model_name,
-        base_model=base_model,
-        datasets=[args.dataset_name],
+        base_model=base_model_id(args),
+        datasets=[name] if args.data_source == "paper" or is_hub_id(args.dataset_name) else None,
         license=LICENSE,
         library_name="transformers",
         pipeline_tag=task.pipeline_tag,
@@ -126,10 +149,29 @@ def write_model_card(
     on_hub = bool(args.push_to_hub)
     location = args.hub_model_id if on_hub else Path(args.output_dir).resolve().name
     model_name = location.split("/")[-1]
-    text_model = text_encoder_hub_id(args.text_model_name_or_path) or "a text encoder from a local folder"
-    headline = [(name, results[f"eval_{name}"], results[f"test_{name}"]) for name in task.metric_names]
+    config = model.config
+    text_model = (
+        text_encoder_hub_id(args.text_model_name_or_path or "")
+        or (config.text_config._name_or_path if is_hub_id(config.text_config._name_or_path) else None)
+        or "a text encoder from a local folder"
+    )
+    vision_model = (
+        config.vision_model_name_or_path
+        if is_vision_model_id(config.vision_model_name_or_path)
+        else f"a {config.vision_timm_architecture or config.vision_config.model_type} tower from a local folder"
+    )
+    library = "transformers" if config.vision_config is not None else "timm"
+    has_test = "test_f1" in results
+    headline = [
+        (name, results[f"eval_{name}"], *([results[f"test_{name}"]] if has_test else [])) for name in task.metric_names
+    ]
+    start = (
+        [f"Fine-tuned from the MuSE model `{base_model_id(args)}`.", ""] if args.model_name_or_path is not None else []
+    )
     hyperparameters = [
+        ("model_name_or_path", base_model_id(args) or "-"),
         ("text_model_name_or_path", text_model),
+        ("vision_model_name_or_path", vision_model),
         *((name, getattr(args, name)) for name in _HYPERPARAMETERS),
         ("processes", num_processes),
     ]
@@ -138,19 +180,22 @@ def write_model_card(
         for name in (*MUSE_ARGUMENTS, "use_text", "use_image", "use_cross_transformer")
     ]
     lines = [
-        f"# MuSE ({task.name.upper()}) trained on {DATASET_TITLES[args.dataset_name]}",
+        f"# MuSE ({task.name.upper()}) trained on {DATASET_TITLES.get(args.dataset_name, dataset_id(args))}",
         "",
         f"{task.description} MuSE (Zhu et al., *Exchanging-based Multimodal Fusion with Transformer*) fuses a text "
-        f"encoder (`{text_model}`) and a timm image encoder (`{args.vision_model_name}`) with a CrossTransformer that "
+        f"encoder (`{text_model}`) and a {library} image encoder (`{vision_model}`) with a CrossTransformer that "
         f"exchanges tokens between the two streams. Model class `{type(model).__name__}`, variant `{args.variant}`.",
         "",
+        *start,
         "## Results",
         "",
         f"This is the model of the best validation F1: epoch {results['best_epoch']} (step {results['best_step']}).",
         "",
-        _markdown_table(["metric", "validation", "test"], headline),
+        _markdown_table(["metric", "validation", *(["test"] if has_test else [])], headline),
         "",
     ]
+    if not has_test:
+        lines += ["The data had no test split.", ""]
     if test_report:
         lines += ["Test report:", "", "```", test_report.rstrip(), "```", ""]
     lines += [

@@ -35,52 +35,63 @@ def finish(
     task: TaskInfo,
     model: nn.Module,
     progress: TrainingProgress,
-    test_metrics: dict[str, Any],
+    eval_metrics: dict[str, Any] | None,
+    test_metrics: dict[str, Any] | None,
     training_stats: dict[str, float],
     raw_datasets: datasets.DatasetDict,
     start_time: float,
 ) -> dict[str, Any]:
-    """Write ``all_results.json`` and the model card, print the test scores, upload if asked, close the trackers.
+    """Write ``all_results.json`` and (after training) the model card, print the scores, upload if asked, close the
+    trackers.
 
-    Returns the content of ``all_results.json``: the kept model's validation metrics (``eval_*``), its test metrics
-    (``test_*``), training statistics and the wall time.
+    Returns the content of ``all_results.json``: the model's validation metrics (``eval_*``; after training, those of
+    the kept model), its test metrics (``test_*``), training statistics and the wall time; what the run did not do is
+    left out.
     """
-    test_report = test_metrics.get("report")
-    results = {
-        **_flat_metrics("eval", progress.best["metrics"]),
-        "best_epoch": progress.best["epoch"],
-        "best_step": progress.best["step"],
-        **_flat_metrics("test", test_metrics),
-        **training_stats,
-        **{f"num_{split}_samples": len(raw_datasets[split]) for split in SPLITS},
-        "wall_time_seconds": time.perf_counter() - start_time,
-    }
+    results: dict[str, Any] = {}
+    if eval_metrics is not None:
+        results.update(_flat_metrics("eval", eval_metrics))
+    if progress.best:
+        results.update(best_epoch=progress.best["epoch"], best_step=progress.best["step"])
+    if test_metrics is not None:
+        results.update(_flat_metrics("test", test_metrics))
+    results.update(training_stats)
+    results.update({f"num_{split}_samples": len(raw_datasets[split]) for split in raw_datasets})
+    results["wall_time_seconds"] = time.perf_counter() - start_time
     results = {name: value.item() if isinstance(value, np.generic) else value for name, value in results.items()}
+    test_report = test_metrics.get("report") if test_metrics is not None else None
+    kept = f", best epoch {results['best_epoch']}" if progress.best else ""
     if test_report:
-        logger.info("test report of the best model (epoch %d):\n%s", results["best_epoch"], test_report)
-    scores = " | ".join(f"{name} {results[f'test_{name}']:.4f}" for name in task.metric_names)
-    accelerator.print(
-        f"Test ({args.dataset_name}, best epoch {results['best_epoch']}): {scores} | wall time "
-        f"{results['wall_time_seconds']:.0f} s | model and results in {args.output_dir}"
-    )
-    if accelerator.is_main_process:
-        write_model_card(
-            args,
-            task,
-            accelerator.unwrap_model(model),
-            progress,
-            results,
-            test_report,
-            describe_data(args, raw_datasets),
-            accelerator.num_processes,
+        logger.info("test report of the %s:\n%s", f"best model (epoch {results['best_epoch']})" if kept else "model",
+                    test_report)
+    split, prefix = ("Test", "test") if test_metrics is not None else ("Validation", "eval")
+    if test_metrics is not None or eval_metrics is not None:
+        scores = " | ".join(f"{name} {results[f'{prefix}_{name}']:.4f}" for name in task.metric_names)
+        accelerator.print(
+            f"{split} ({args.dataset_name or 'your data'}{kept}): {scores} | wall time "
+            f"{results['wall_time_seconds']:.0f} s | {'model and ' if args.do_train else ''}results in "
+            f"{args.output_dir}"
         )
+    if accelerator.is_main_process:
+        if args.do_train:
+            write_model_card(
+                args,
+                task,
+                accelerator.unwrap_model(model),
+                progress,
+                results,
+                test_report,
+                describe_data(args, raw_datasets),
+                accelerator.num_processes,
+            )
         # Written last: its presence means the run finished (reproduce.py skips such runs).
         Path(args.output_dir, RESULTS_FILE).write_text(json.dumps(results, indent=2))
-        if args.push_to_hub:
+        if args.push_to_hub and args.do_train:
             uploaded = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token)
             logger.info("Uploaded %d files to https://huggingface.co/%s", len(uploaded), args.hub_model_id)
     if args.with_tracking:
-        accelerator.log(_flat_metrics("test", test_metrics), step=progress.completed_steps)
+        if test_metrics is not None:
+            accelerator.log(_flat_metrics("test", test_metrics), step=progress.completed_steps)
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return results

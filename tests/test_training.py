@@ -72,7 +72,7 @@ def test_quickstart_defaults_parse_and_point_at_bundled_files(script, sample_fil
     assert (text_model / "config.json").is_file() and (text_model / "model.safetensors").is_file()
     assert args.output_dir == f"outputs/muse-{args.dataset_name.replace('_', '-')}"
     # The small, offline configuration: no pretrained download, fast backbone, fused text length = P * P.
-    assert (args.vision_model_name, args.pretrained_vision, args.image_size) == ("resnet18", False, 96)
+    assert (args.vision_model_name_or_path, args.pretrained_vision, args.image_size) == ("resnet18", False, 96)
     assert args.muse_config["max_text_length"] == args.muse_config["image_grid_size"] ** 2
     assert args.muse_config["num_cross_layers"] == 2
     assert (args.learning_rate, args.head_learning_rate, args.weight_decay, args.seed) == (1e-4, 1e-4, 0.01, 42)
@@ -90,7 +90,7 @@ def _umt_folder(tmp_path: Path) -> Path:
 def test_full_datasets_take_the_paper_defaults(tmp_path):
     args = parse_args(run_mner.TASK, ["--dataset_name", "twitter2017", "--data_dir", str(_umt_folder(tmp_path))])
     assert not args.is_quickstart
-    assert (args.vision_model_name, args.pretrained_vision, args.image_size) == ("resnet152", True, 224)
+    assert (args.vision_model_name_or_path, args.pretrained_vision, args.image_size) == ("resnet152", True, 224)
     assert (args.learning_rate, args.per_device_train_batch_size, args.num_train_epochs) == (5e-5, 40, 10)
     # Only the variant's overrides: every MuSE hyperparameter keeps MuSEConfig's (the paper's) default.
     assert args.muse_config == {}
@@ -281,7 +281,7 @@ def test_a_fresh_run_into_a_used_output_dir_says_what_happens_to_it(accelerator,
     earlier.mkdir()
     for name in ("all_results.json", "README.md", "config.json", "model.safetensors", BEST_MODEL_MARKER):
         (earlier / name).write_text("{}")
-    args = Namespace(output_dir=str(earlier), resume_from_checkpoint=None, overwrite_output_dir=False)
+    args = Namespace(output_dir=str(earlier), resume_from_checkpoint=None, overwrite_output_dir=False, do_train=True)
     with caplog.at_level("WARNING"):
         assert prepare_output_dir(accelerator, args) is None
     assert "holds the model of an earlier run: this run replaces it" in caplog.text

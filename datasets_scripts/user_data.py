@@ -1,0 +1,487 @@
+"""Your own multimodal data, in any form `datasets.load_dataset` reads, as the MuSE training scripts' splits.
+
+:func:`load_user_dataset` takes a Hub dataset id or a local dataset folder (``data/train-00000-of-00001.parquet``,
+``train.jsonl``, ...), or one file per split (CSV, JSON / JSON lines, Parquet, by extension), and returns a
+``DatasetDict`` with the columns the paper's builders produce:
+
+* NER: ``tokens`` (the words, a list of strings), ``ner_tags`` (a list of ``ClassLabel`` ids; BIO tags) and ``image``;
+* sentiment: ``text`` (a string; a list of words is joined with spaces), ``label`` (a ``ClassLabel``) and ``image``.
+
+Columns are found by name (``tokens`` / ``ner_tags`` / ``image`` for NER, ``text`` / ``label`` / ``image`` for sentiment)
+unless named explicitly. Labels may be ``ClassLabel`` ids or strings (integers, for sentiment, too); from strings the
+label list is built over all splits: for NER ``O`` first, then each entity type's ``B-`` and ``I-`` tag, types sorted;
+for sentiment the sorted values.
+
+An image may be a ``datasets.Image`` value (bytes or path), a path (a relative one resolves against ``image_dir``
+when given, else against the data file's folder, or the dataset folder), or an ``http(s)://`` URL, fetched once here
+with the pipelines' limits (``timeout`` for the whole download, ``max_image_bytes``) and stored as bytes. Each image is
+decoded completely once; missing or unreadable ones follow ``missing_images`` as in the paper's builders
+(:mod:`datasets_scripts.images`): ``"error"`` lists them, ``"placeholder"`` stores the grey placeholder, counted.
+A Hub dataset's image paths are not read (they would name files of this machine that the dataset's author chose).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+
+from modeling_muse.pipelines import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_TIMEOUT, download_image_bytes
+from processing_muse import UnreadableImageError, decode_image
+
+from .images import MissingImagesError, check_image_file, check_missing_images_policy, placeholder_image_bytes
+
+__all__ = ["DATA_FILE_LOADERS", "DEFAULT_COLUMNS", "UserDataError", "load_user_dataset", "ner_label_list"]
+
+logger = logging.getLogger(__name__)
+
+# File extension -> the `datasets` loader that reads it.
+DATA_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Task -> (text, label, image) column names looked for when none is given.
+DEFAULT_COLUMNS = {"mner": ("tokens", "ner_tags", "image"), "msa": ("text", "label", "image")}
+_COLUMN_ARGUMENTS = ("--text_column_name", "--label_column_name", "--image_column_name")
+# Split names that mean validation, as `datasets` reads them from file names.
+_VALIDATION_NAMES = ("validation", "valid", "dev", "val")
+_BIO_TAG = re.compile(r"^(O|[BI]-\S.*)$")
+_URL = re.compile(r"^https?://", re.IGNORECASE)
+# How many offending rows a message lists before it only counts, and how much of a value it quotes.
+_LISTED = 10
+_QUOTED = 100
+# Each post's row in the split it was read from, kept through a validation split cut from train, for messages.
+_ROW = "__muse_source_row__"
+
+
+class UserDataError(ValueError):
+    """A dataset that cannot be trained on as given; the message names the split, row or column and the fix."""
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}... ({len(text)} characters)"
+
+
+def ner_label_list(tags: set[str]) -> list[str]:
+    """``O``, then each entity type's ``B-`` and ``I-`` tag, types sorted (a type seen only as ``I-`` gets both)."""
+    types = sorted({tag[2:] for tag in tags if tag != "O"})
+    return ["O", *(f"{prefix}-{name}" for name in types for prefix in ("B", "I"))]
+
+
+@dataclass
+class _Source:
+    """Where the data came from: ``datasets.load_dataset``'s arguments and where relative image paths resolve."""
+
+    description: str
+    load_args: tuple[Any, ...]
+    load_kwargs: dict[str, Any]
+    base_folders: dict[str, Path | None]
+    from_hub: bool
+    split_names: dict[str, str] | None = None
+
+    def split_name(self, split: str) -> str:
+        """How messages name a split: its file, or the dataset and the split."""
+        if self.split_names and split in self.split_names:
+            return self.split_names[split]
+        return f"{self.description} ({split} split)"
+
+
+def _source(
+    dataset_name: str | None,
+    dataset_config_name: str | None,
+    data_files: Mapping[str, str | os.PathLike] | None,
+    image_dir: str | os.PathLike | None,
+) -> _Source:
+    override = Path(image_dir).resolve() if image_dir is not None else None
+    if data_files:
+        files = {split: Path(path) for split, path in data_files.items()}
+        loaders = {}
+        for split, path in files.items():
+            loader = DATA_FILE_LOADERS.get(path.suffix.lower())
+            if loader is None:
+                raise UserDataError(
+                    f"--{split}_file {path}: the extension {path.suffix or '(none)'!r} is not one of "
+                    f"{', '.join(DATA_FILE_LOADERS)}; save the data as CSV, JSON lines or Parquet."
+                )
+            if not path.is_file():
+                raise UserDataError(f"--{split}_file {path}: no such file.")
+            loaders[split] = loader
+        if len(set(loaders.values())) > 1:
+            raise UserDataError(
+                f"The data files are of different kinds ({', '.join(f'{s}: {p.name}' for s, p in files.items())}); "
+                f"give every split in the same format."
+            )
+        return _Source(
+            description=", ".join(f"{split}: {path.name}" for split, path in files.items()),
+            load_args=(next(iter(loaders.values())),),
+            load_kwargs={"data_files": {split: str(path) for split, path in files.items()}},
+            base_folders={split: override or path.resolve().parent for split, path in files.items()},
+            from_hub=False,
+            split_names={split: str(path) for split, path in files.items()},
+        )
+    folder = Path(dataset_name)
+    if folder.is_dir():
+        base = override or folder.resolve()
+        return _Source(str(dataset_name), (str(folder),), {"name": dataset_config_name}, {"*": base}, False)
+    return _Source(str(dataset_name), (str(dataset_name),), {"name": dataset_config_name}, {"*": override}, True)
+
+
+def _load_raw(source: _Source, cache_dir: str | os.PathLike | None) -> datasets.DatasetDict:
+    kwargs = {key: value for key, value in source.load_kwargs.items() if value is not None}
+    try:
+        loaded = datasets.load_dataset(*source.load_args, cache_dir=cache_dir, **kwargs)
+    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+        hint = (
+            " As a Hub dataset id it needs the Hugging Face Hub (or a copy in the datasets cache); a local dataset "
+            "is a folder."
+            if source.from_hub
+            else ""
+        )
+        raise UserDataError(f"Could not load {source.description}: {error}{hint}") from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def _rename_splits(raw: datasets.DatasetDict) -> datasets.DatasetDict:
+    splits = dict(raw)
+    if "validation" not in splits:
+        for name in _VALIDATION_NAMES[1:]:
+            if name in splits:
+                splits["validation"] = splits.pop(name)
+                break
+    unused = [name for name in splits if name not in ("train", "validation", "test")]
+    if unused:
+        raise UserDataError(
+            f"The data has splits {sorted(splits)}; MuSE trains on 'train', selects the model on 'validation' "
+            f"(also read from 'valid' or 'dev') and scores it on 'test'. Rename or remove {unused}."
+        )
+    return datasets.DatasetDict(splits)
+
+
+def _columns(task: str, raw: datasets.DatasetDict, given: Sequence[str | None], source: _Source) -> tuple[str, str, str]:
+    chosen = []
+    for name, default, argument in zip(given, DEFAULT_COLUMNS[task], _COLUMN_ARGUMENTS, strict=True):
+        column = name or default
+        for split, dataset in raw.items():
+            if column not in dataset.column_names:
+                why = f"{argument} {column!r} is not" if name else f"no {argument} was given and {column!r} is not"
+                raise UserDataError(
+                    f"{source.split_name(split)}: {why} one of its columns "
+                    f"{[c for c in dataset.column_names if c != _ROW]}; name the column with {argument} <column>."
+                )
+        chosen.append(column)
+    return tuple(chosen)
+
+
+def _class_label(feature: Any) -> datasets.ClassLabel | None:
+    if isinstance(feature, datasets.ClassLabel):
+        return feature
+    inner = getattr(feature, "feature", None)
+    return inner if isinstance(inner, datasets.ClassLabel) else None
+
+
+def _label_names(
+    task: str, raw: datasets.DatasetDict, label_column: str, source: _Source, origin: Mapping[str, str]
+) -> list[str]:
+    """The label list: a ``ClassLabel``'s names, or built from the values of every split."""
+    features = [dataset.features[label_column] for dataset in raw.values()]
+    class_labels = [_class_label(feature) for feature in features]
+    if all(class_labels):
+        names = list(class_labels[0].names)
+        if any(list(label.names) != names for label in class_labels):
+            raise UserDataError(
+                f"{source.description}: the splits' {label_column!r} ClassLabels have different names; give every "
+                f"split the same label list."
+            )
+        if task == "mner":
+            bad = [name for name in names if not _BIO_TAG.match(name)]
+            if bad:
+                raise UserDataError(
+                    f"{source.description}: the {label_column!r} ClassLabel names {bad[:_LISTED]} are not BIO tags (O, "
+                    f"B-<type>, I-<type>); MuSE's CRF tags words in the BIO scheme."
+                )
+        return names
+    values: set[Any] = set()
+    for split, dataset in raw.items():
+        for row, value in zip(dataset[_ROW], dataset[label_column], strict=True):
+            where = f"{source.split_name(origin[split])} row {row}"
+            items = value if task == "mner" else [value]
+            if task == "mner" and not isinstance(value, list):
+                raise UserDataError(
+                    f"{where}: {label_column!r} must be a list of tags, one per word, got "
+                    f"{_quote(value)}."
+                )
+            for item in items:
+                if task == "mner" and not isinstance(item, str):
+                    raise UserDataError(
+                        f"{where}: the tags in {label_column!r} are {type(item).__name__}s; "
+                        f"give tag strings (B-PER, I-PER, O, ...) or a ClassLabel feature that names the ids."
+                    )
+                if task == "msa" and (isinstance(item, (float, bool)) or not isinstance(item, (str, int))):
+                    raise UserDataError(
+                        f"{where}: {label_column!r} is {_quote(item)}; sentiment labels are "
+                        f"class names (strings), integer classes or a ClassLabel."
+                    )
+                if task == "mner" and not _BIO_TAG.match(item):
+                    raise UserDataError(
+                        f"{where}: the tag {_quote(item)} is not a BIO tag (O, B-<type>, "
+                        f"I-<type>); MuSE's CRF tags words in the BIO scheme."
+                    )
+                values.add(item)
+    if task == "mner":
+        return ner_label_list(values)
+    if len({type(value) for value in values}) > 1:
+        raise UserDataError(f"{source.description}: {label_column!r} mixes strings and integers; use one kind.")
+    return [str(value) for value in sorted(values)]
+
+
+@dataclass
+class _Canonical:
+    """Turns one split's rows into the scripts' columns; an object (not a closure) so that `datasets` can hash it
+    and cache the result, images fetched and checked included."""
+
+    task: str
+    split_name: str
+    columns: tuple[str, str, str]
+    label_names: list[str]
+    label_is_class: bool
+    base_folder: str | None
+    from_hub: bool
+    timeout: float
+    max_image_bytes: int
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        text_column, label_column, image_column = self.columns
+        texts, labels, images, problems = [], [], [], []
+        for row, text, label, image in zip(
+            batch[_ROW], batch[text_column], batch[label_column], batch[image_column], strict=True
+        ):
+            if self.task == "mner":
+                words = self._words(row, text)
+                labels.append(self._tags(row, words, label))
+                texts.append(words)
+            else:
+                texts.append(self._text(row, text))
+                labels.append(self._class_id(row, label))
+            value, problem = self._image(image)
+            images.append(value)
+            problems.append(problem)
+        names = ("tokens", "ner_tags") if self.task == "mner" else ("text", "label")
+        problems = [None if problem is None else f"{self.split_name} row {row}: {problem}"
+                    for row, problem in zip(batch[_ROW], problems, strict=True)]
+        return {names[0]: texts, names[1]: labels, "image": images, "image_problem": problems}
+
+    def _where(self, row: int) -> str:
+        return f"{self.split_name} row {row}"
+
+    def _words(self, row: int, words: Any) -> list[str]:
+        if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+            raise UserDataError(
+                f"{self._where(row)}: {self.columns[0]!r} must be the post's words, a list of strings, got "
+                f"{_quote(words)}. (A CSV cannot hold lists: use JSON lines or Parquet for NER.)"
+            )
+        return words
+
+    def _tags(self, row: int, words: list[str], tags: Any) -> list[int]:
+        if not isinstance(tags, list) or len(tags) != len(words):
+            count = len(tags) if isinstance(tags, list) else "no list of"
+            raise UserDataError(
+                f"{self._where(row)}: {len(words)} words in {self.columns[0]!r} but {count} tags in "
+                f"{self.columns[1]!r}; give one tag per word."
+            )
+        if self.label_is_class:
+            return list(tags)
+        return [self.label_names.index(tag) for tag in tags]
+
+    def _text(self, row: int, text: Any) -> str:
+        if isinstance(text, list) and all(isinstance(word, str) for word in text):
+            return " ".join(text)
+        if not isinstance(text, str):
+            raise UserDataError(f"{self._where(row)}: {self.columns[0]!r} must be the post's text, got {_quote(text)}.")
+        return text
+
+    def _class_id(self, row: int, label: Any) -> int:
+        if self.label_is_class:
+            return label
+        return self.label_names.index(str(label))
+
+    def _image(self, image: Any) -> tuple[dict[str, Any], str | None]:
+        """The stored image (a path, or bytes with a name) and, for a missing or unreadable one, why."""
+        if isinstance(image, dict) and image.get("bytes") is not None:
+            data = image["bytes"]
+            if image.get("path") is None and data == placeholder_image_bytes():
+                # The grey placeholder of an exported MuSE dataset stays one (counted as such).
+                return {"bytes": data, "path": None}, None
+            try:
+                decode_image(io.BytesIO(data), image.get("path") or "image bytes")
+            except UnreadableImageError as error:
+                return self._missing(f"unreadable ({error.reason})")
+            return {"bytes": data, "path": image.get("path") or "image bytes"}, None
+        if isinstance(image, dict):
+            image = image.get("path")
+        if image is None or (isinstance(image, str) and not image.strip()):
+            return self._missing("no image given")
+        if not isinstance(image, str):
+            return self._missing(f"not an image, a path or a URL: {_quote(image)}")
+        if _URL.match(image):
+            try:
+                data = download_image_bytes(image, self.timeout, self.max_image_bytes)
+                decode_image(io.BytesIO(data), image)
+            except UnreadableImageError as error:
+                return self._missing(f"unreadable ({error.reason}): {_quote(image)}")
+            except (ConnectionError, TimeoutError) as error:
+                return self._missing(f"not fetched ({str(error)[:_QUOTED * 2]})")
+            return {"bytes": data, "path": image}, None
+        if "\x00" in image:
+            return self._missing(f"a path with a NUL byte: {_quote(image)}")
+        if self.from_hub and self.base_folder is None:
+            return self._missing(
+                f"a file path in a Hub dataset ({_quote(image)}), which is not read: give image_dir for relative "
+                f"paths, or store the images in a datasets.Image column"
+            )
+        path = Path(image)
+        if not path.is_absolute():
+            if self.base_folder is None:
+                return self._missing(f"a relative path with nowhere to resolve it: {_quote(image)}")
+            path = Path(self.base_folder) / path
+        problem = check_image_file(path)
+        if problem is not None:
+            return self._missing(f"{problem}: {path}")
+        return {"bytes": None, "path": str(path.resolve())}, None
+
+    @staticmethod
+    def _missing(reason: str) -> tuple[dict[str, Any], str]:
+        return {"bytes": placeholder_image_bytes(), "path": None}, reason
+
+
+def _features(task: str, label_names: list[str]) -> datasets.Features:
+    label = datasets.ClassLabel(names=label_names)
+    if task == "mner":
+        columns = {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(label)}
+    else:
+        columns = {"text": datasets.Value("string"), "label": label}
+    return datasets.Features({**columns, "image": datasets.Image(), "image_problem": datasets.Value("string")})
+
+
+def _check_images(canonical: datasets.DatasetDict, policy: str, description: str) -> None:
+    problems = {
+        split: [problem for problem in dataset["image_problem"] if problem is not None]
+        for split, dataset in canonical.items()
+    }
+    listed = [problem for split_problems in problems.values() for problem in split_problems]
+    if listed and policy == "error":
+        total = sum(len(dataset) for dataset in canonical.values())
+        more = f"\n  ... and {len(listed) - _LISTED} more" if len(listed) > _LISTED else ""
+        raise MissingImagesError(
+            f"{description}: {len(listed)} of {total} images are missing or unreadable:\n  "
+            + "\n  ".join(listed[:_LISTED])
+            + f"{more}\nPass --missing_images placeholder (missing_images='placeholder') to replace them by the grey "
+            "placeholder image (counted and logged, nothing is dropped)."
+        )
+    for split, split_problems in problems.items():
+        if split_problems:
+            logger.warning(
+                "%s: replaced %d of %d %s images by the grey placeholder (missing_images='placeholder'); the first: %s",
+                description,
+                len(split_problems),
+                len(canonical[split]),
+                split,
+                split_problems[0],
+            )
+
+
+def load_user_dataset(
+    task: Literal["mner", "msa"],
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    data_files: Mapping[str, str | os.PathLike] | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    image_column: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    missing_images: str = "error",
+    validation_split_percentage: int | None = None,
+    seed: int = 42,
+    cache_dir: str | os.PathLike | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> datasets.DatasetDict:
+    """Load a dataset of the user's as the training scripts' splits (see the module docstring).
+
+    Args:
+        task: ``"mner"`` or ``"msa"``.
+        dataset_name: a Hub dataset id or a local dataset folder (what `datasets.load_dataset` reads); or
+        data_files: split (``train`` / ``validation`` / ``test``) -> a CSV, JSON (lines) or Parquet file.
+        dataset_config_name: the dataset's configuration, if it has several.
+        text_column, label_column, image_column: the columns; ``None`` looks for the task's default names.
+        image_dir: where relative image paths resolve (default: the data file's folder, or the dataset folder).
+        missing_images: ``"error"`` or ``"placeholder"``.
+        validation_split_percentage: when the data has no validation split, this share of train (seeded by
+            ``seed``) becomes it.
+        cache_dir: the `datasets` cache; the converted splits (images fetched and checked) are cached there too.
+        timeout, max_image_bytes: limits of each image URL's download.
+
+    Returns:
+        A ``DatasetDict`` with the splits the data has (``validation`` cut from train when asked).
+
+    Raises:
+        UserDataError: a missing column, split or file, a label or words that cannot be read, naming split and row.
+        MissingImagesError: under ``"error"`` when images are missing or unreadable, listing them.
+    """
+    check_missing_images_policy(missing_images)
+    if (dataset_name is None) == (not data_files):
+        raise UserDataError("Give either dataset_name (a Hub id or a folder) or data_files, not both or neither.")
+    source = _source(dataset_name, dataset_config_name, data_files, image_dir)
+    raw = _rename_splits(_load_raw(source, cache_dir))
+    raw = datasets.DatasetDict({split: data.add_column(_ROW, list(range(len(data)))) for split, data in raw.items()})
+    origin = {split: split for split in raw}
+    if "validation" not in raw and "train" in raw and validation_split_percentage:
+        if not 0 < validation_split_percentage < 100:
+            raise UserDataError(
+                f"--validation_split_percentage must lie between 0 and 100, got {validation_split_percentage}."
+            )
+        parts = raw["train"].train_test_split(test_size=validation_split_percentage / 100, seed=seed)
+        raw = datasets.DatasetDict({**raw, "train": parts["train"], "validation": parts["test"]})
+        origin["validation"] = "train"
+        logger.warning(
+            "%s has no validation split: %d%% of train (%d posts, seed %d) is the validation split "
+            "(--validation_split_percentage).",
+            source.description,
+            validation_split_percentage,
+            len(parts["test"]),
+            seed,
+        )
+    columns = _columns(task, raw, (text_column, label_column, image_column), source)
+    label_names = _label_names(task, raw, columns[1], source, origin)
+    canonical = {}
+    for split, dataset in raw.items():
+        if isinstance(dataset.features[columns[2]], datasets.Image):
+            dataset = dataset.cast_column(columns[2], datasets.Image(decode=False))
+        base_folder = source.base_folders.get(origin[split], source.base_folders.get("*"))
+        convert = _Canonical(
+            task=task,
+            split_name=source.split_name(origin[split]),
+            columns=columns,
+            label_names=label_names,
+            label_is_class=_class_label(dataset.features[columns[1]]) is not None,
+            base_folder=str(base_folder) if base_folder is not None else None,
+            from_hub=source.from_hub,
+            timeout=timeout,
+            max_image_bytes=max_image_bytes,
+        )
+        canonical[split] = dataset.map(
+            convert,
+            batched=True,
+            remove_columns=dataset.column_names,
+            features=_features(task, label_names),
+            desc=f"reading {split} images",
+        )
+    result = datasets.DatasetDict(canonical)
+    _check_images(result, missing_images, source.description)
+    return result.remove_columns("image_problem")
