@@ -80,12 +80,12 @@ def load_model(
     if sorted(old_names) == sorted(label_names):
         return model
     logger.warning(
-        "--model_name_or_path %s was trained for the labels %s, the data has %s: its %s are replaced by newly "
-        "initialised ones for the data's labels (the rest of the model is kept).",
+        "--model_name_or_path %s was trained for the labels %s, the data has %s: its head (%s) is replaced by a "
+        "newly initialised one for the data's labels (the rest of the model is kept).",
         args.model_name_or_path,
         old_names,
         list(label_names),
-        " and ".join(head_modules),
+        ", ".join(head_modules),
     )
     config = model.config
     config.id2label, config.label2id = id2label, label2id
