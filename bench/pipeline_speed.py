@@ -62,7 +62,7 @@ def build_checkpoints(muse_folder: Path, tagger_folder: Path) -> None:
     labels = {"id2label": dict(enumerate(LABELS)), "label2id": {label: index for index, label in enumerate(LABELS)}}
     config = MuSEConfig(
         text_config=text_config,
-        vision_model_name="resnet18",
+        vision_model_name_or_path="resnet18",
         num_cross_layers=2,
         num_attention_heads=4,
         image_grid_size=8,

@@ -129,7 +129,7 @@ def main() -> None:
     kept_freed_memory = keep_freed_memory_in_process()
 
     torch.manual_seed(0)
-    config = MuSEConfig(text_config=BertConfig(), vision_model_name="resnet152", num_labels=9)
+    config = MuSEConfig(text_config=BertConfig(), vision_model_name_or_path="resnet152", num_labels=9)
     model = MuSEForTokenClassification(config).to(args.device).train()
     optimizer = create_optimizer(model, ("tagger",), TRAINING_OPTIMIZER)
     inputs = make_inputs(args.batch, config.max_text_length, args.device)

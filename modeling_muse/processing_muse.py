@@ -365,7 +365,7 @@ class MuSEProcessor(ProcessorMixin):
             image_size: ``None`` keeps the tower's own preprocessing: a transformers tower's `AutoImageProcessor`,
                 or for timm its pretrained configuration (resize by ``crop_pct``, centre crop to ``input_size``,
                 its interpolation, mean and std). A side in pixels resizes every image to ``image_size`` x
-                ``image_size`` instead (docs/design.md, "Image encoder"), with the tower's mean and std.
+                ``image_size`` instead (README, "Choices where the paper and the spec are silent": image encoder), with the tower's mean and std.
         """
         from transformers import AutoTokenizer
 

@@ -195,3 +195,92 @@ def test_pretrained_vision_weights_come_from_the_local_cache(tmp_path, monkeypat
     )
     backbone = model.muse.image_encoder.backbone.state_dict()
     assert all(torch.equal(backbone[name], value) for name, value in weights.items() if not name.startswith("fc."))
+
+
+@pytest.mark.slow
+def test_models_around_vit_towers_load_without_the_project_and_without_the_towers(tmp_path):
+    """A transformers ViT and a timm ViT folder as towers: the saved MuSE needs neither folder, nor this project."""
+    from timm.models import save_for_hf
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    vit = tmp_path / "vit"
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=37)).save_pretrained(vit)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
+    timm_vit = tmp_path / "timm-vit"
+    save_for_hf(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8), timm_vit,
+                model_args={"img_size": 32, "patch_size": 8})
+    sizes = dict(num_cross_layers=1, num_attention_heads=6, exchange_start_layer=1, exchange_end_layer=1,
+                 image_grid_size=4, max_text_length=16, caption_loss_weight=0.0, generation_loss_weight=0.0)
+    ner = MuSEForTokenClassification.from_text_vision_pretrained(
+        str(MINILM_DIR), str(vit), id2label=dict(enumerate(NER_LABELS)), **sizes
+    ).eval()
+    ner.save_pretrained(tmp_path / "ner")
+    MuSEProcessor.from_text_vision_pretrained(str(MINILM_DIR), str(vit), max_length=16,
+                                              label_names=NER_LABELS).save_pretrained(tmp_path / "ner")
+    sentiment = MuSEForSequenceClassification.from_text_vision_pretrained(
+        str(MINILM_DIR), str(timm_vit), id2label=dict(enumerate(SENTIMENT_LABELS)), **sizes
+    ).eval()
+    sentiment.save_pretrained(tmp_path / "sentiment")
+    MuSEProcessor.from_text_vision_pretrained(str(MINILM_DIR), str(timm_vit), max_length=16).save_pretrained(
+        tmp_path / "sentiment"
+    )
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    # The towers' folders are gone: everything needed to rebuild them is in the saved configuration.
+    import shutil
+
+    shutil.rmtree(vit)
+    shutil.rmtree(timm_vit)
+    output = tmp_path / "report.json"
+    environment = {
+        **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    subprocess.run(
+        [sys.executable, "-I", str(CLIENT), str(tmp_path / "ner"), str(tmp_path / "sentiment"),
+         str(tmp_path / "p.png"), str(output)],
+        check=True, cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL, timeout=600,
+    )
+    report = json.loads(output.read_text())
+    assert report["project_importable"] is False
+    torch.set_num_threads(1)
+    processor = MuSEProcessor.from_pretrained(tmp_path / "ner")
+    inputs = processor(images=[Image.open(tmp_path / "p.png")], text=[["Lionel", "Messi", "visits", "Paris"]],
+                       return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(torch.tensor(report["ner_logits"]), ner(**inputs).logits)
+    post = {"text": "Lionel Messi visits Paris", "image": str(tmp_path / "p.png")}
+    assert report["sentiment_pipeline"] == pipeline("multimodal-sentiment", model=str(tmp_path / "sentiment"))(
+        [post, post], top_k=None
+    )
+
+
+def test_a_timm_hub_tower_is_read_from_the_local_cache_offline(tmp_path, monkeypatch):
+    """``hf-hub:<repo>``: its config.json and weights from the Hugging Face cache, as timm lays them out on the Hub."""
+    from timm.models import save_for_hf
+
+    from modeling_muse.image_encoder import resolve_vision_tower
+
+    repo = "someone/tiny-vit"
+    snapshot = tmp_path / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    torch.manual_seed(4)
+    save_for_hf(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8), snapshot,
+                model_args={"img_size": 32, "patch_size": 8}, safe_serialization=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    tower = resolve_vision_tower(f"hf-hub:{repo}")
+    assert (tower.timm_architecture, tower.timm_model_args["patch_size"]) == ("vit_tiny_patch16_224", 8)
+    model = MuSEForSequenceClassification.from_text_vision_pretrained(
+        str(MINILM_DIR), f"hf-hub:{repo}", num_labels=2, num_cross_layers=1, num_attention_heads=6,
+        exchange_start_layer=1, exchange_end_layer=1, image_grid_size=4, max_text_length=16,
+        caption_loss_weight=0.0, generation_loss_weight=0.0,
+    )
+    from safetensors.torch import load_file
+
+    saved = load_file(snapshot / "model.safetensors")
+    backbone = model.muse.image_encoder.backbone.state_dict()
+    assert all(torch.equal(backbone[name], value) for name, value in saved.items() if not name.startswith("head."))
+    assert model.config.to_dict()["vision_model_name_or_path"] == f"hf-hub:{repo}"

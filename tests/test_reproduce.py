@@ -87,14 +87,14 @@ def test_every_recipe_parses_and_makes_a_valid_configuration(path):
     variant = ABLATION_VARIANTS[arguments["variant"]]
     # The scripts refuse a recipe value that contradicts its variant.
     assert all(muse[name] == value for name, value in variant.items() if name in muse)
-    MuSEConfig(text_config=text_config, vision_model_name=arguments["vision_model_name"], **{**muse, **variant})
+    MuSEConfig(text_config=text_config, vision_model_name_or_path=arguments["vision_model_name_or_path"], **{**muse, **variant})
 
 
 @pytest.mark.parametrize("path", BASE_RECIPES, ids=lambda path: path.stem)
 def test_base_recipes_hold_the_papers_settings_each_traced_to_its_source(path):
     arguments = _recipe_arguments(path)
     paper = {
-        "vision_model_name": "resnet152",
+        "vision_model_name_or_path": "resnet152",
         "pretrained_vision": True,
         "image_size": 224,
         "max_text_length": 64,
