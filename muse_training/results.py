@@ -18,7 +18,7 @@ from .arguments import TaskInfo
 from .checkpoints import RESULTS_FILE, TrainingProgress
 from .data import SPLITS, describe_data
 from .hub import push_to_hub
-from .model_card import write_model_card
+from .model_card import dataset_id, write_model_card
 
 __all__ = ["finish"]
 
@@ -68,7 +68,7 @@ def finish(
     if test_metrics is not None or eval_metrics is not None:
         scores = " | ".join(f"{name} {results[f'{prefix}_{name}']:.4f}" for name in task.metric_names)
         accelerator.print(
-            f"{split} ({args.dataset_name or 'your data'}{kept}): {scores} | wall time "
+            f"{split} ({dataset_id(args)}{kept}): {scores} | wall time "
             f"{results['wall_time_seconds']:.0f} s | {'model and ' if args.do_train else ''}results in "
             f"{args.output_dir}"
         )
