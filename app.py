@@ -33,6 +33,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import html  # noqa: E402
 import io  # noqa: E402
 import sys  # noqa: E402
@@ -42,6 +43,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from gradio import utils as gradio_utils  # noqa: E402
 from gradio.data_classes import FileData  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import Pipeline, pipeline  # noqa: E402
@@ -50,7 +52,9 @@ import modeling_muse  # noqa: E402,F401  (registers the multimodal-ner and multi
 from datasets_scripts import SAMPLE_DIR  # noqa: E402
 from datasets_scripts.mvsa import read_mvsa_text  # noqa: E402
 from datasets_scripts.umt import read_umt_file  # noqa: E402
-from modeling_muse.pipelines import WordAggregation, load_post_image  # noqa: E402
+from modeling_muse.image_input import load_post_image  # noqa: E402
+from modeling_muse.pipelines import WordAggregation  # noqa: E402
+from processing_muse import UnreadableImageError  # noqa: E402
 from modeling_muse.visualize import exchange_figure  # noqa: E402
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent
@@ -62,10 +66,26 @@ EXCHANGE_DPI = 100
 ENTITY_COLORS = {"PER": "#f4a261", "LOC": "#2a9d8f", "ORG": "#8ab4f8", "MISC": "#e9c46a"}
 NUM_TWITTER_EXAMPLES = 3
 NUM_MVSA_EXAMPLES = 2
+# What a visitor may send: posts of at most this many characters (a tweet has at most 280; the models read their
+# first max_text_length sub-word tokens), uploads of at most MAX_UPLOAD_SIZE, pictures of at most PIL's
+# decompression-bomb limit; uploads are deleted an hour after they arrive.
+MAX_TEXT_CHARACTERS = 2000
+MAX_UPLOAD_SIZE = "10mb"
+UPLOAD_LIFETIME_SECONDS = 3600
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+NOT_AN_UPLOAD = (
+    "image: only an image uploaded through the page or the API (gradio_client's handle_file) is accepted; upload, "
+    "paste or capture one."
+)
 
 
 class InputError(ValueError):
     """A post the demo cannot analyse; the message says what to change."""
+
+
+@functools.cache
+def _example_files() -> frozenset[str]:
+    return frozenset(os.path.realpath(image) for _, image in sample_examples())
 
 
 @dataclass
@@ -155,30 +175,60 @@ def load_models(
     return models
 
 
-def _image_path(image: Any) -> str:
-    """The local file of an image input: a path, or gradio's file payload (a dict or `FileData` with a path)."""
-    if isinstance(image, (str, os.PathLike)):
-        return os.fspath(image)
+def _received_file(image: Any) -> str:
+    """The server's copy of an image that arrived through gradio's upload (the page or the API), or a bundled
+    example; anything else (a bare string, a path or URL of the visitor's choosing) is refused alike, naming nothing.
+
+    With ``preprocess=False`` gradio hands the payload over as sent, so a dict naming any server file would
+    otherwise be read: only files inside gradio's upload folder (``GRADIO_TEMP_DIR``) or the examples are accepted.
+    """
     path = image.get("path") if isinstance(image, dict) else getattr(image, "path", None)
-    if not path:
-        raise InputError("image: the upload did not arrive as a file; upload, paste or capture the image again.")
-    return path
+    if isinstance(image, (dict, FileData)) and isinstance(path, str) and path and "\x00" not in path:
+        real = os.path.realpath(path)
+        uploads = os.path.realpath(gradio_utils.get_upload_folder())
+        if real in _example_files() or (real != uploads and os.path.commonpath([real, uploads]) == uploads):
+            return real
+    raise InputError(NOT_AN_UPLOAD)
+
+
+def _read_image(image: Any) -> Image.Image:
+    """The post's picture; errors say what to do without naming a server file or the reason's details of where."""
+    file = _received_file(image)
+    try:
+        return load_post_image(file)
+    except FileNotFoundError as error:
+        raise InputError("image: the upload is no longer on the server; upload the image again.") from error
+    except UnreadableImageError as error:
+        raise InputError(
+            f"image: the uploaded file is not a readable image ({error.reason}); upload a JPEG, PNG, GIF or WebP "
+            f"picture of at most {MAX_IMAGE_PIXELS} pixels."
+        ) from error
+    except (ValueError, TypeError, OSError) as error:
+        raise InputError("image: the uploaded file is not a readable image; upload another picture.") from error
 
 
 def analyse_post(models: Models, text: str | None, image: Any, aggregation_strategy: str = "simple") -> Analysis:
-    """Run every loaded pipeline on one post, with the exchange. Bad input raises `InputError`."""
+    """Run every loaded pipeline on one post, with the exchange. Bad input raises `InputError`.
+
+    ``image`` must be an upload that gradio received (or a bundled example), see `_received_file`.
+    """
     if models.ner is None and models.sentiment is None:
         raise InputError("No model is loaded. " + " ".join(models.notes))
-    if not text or not text.strip():
+    if not isinstance(text, str) or not text.strip():
         raise InputError("text: the post is empty; type or paste the post's text.")
+    if len(text) > MAX_TEXT_CHARACTERS:
+        raise InputError(
+            f"text: the post has {len(text)} characters; the demo takes at most {MAX_TEXT_CHARACTERS} (the models "
+            f"read its first sub-word tokens only). Shorten it."
+        )
     if image is None:
         raise InputError(
             "image: the post has no image; MuSE fuses the text with an image. Upload, paste or capture one."
         )
+    picture = _read_image(image)
+    analysis = Analysis(image=picture)
+    post = {"text": text, "image": picture}
     try:
-        picture = load_post_image(_image_path(image))
-        analysis = Analysis(image=picture)
-        post = {"text": text, "image": picture}
         if models.ner is not None:
             result = models.ner(post, aggregation_strategy=aggregation_strategy, return_exchange=True)
             analysis.entities, analysis.ner_exchange = result["entities"], result["exchange"]
@@ -186,7 +236,7 @@ def analyse_post(models: Models, text: str | None, image: Any, aggregation_strat
             result = models.sentiment(post, top_k=None, return_exchange=True)
             analysis.sentiment, analysis.sentiment_exchange = result["prediction"], result["exchange"]
     # The pipelines raise these for posts they cannot read, with a message naming the field and the fix.
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError) as error:
         raise InputError(str(error)) from error
     return analysis
 
@@ -298,7 +348,9 @@ def build_demo(models: Models) -> gr.Blocks:
         except InputError as error:
             raise gr.Error(str(error), print_exception=False) from error
 
-    with gr.Blocks(title="MuSE demo", analytics_enabled=False) as demo:
+    with gr.Blocks(
+        title="MuSE demo", analytics_enabled=False, delete_cache=(UPLOAD_LIFETIME_SECONDS, UPLOAD_LIFETIME_SECONDS)
+    ) as demo:
         gr.Markdown(
             "# MuSE: multimodal NER and sentiment with an exchanging CrossTransformer\n"
             "Type a post, give it an image, and see the entities, the sentiment, and which text tokens and image "
@@ -308,7 +360,7 @@ def build_demo(models: Models) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=2):
                 text_input = gr.Textbox(label="Post", lines=3, placeholder="Kawhi Leonard wins the fan vote",
-                                        elem_id="post-text")
+                                        elem_id="post-text", max_length=MAX_TEXT_CHARACTERS)
                 strategy_input = gr.Radio(
                     [member.value for member in WordAggregation], value=WordAggregation.SIMPLE.value,
                     label="Aggregation strategy",
@@ -338,7 +390,8 @@ def build_demo(models: Models) -> gr.Blocks:
             raw_output = gr.JSON(elem_id="raw-output", show_label=False)
 
         # preprocess=False: the image arrives as gradio's file payload and is read by the pipelines' own loader,
-        # whose errors say what is wrong with the file (gradio's preprocessing would fail with a traceback).
+        # whose errors say what is wrong with the file (gradio's preprocessing would fail with a traceback); which
+        # payloads name a file the demo may read is decided by _received_file.
         gr.on(
             [analyse_button.click, text_input.submit],
             analyse,
@@ -373,9 +426,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"app.py: {error}")
     for note in models.notes:
         print(note)
-    # share=False and ssr_mode=False: no tunnel to gradio's share servers, no Node server.
+    # share=False and ssr_mode=False: no tunnel to gradio's share servers, no Node server. show_error=False: a visitor
+    # sees the demo's own messages (gr.Error) only, never gradio's internal errors, which can name server paths.
     build_demo(models).launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False,
-                              show_error=True)
+                              show_error=False, max_file_size=MAX_UPLOAD_SIZE)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ RECIPES = REPO_ROOT / "recipes"
 TABLES = ("table1", "table2", "table3", "sensitivity")
 FIRST_SEED = 42  # MUSE_SPEC section 6; further seeds count up from it
 ARGS_FILE = "args.yaml"
+# Arguments that hold secrets: they reach the runs through the environment, never through their args.yaml.
+SECRET_ARGUMENTS = ("hub_token",)
 LOG_FILE = "train.log"
 
 # --smoke: what replaces a recipe's data, towers and sizes (see the module docstring).
@@ -508,6 +510,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for setting in options.set:
         if "=" not in setting:
             parser.error(f"--set {setting}: write ARGUMENT=VALUE, e.g. --set learning_rate=1e-4.")
+        if setting.partition("=")[0].strip() in SECRET_ARGUMENTS:
+            # Each run's arguments are written to its args.yaml and printed by --dry_run: never a secret.
+            parser.error(
+                f"--set {setting.partition('=')[0]}=...: a token is never written to a run's arguments; set HF_TOKEN "
+                f"in the environment (every run inherits it) or log in once with `hf auth login`."
+            )
     if options.smoke and (options.data_root or options.no_images or options.set):
         parser.error("--smoke runs on the bundled samples: it takes no --data_root, --no_images or --set.")
     smoke_root = REPO_ROOT / "outputs" / "smoke"

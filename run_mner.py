@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     progress, training_stats, eval_metrics, test_metrics = TrainingProgress(), {}, None, None
     if args.do_train:
         lr_scheduler, schedule = create_scheduler(accelerator, optimizer, dataloaders["train"], args)
-        progress = resume(accelerator, checkpoint, args.output_dir) if checkpoint else TrainingProgress()
+        progress = resume(accelerator, checkpoint, args) if checkpoint else TrainingProgress()
         training_stats = fit(
             accelerator,
             model,

@@ -1,10 +1,40 @@
-"""The error both data readers raise for a malformed file."""
+"""The error both data readers raise for a malformed file, and how messages quote what they found."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-__all__ = ["DataFormatError"]
+__all__ = ["DataFormatError", "file_id_problem", "quoted"]
+
+# How much of an offending line or value a message quotes: enough to recognise it, never a 10 MB line.
+QUOTED_CHARACTERS = 100
+
+
+def quoted(value: Any) -> str:
+    """``repr(value)``, cut to `QUOTED_CHARACTERS` characters with the full length said."""
+    text = repr(value)
+    if len(text) <= QUOTED_CHARACTERS:
+        return text
+    length = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:QUOTED_CHARACTERS]}... ({length})"
+
+
+def file_id_problem(file_id: str) -> str | None:
+    """Why a dataset's post or image id cannot name a file inside its folder, or None if it can.
+
+    The releases' ids are plain file names (``1234567890``, ``O_3456``); an id with a path separator, ``..``, a drive
+    or a NUL byte would make the reader open (and the Parquet export embed) a file outside the dataset.
+    """
+    if "\x00" in file_id:
+        return "it holds a NUL byte"
+    if "/" in file_id or "\\" in file_id:
+        return "it holds a path separator"
+    if file_id in (".", ".."):
+        return "it names a folder"
+    if os.path.isabs(file_id) or os.path.splitdrive(file_id)[0]:
+        return "it is an absolute path"
+    return None
 
 
 class DataFormatError(ValueError):

@@ -29,6 +29,8 @@ from PIL import Image
 
 from processing_muse import PLACEHOLDER_COLOR, PLACEHOLDER_SIZE, UnreadableImageError, decode_image, placeholder_image
 
+from .errors import file_id_problem, quoted
+
 __all__ = [
     "MISSING_IMAGE_POLICIES",
     "check_missing_images_policy",
@@ -129,6 +131,13 @@ def resolve_images(
     """
     check_missing_images_policy(policy)
     directory = Path(image_dir).resolve() if image_dir is not None else None
+    for ids in image_ids.values():
+        for image_id in ids:
+            problem = file_id_problem(image_id)
+            if problem is not None:
+                raise ValueError(
+                    f"{dataset_name}: the image id {quoted(image_id)} cannot name a file in image_dir ({problem})."
+                )
     problems: dict[str, str | None] = {}
     if directory is not None:
         for ids in image_ids.values():

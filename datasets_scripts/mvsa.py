@@ -44,7 +44,7 @@ from typing import Any
 import datasets
 
 from ._splits import check_builder_config, make_split_generators
-from .errors import DataFormatError
+from .errors import DataFormatError, file_id_problem, quoted
 from .images import resolve_images
 
 __all__ = [
@@ -124,7 +124,7 @@ def read_label_file(path: str | os.PathLike, annotators: int) -> list[tuple[str,
     path = Path(path)
     lines = read_mvsa_text(path).split("\n")
     if lines[0].split()[:1] != ["ID"]:
-        raise MVSAFormatError(path, 1, f"expected a header line starting with 'ID', got {lines[0][:60]!r}")
+        raise MVSAFormatError(path, 1, f"expected a header line starting with 'ID', got {quoted(lines[0])}")
     rows: list[tuple[str, list[tuple[str, str]]]] = []
     seen: set[str] = set()
     for number, line in enumerate(lines[1:], start=2):
@@ -135,18 +135,23 @@ def read_label_file(path: str | os.PathLike, annotators: int) -> list[tuple[str,
         post_id, columns = fields[0], fields[1:]
         if len(columns) != annotators:
             raise MVSAFormatError(
-                path, number, f"expected {annotators} annotator column(s) 'text,image', got {len(columns)}: {line!r}"
+                path, number, f"expected {annotators} annotator column(s) 'text,image', got {len(columns)}: {quoted(line)}"
             )
         annotations = []
         for column in columns:
             pair = column.lower().split(",")
             if len(pair) != 2 or any(label not in MVSA_LABELS for label in pair):
                 raise MVSAFormatError(
-                    path, number, f"expected 'text_label,image_label' with labels in {MVSA_LABELS}, got {column!r}"
+                    path, number, f"expected 'text_label,image_label' with labels in {MVSA_LABELS}, got {quoted(column)}"
                 )
             annotations.append((pair[0], pair[1]))
+        problem = file_id_problem(post_id)
+        if problem is not None:
+            raise MVSAFormatError(
+                path, number, f"invalid ID {quoted(post_id)}: {problem}; an ID names <ID>.txt and <ID>.jpg in data/"
+            )
         if post_id in seen:
-            raise MVSAFormatError(path, number, f"duplicate ID {post_id!r}")
+            raise MVSAFormatError(path, number, f"duplicate ID {quoted(post_id)}")
         seen.add(post_id)
         rows.append((post_id, annotations))
     return rows

@@ -44,7 +44,7 @@ from typing import Any
 import datasets
 
 from ._splits import check_builder_config, make_split_generators
-from .errors import DataFormatError
+from .errors import DataFormatError, file_id_problem, quoted
 from .images import resolve_images
 
 __all__ = [
@@ -150,7 +150,12 @@ def read_umt_file(
             image_id = line[len(_IMGID_PREFIX) :].strip()
             if not image_id or any(character.isspace() for character in image_id):
                 raise UMTFormatError(
-                    path, number, f"invalid image id in {line!r}: it must be non-empty without spaces"
+                    path, number, f"invalid image id in {quoted(line)}: it must be non-empty without spaces"
+                )
+            problem = file_id_problem(image_id)
+            if problem is not None:
+                raise UMTFormatError(
+                    path, number, f"invalid image id {quoted(image_id)}: {problem}; an id names a file in image_dir"
                 )
             start_line, tokens, tags = number, [], []
             continue
@@ -162,18 +167,18 @@ def read_umt_file(
         fields = line.split("\t")
         if len(fields) != 2:
             problem = "without a TAB" if len(fields) == 1 else f"with {len(fields) - 1} TABs"
-            raise UMTFormatError(path, number, f"token line {problem}: {line!r}; expected 'token<TAB>tag'")
+            raise UMTFormatError(path, number, f"token line {problem}: {quoted(line)}; expected 'token<TAB>tag'")
         token, tag = fields
         if not token:
-            raise UMTFormatError(path, number, f"empty token in {line!r}")
+            raise UMTFormatError(path, number, f"empty token in {quoted(line)}")
         if labels is None:
             if not tag.strip():
-                raise UMTFormatError(path, number, f"empty tag in {line!r}")
+                raise UMTFormatError(path, number, f"empty tag in {quoted(line)}")
         elif tag not in labels:
             raise UMTFormatError(
                 path,
                 number,
-                f"unknown tag {tag!r}; this configuration allows {', '.join(labels)}. For another label set "
+                f"unknown tag {quoted(tag)}; this configuration allows {', '.join(labels)}. For another label set "
                 "use the 'umt' configuration, which takes the labels from the data or from labels=[...].",
             )
         tokens.append(token)

@@ -33,9 +33,10 @@ from typing import Any, Literal
 
 import datasets
 
-from modeling_muse.pipelines import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_TIMEOUT, download_image_bytes
+from modeling_muse.image_input import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_TIMEOUT, download_image_bytes
 from processing_muse import UnreadableImageError, decode_image
 
+from .errors import quoted
 from .images import MissingImagesError, check_image_file, check_missing_images_policy, placeholder_image_bytes
 
 __all__ = ["DATA_FILE_LOADERS", "DEFAULT_COLUMNS", "UserDataError", "load_user_dataset", "ner_label_list"]
@@ -53,18 +54,12 @@ _BIO_TAG = re.compile(r"^(O|[BI]-\S.*)$")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 # How many offending rows a message lists before it only counts, and how much of a value it quotes.
 _LISTED = 10
-_QUOTED = 100
 # Each post's row in the split it was read from, kept through a validation split cut from train, for messages.
 _ROW = "__muse_source_row__"
 
 
 class UserDataError(ValueError):
     """A dataset that cannot be trained on as given; the message names the split, row or column and the fix."""
-
-
-def _quote(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}... ({len(text)} characters)"
 
 
 def ner_label_list(tags: set[str]) -> list[str]:
@@ -215,7 +210,7 @@ def _label_names(
             if task == "mner" and not isinstance(value, list):
                 raise UserDataError(
                     f"{where}: {label_column!r} must be a list of tags, one per word, got "
-                    f"{_quote(value)}."
+                    f"{quoted(value)}."
                 )
             for item in items:
                 if task == "mner" and not isinstance(item, str):
@@ -225,12 +220,12 @@ def _label_names(
                     )
                 if task == "msa" and (isinstance(item, (float, bool)) or not isinstance(item, (str, int))):
                     raise UserDataError(
-                        f"{where}: {label_column!r} is {_quote(item)}; sentiment labels are "
+                        f"{where}: {label_column!r} is {quoted(item)}; sentiment labels are "
                         f"class names (strings), integer classes or a ClassLabel."
                     )
                 if task == "mner" and not _BIO_TAG.match(item):
                     raise UserDataError(
-                        f"{where}: the tag {_quote(item)} is not a BIO tag (O, B-<type>, "
+                        f"{where}: the tag {quoted(item)} is not a BIO tag (O, B-<type>, "
                         f"I-<type>); MuSE's CRF tags words in the BIO scheme."
                     )
                 values.add(item)
@@ -284,7 +279,7 @@ class _Canonical:
         if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
             raise UserDataError(
                 f"{self._where(row)}: {self.columns[0]!r} must be the post's words, a list of strings, got "
-                f"{_quote(words)}. (A CSV cannot hold lists: use JSON lines or Parquet for NER.)"
+                f"{quoted(words)}. (A CSV cannot hold lists: use JSON lines or Parquet for NER.)"
             )
         return words
 
@@ -303,7 +298,7 @@ class _Canonical:
         if isinstance(text, list) and all(isinstance(word, str) for word in text):
             return " ".join(text)
         if not isinstance(text, str):
-            raise UserDataError(f"{self._where(row)}: {self.columns[0]!r} must be the post's text, got {_quote(text)}.")
+            raise UserDataError(f"{self._where(row)}: {self.columns[0]!r} must be the post's text, got {quoted(text)}.")
         return text
 
     def _class_id(self, row: int, label: Any) -> int:
@@ -328,27 +323,27 @@ class _Canonical:
         if image is None or (isinstance(image, str) and not image.strip()):
             return self._missing("no image given")
         if not isinstance(image, str):
-            return self._missing(f"not an image, a path or a URL: {_quote(image)}")
+            return self._missing(f"not an image, a path or a URL: {quoted(image)}")
         if _URL.match(image):
             try:
                 data = download_image_bytes(image, self.timeout, self.max_image_bytes)
                 decode_image(io.BytesIO(data), image)
             except UnreadableImageError as error:
-                return self._missing(f"unreadable ({error.reason}): {_quote(image)}")
+                return self._missing(f"unreadable ({error.reason}): {quoted(image)}")
             except (ConnectionError, TimeoutError) as error:
-                return self._missing(f"not fetched ({str(error)[:_QUOTED * 2]})")
+                return self._missing(f"not fetched ({str(error)[:200]})")
             return {"bytes": data, "path": image}, None
         if "\x00" in image:
-            return self._missing(f"a path with a NUL byte: {_quote(image)}")
+            return self._missing(f"a path with a NUL byte: {quoted(image)}")
         if self.from_hub and self.base_folder is None:
             return self._missing(
-                f"a file path in a Hub dataset ({_quote(image)}), which is not read: give image_dir for relative "
+                f"a file path in a Hub dataset ({quoted(image)}), which is not read: give image_dir for relative "
                 f"paths, or store the images in a datasets.Image column"
             )
         path = Path(image)
         if not path.is_absolute():
             if self.base_folder is None:
-                return self._missing(f"a relative path with nowhere to resolve it: {_quote(image)}")
+                return self._missing(f"a relative path with nowhere to resolve it: {quoted(image)}")
             path = Path(self.base_folder) / path
         problem = check_image_file(path)
         if problem is not None:

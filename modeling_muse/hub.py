@@ -1,30 +1,19 @@
-"""Whether the Hugging Face Hub can be reached, asked before a download that would otherwise retry for a minute.
+"""When a pretrained tower may not be downloaded: huggingface_hub's own offline mode, asked before a download.
 
-huggingface_hub retries a failed connection with back-off (about 46 s in all) before it reports a generic
-`LocalEntryNotFoundError`; loading pretrained towers checks first, so that an offline machine gets an immediate
-error that names the model and the way out.
+Whether the Hub can be reached is left to huggingface_hub itself (its proxies, endpoint and errors): with
+``HF_HUB_OFFLINE=1`` loading fails at once with a message naming the model and the way out; otherwise the download is
+tried and its error is reported with the model's name.
 """
 
 from __future__ import annotations
 
-import socket
-from urllib.parse import urlsplit
+from huggingface_hub import is_offline_mode
 
-from huggingface_hub import constants, is_offline_mode
+__all__ = ["OFFLINE_REASON", "offline_reason"]
 
-__all__ = ["hub_unreachable_reason"]
-
-_PROBE_TIMEOUT_SECONDS = 3.0
+OFFLINE_REASON = "huggingface_hub's offline mode is on (HF_HUB_OFFLINE=1)"
 
 
-def hub_unreachable_reason() -> str | None:
-    """Why the Hub cannot be used right now (offline mode, or no connection to its endpoint), or None if it can."""
-    if is_offline_mode():
-        return "offline mode is on (HF_HUB_OFFLINE=1)"
-    endpoint = urlsplit(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=_PROBE_TIMEOUT_SECONDS).close()
-    except OSError as error:
-        return f"{constants.ENDPOINT} cannot be reached ({error})"
-    return None
+def offline_reason() -> str | None:
+    """Why nothing may be downloaded from the Hub now, or None when downloads are allowed."""
+    return OFFLINE_REASON if is_offline_mode() else None

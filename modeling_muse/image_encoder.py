@@ -29,7 +29,7 @@ from timm.models._hub import load_model_config_from_hf, load_model_config_from_p
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
-from .hub import hub_unreachable_reason
+from .hub import offline_reason
 
 __all__ = [
     "ImageEncoder",
@@ -241,7 +241,7 @@ def _timm_pretrained(tower: VisionTower, model_kwargs: dict[str, Any]) -> nn.Mod
             overlay = {**tower.timm_pretrained_cfg, "file": cached}
             return timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     switch = "pretrained_vision=False (command line: --no-pretrained_vision) to start the backbone from random weights"
-    reason = hub_unreachable_reason()
+    reason = offline_reason()
     if reason is not None:
         raise OSError(
             f"vision_model_name_or_path={tower.name_or_path!r}: timm's pretrained weights ({hub_id} on the Hugging "

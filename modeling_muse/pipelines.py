@@ -41,9 +41,7 @@ call for a list or a single post, and per post for a generator or dataset, whose
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import threading
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
@@ -51,10 +49,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import httpx
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import get_worker_info
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, Pipeline
 
@@ -62,18 +57,16 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 # to the model exactly like the image-less training posts did.
 from .processing_muse import (
     PLACEHOLDER_SIZE,
-    URL_SCHEME,
     MuSEProcessor,
     TextReport,
     UnreadableImageError,
-    decode_image,
-    load_rgb_image,
     placeholder_image,
     split_words_with_offsets,
     unknown_words_warning,
 )
 
 from .heads import WordPositions
+from .image_input import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_TIMEOUT, ImageInput, load_post_image
 
 __all__ = [
     "PIPELINE_TASKS",
@@ -82,14 +75,10 @@ __all__ = [
     "PostText",
     "WordAggregation",
     "aggregate_word_tags",
-    "download_image_bytes",
-    "load_post_image",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_IMAGE_BYTES = 20 * 2**20
 # What allow_missing_image=True replaces by the placeholder: an image that names a picture which cannot be obtained
 # or read. Malformed posts (wrong types, unsupported URL schemes) stay errors.
 _IMAGE_NOT_OBTAINED = (FileNotFoundError, ConnectionError, TimeoutError, UnreadableImageError)
@@ -101,7 +90,6 @@ OUTSIDE_TAG = "O"
 # What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
 
-ImageInput = Image.Image | np.ndarray | str | os.PathLike
 
 
 @dataclass(frozen=True)
@@ -150,104 +138,6 @@ class PostText:
                 f"{argument}: the post has no text; give {{'text': <string or list of words>, 'image': ...}}."
             )
         raise TypeError(f"{argument}: expected a string or a list of words, got {type(text).__name__}.")
-
-
-def download_image_bytes(url: str, timeout: float, max_bytes: int, argument: str = "image") -> bytes:
-    """The body of ``url``, fetched within ``timeout`` seconds all told and refused past ``max_bytes`` bytes.
-
-    Neither transformers' `load_image` (``httpx.get`` with a per-operation timeout and no size limit) nor
-    huggingface_hub's `get_session()` (a Hub client that refuses every request under ``HF_HUB_OFFLINE``) bounds a
-    whole download, so this streams the body with httpx, the client both use, and enforces the limits itself. httpx's
-    timeouts bound each connect and read, not the total, and a server that sends a byte a second never trips them:
-    the download runs in a worker thread that the caller waits on until the deadline. A worker still blocked in a read
-    then stops at its next byte, or at the read timeout, itself at most ``timeout``.
-    """
-    outcome: dict[str, Any] = {}
-    abandoned = threading.Event()
-
-    def fetch() -> None:
-        try:
-            with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-                if response.is_error:
-                    outcome["error"] = f"HTTP status {response.status_code} {response.reason_phrase}"
-                    return
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    outcome["too_large"] = f"its Content-Length is {int(declared)} bytes"
-                    return
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    if abandoned.is_set():
-                        return
-                    body += chunk
-                    if len(body) > max_bytes:
-                        outcome["too_large"] = f"it sent more than {max_bytes} bytes"
-                        return
-                outcome["body"] = bytes(body)
-        except Exception as error:  # noqa: BLE001 - handed to the waiting caller, which reports it
-            outcome["error"] = f"{type(error).__name__}: {error}"
-
-    worker = threading.Thread(target=fetch, name=f"muse-fetch {url[:60]}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        abandoned.set()
-        raise TimeoutError(
-            f"{argument}: {url!r} did not arrive within timeout={timeout} s (a deadline for the whole download). "
-            f"Raise timeout=, or download the image and pass a local path or a PIL image."
-        )
-    if "too_large" in outcome:
-        reason = f"larger than max_image_bytes={max_bytes}: {outcome['too_large']}"
-        raise UnreadableImageError(
-            f"{argument}: {url!r} is {reason}. Raise max_image_bytes= if the image is wanted, or pass a local copy.",
-            reason=reason,
-        )
-    if "error" in outcome:
-        raise ConnectionError(
-            f"{argument}: could not fetch {url!r} ({outcome['error']}). Check the URL and the network, or download the "
-            f"image and pass a local path or a PIL image."
-        )
-    return outcome["body"]
-
-
-def load_post_image(
-    image: ImageInput,
-    timeout: float = DEFAULT_TIMEOUT,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    argument: str = "image",
-) -> Image.Image:
-    """An 8-bit RGB PIL image from a PIL image, a uint8 numpy array, a local path or an ``http(s)://`` URL.
-
-    Pictures are read as `load_rgb_image` reads them. A URL is fetched within ``timeout`` seconds for the whole
-    download and at most ``max_image_bytes`` bytes.
-
-    Raises:
-        FileNotFoundError: no file at the path.
-        ConnectionError: the URL could not be fetched (unreachable, an HTTP error status).
-        TimeoutError: the download took longer than ``timeout``.
-        UnreadableImageError: (a `ValueError`) the download is over ``max_image_bytes``, or the picture cannot be read
-            (see `load_rgb_image`).
-        ValueError: a URL of another scheme than http(s), a numpy array that is not uint8.
-        TypeError: any other kind of input.
-
-    Errors start with ``argument`` and name the URL or path.
-    """
-    if isinstance(image, str):
-        scheme = URL_SCHEME.match(image)
-        if scheme and scheme.group(1).lower() in ("http", "https"):
-            data = download_image_bytes(image, timeout, max_image_bytes, argument)
-            return decode_image(io.BytesIO(data), image, argument)
-        if scheme and not os.path.isfile(image):
-            raise ValueError(
-                f"{argument}: {image!r} is a {scheme.group(1)}:// URL; the pipelines accept http(s):// URLs, local "
-                f"file paths, PIL images and uint8 numpy arrays. Download the image and pass its local path."
-            )
-    elif not isinstance(image, (os.PathLike, Image.Image, np.ndarray)):
-        raise TypeError(
-            f"{argument}: expected a PIL image, a uint8 numpy array, a local file path or an http(s):// URL, got "
-            f"{type(image).__name__}."
-        )
-    return load_rgb_image(image, argument=argument)
 
 
 class WordAggregation(str, Enum):

@@ -121,6 +121,13 @@ def decode_image(file: str | os.PathLike | IO[bytes], name: str, argument: str =
         with Image.open(file) as opened:
             if not opened.tile:
                 raise unreadable("it has an image header but no image data")
+            # PIL refuses images over twice MAX_IMAGE_PIXELS when it opens them and only warns between one and two
+            # times; decoded, such an image would take gigabytes. Both are refused before any pixel is decoded.
+            if opened.width * opened.height > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"Image size ({opened.width * opened.height} pixels) exceeds limit of {Image.MAX_IMAGE_PIXELS} "
+                    f"pixels"
+                )
             opened.load()
             upright = _upright(opened)
             # A copy, so that the pixels outlive the file that `with` closes.
@@ -548,9 +555,12 @@ class MuSEProcessor(ProcessorMixin):
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding: expected 'longest' or 'max_length', got {padding!r}.")
         label_ids = self._word_label_ids(word_labels, words) if word_labels is not None else None
-        pieces = self._word_pieces(words)
+        # Every word becomes at least one sub-token, so no word past the first max_length can be read: the rest is
+        # counted as cut without being tokenised (a post of a million words costs no more than one of max_length).
+        readable = [post[: self.max_length] for post in words]
+        pieces = self._word_pieces(readable)
         encoded = self.tokenizer(
-            self._replace_wordless_tokens(words, pieces),
+            self._replace_wordless_tokens(readable, pieces),
             is_split_into_words=True,
             padding=padding,
             truncation=True,

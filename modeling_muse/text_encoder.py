@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 
 from .dropout import Dropout
-from .hub import hub_unreachable_reason
+from .hub import offline_reason
 
 __all__ = ["TextEncoder", "build_text_backbone", "load_pretrained_text_backbone"]
 
@@ -34,18 +34,15 @@ def load_pretrained_text_backbone(name_or_path: str, **from_pretrained_kwargs) -
     """`AutoModel.from_pretrained` (Hub id or local folder), then without its pooling layer when the class has one.
 
     The checkpoint is loaded as saved, pooler included, so that its weights match the architecture exactly; the
-    pooler is dropped afterwards. A Hub id is read from the local cache alone when the Hub cannot be reached, so an
-    offline machine fails at once with a message naming the model instead of retrying for a minute.
+    pooler is dropped afterwards. A Hub id that cannot be loaded (not cached under huggingface_hub's offline mode, or a
+    failed download) is an error naming the model and the way out.
     """
-    if not os.path.isdir(name_or_path):
-        reason = hub_unreachable_reason()
-        if reason is not None:
-            from_pretrained_kwargs = {**from_pretrained_kwargs, "local_files_only": True}
     try:
         backbone = AutoModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
     except OSError as error:
-        if not from_pretrained_kwargs.get("local_files_only"):
+        if os.path.isdir(name_or_path):
             raise
+        reason = offline_reason() or f"the download failed ({error})"
         raise OSError(
             f"text_model_name_or_path={name_or_path!r} is neither a local folder nor in the local Hugging Face cache, "
             f"and it cannot be downloaded: {reason}. Download it once with a connection, or give a local folder "

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipelines import DEFAULT_TIMEOUT, ImageInput, load_post_image
+from .image_input import DEFAULT_TIMEOUT, ImageInput, load_post_image
 
 __all__ = ["draw_exchange", "exchange_figure", "figure_height_inches", "main"]
 

@@ -507,6 +507,13 @@ class TrainingArguments:
             "(starts afresh when there is none yet)."
         },
     )
+    ignore_changed_arguments: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume a checkpoint although this run's training arguments differ from those it was trained "
+            "with (by default that is refused, naming them)."
+        },
+    )
     with_tracking: bool = field(default=False, metadata={"help": "Log metrics to experiment trackers."})
     report_to: str = field(
         default="all",
@@ -523,7 +530,11 @@ class TrainingArguments:
         metadata={"help": "Repository id, e.g. 'user/muse-twitter2017' (default: output_dir's name)."},
     )
     hub_token: str | None = field(
-        default=None, metadata={"help": "Hub token (default: the one stored by `hf auth login`)."}
+        default=None,
+        metadata={
+            "help": "Hub token (default: HF_TOKEN, or the one stored by `hf auth login`, which keep it off the "
+            "command line; an argument file may not hold it)."
+        },
     )
 
 
@@ -599,6 +610,11 @@ def read_args_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[st
             f"argument file {path} must hold a mapping of argument names to values, not {type(values).__name__}."
         )
     values = {ARGUMENT_ALIASES.get(key, key): value for key, value in values.items()}
+    if "hub_token" in values:
+        parser.error(
+            f"argument file {path}: hub_token is a secret and never goes into a file; set HF_TOKEN in the environment "
+            f"or log in once with `hf auth login`."
+        )
     known = {action.dest for action in parser._actions}
     unknown = sorted(str(key) for key in values if key not in known)
     if unknown:

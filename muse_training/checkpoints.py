@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import RNG_STATE_NAME
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from processing_muse import MuSEProcessor
 
 __all__ = [
+    "ARGUMENTS_FILE",
     "BEST_MODEL_MARKER",
     "MODEL_CARD_FILE",
     "PROGRESS_FILE",
@@ -38,12 +41,24 @@ __all__ = [
     "resume",
     "save_checkpoint",
     "save_model",
+    "training_arguments",
 ]
 
 logger = get_logger(__name__)
 
 BEST_MODEL_MARKER = "best_model.json"
 PROGRESS_FILE = "training_progress.json"
+ARGUMENTS_FILE = "training_arguments.json"
+# Arguments that may differ between an interrupted run and its resumption: where results go, what is logged,
+# uploaded and evaluated, how data is read. Every other argument decides what is trained and must stay the same.
+RESUME_FREE_ARGUMENTS = frozenset(
+    {
+        "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "logging_steps", "with_tracking", "report_to",
+        "push_to_hub", "hub_model_id", "hub_token", "checkpointing_steps", "save_total_limit",
+        "dataloader_num_workers", "dataset_cache_dir", "do_eval", "do_predict", "per_device_eval_batch_size",
+        "max_eval_samples", "ignore_changed_arguments", "defaults_used",
+    }
+)  # fmt: skip
 _CHECKPOINT_NAME = re.compile(r"^(step|epoch)_(\d+)$")
 _INCOMPLETE_SUFFIX = ".incomplete"
 # What a finished run leaves beside its model; a fresh run into the same folder removes them first, so that they
@@ -82,7 +97,16 @@ class TrainingProgress:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, file_name: str = PROGRESS_FILE) -> TrainingProgress:
-        return cls(**json.loads(Path(folder, file_name).read_text()))
+        """The progress saved in ``folder``; a damaged file stops the run naming it and the way out."""
+        path = Path(folder, file_name)
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
+            raise SystemExit(
+                f"{path} is damaged ({type(error).__name__}: {str(error)[:200]}), so the checkpoint {Path(folder)} "
+                f"cannot be resumed from or ordered among the others: delete that folder (the other checkpoints stay "
+                f"usable), or start afresh with --overwrite_output_dir."
+            ) from error
 
 
 def _complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -116,14 +140,26 @@ def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
     return [child for child in folder.iterdir() if child.is_dir() and is_checkpoint_name(child.name)]
 
 
+def training_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's arguments that decide what is trained (all but `RESUME_FREE_ARGUMENTS`), as JSON values."""
+    values = {
+        name: value
+        for name, value in sorted(vars(args).items())
+        if name not in RESUME_FREE_ARGUMENTS and isinstance(value, (str, int, float, bool, list, dict, type(None)))
+    }
+    return json.loads(json.dumps(values))
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     output_dir: str,
     name: str,
     progress: TrainingProgress,
     total_limit: int | None = None,
+    arguments: dict[str, Any] | None = None,
 ) -> Path:
-    """`accelerator.save_state` (model, optimizer, scheduler, RNG states, step) plus the progress, atomically.
+    """`accelerator.save_state` (model, optimizer, scheduler, RNG states, step) plus the progress and the run's
+    ``arguments`` (`training_arguments`), atomically.
 
     With ``total_limit``, only the newest ``total_limit`` complete checkpoints are kept afterwards.
     """
@@ -136,6 +172,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         progress.save(partial)
+        if arguments is not None:
+            (partial / ARGUMENTS_FILE).write_text(json.dumps(arguments, indent=2))
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -206,15 +244,75 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
     return checkpoint
 
 
-def resume(accelerator: Accelerator, checkpoint: Path, output_dir: str) -> TrainingProgress:
+def _check_arguments(checkpoint: Path, args: argparse.Namespace) -> None:
+    """Refuse to resume with other training arguments than the checkpoint's run had (unless told to)."""
+    path = checkpoint / ARGUMENTS_FILE
+    override = "--ignore_changed_arguments"
+    if not path.is_file():
+        if not args.ignore_changed_arguments:
+            raise SystemExit(
+                f"--resume_from_checkpoint: {checkpoint} has no {ARGUMENTS_FILE}, so whether this run's arguments are "
+                f"the ones it was trained with cannot be checked; pass {override} to resume it anyway."
+            )
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SystemExit(f"{path} is damaged ({error}); pass {override} to resume without the check.") from error
+    now = training_arguments(args)
+    changed = sorted(name for name in saved.keys() | now.keys() if saved.get(name) != now.get(name))
+    if not changed:
+        return
+    listed = "; ".join(f"--{name}: {saved.get(name)!r} then, {now.get(name)!r} now" for name in changed[:10])
+    more = f"; and {len(changed) - 10} more" if len(changed) > 10 else ""
+    if not args.ignore_changed_arguments:
+        raise SystemExit(
+            f"--resume_from_checkpoint {checkpoint}: the run was trained with other arguments ({listed}{more}). "
+            f"Resume with the same values, or pass {override} to go on with the new ones (the optimizer, "
+            f"learning-rate schedule and step of the checkpoint are restored as saved)."
+        )
+    logger.warning("%s: resuming with changed arguments (%s%s)", override, listed, more)
+
+
+def _check_random_states(accelerator: Accelerator, checkpoint: Path) -> None:
+    """accelerate skips an unreadable RNG state file with an INFO line, and the resumption is then not exact: a
+    damaged or missing file stops the run instead, naming it."""
+    path = checkpoint / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl"
+    try:
+        states = torch.load(path, weights_only=False)
+        missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
+    except Exception as error:  # noqa: BLE001 - whatever unpickling a damaged file raises
+        missing, reason = None, f"{type(error).__name__}: {str(error)[:200]}"
+    else:
+        reason = f"it lacks {sorted(missing)}" if missing else None
+    if reason is not None:
+        raise SystemExit(
+            f"--resume_from_checkpoint: {path} cannot be read ({reason}), so the random state of the run cannot be "
+            f"restored and the resumed run would not be the interrupted one. Delete {checkpoint} to resume from an "
+            f"earlier checkpoint, or start afresh with --overwrite_output_dir."
+        )
+
+
+def resume(accelerator: Accelerator, checkpoint: Path, args: argparse.Namespace) -> TrainingProgress:
     """Load a checkpoint into the prepared objects and return its progress.
 
+    The checkpoint is checked first: its progress file, the run's arguments (`_check_arguments`) and its random
+    states must be intact, and its weights must load; anything else stops the run naming the file and the way out.
     The best model in ``output_dir`` may have been saved by the interrupted run after this checkpoint; its marker is
     then the authority on which model is kept, so the best-so-far is never lost nor silently replaced by a worse one.
     """
-    accelerator.load_state(str(checkpoint))
     progress = TrainingProgress.load(checkpoint)
-    marker = Path(output_dir, BEST_MODEL_MARKER)
+    _check_arguments(checkpoint, args)
+    _check_random_states(accelerator, checkpoint)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # noqa: BLE001 - safetensors, torch and accelerate each raise their own
+        raise SystemExit(
+            f"--resume_from_checkpoint: {checkpoint} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); "
+            f"its files are damaged or incomplete. Delete it to resume from an earlier checkpoint, or start afresh "
+            f"with --overwrite_output_dir."
+        ) from error
+    marker = Path(args.output_dir, BEST_MODEL_MARKER)
     if marker.is_file():
         kept = json.loads(marker.read_text())
         if not progress.best or kept["metrics"]["f1"] > progress.best["metrics"]["f1"]:

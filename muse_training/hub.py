@@ -7,26 +7,32 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .checkpoints import BEST_MODEL_MARKER, is_checkpoint_name
+from .checkpoints import BEST_MODEL_MARKER
 
 __all__ = ["create_hub_repo", "files_to_upload", "push_to_hub"]
+
+
+# What a served model consists of: weights, configurations, tokenizer and image-processor files, the code it carries,
+# the model card, the results and predictions. Never argument files or logs (they may name secrets and local folders).
+UPLOADED_SUFFIXES = (".safetensors", ".json", ".jsonl", ".py", ".md", ".txt", ".model", ".jinja")
+NEVER_UPLOADED = (BEST_MODEL_MARKER,)
 
 
 def files_to_upload(output_dir: str | os.PathLike) -> list[str]:
     """The files of ``output_dir`` that `push_to_hub` uploads, relative and sorted.
 
-    Everything except the training checkpoints (``step_*``/``epoch_*``), the best-model marker and hidden entries.
+    The top-level files of the kinds in `UPLOADED_SUFFIXES`, except the best-model marker: no training checkpoints
+    (``step_*``/``epoch_*``), no hidden entries, no argument files (``args.yaml``) or logs (``train.log``).
     """
     root = Path(output_dir)
-    files = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        top = relative.parts[0]
-        if is_checkpoint_name(top) or top.startswith("."):
-            continue
-        if path.is_file() and relative.as_posix() != BEST_MODEL_MARKER:
-            files.append(relative.as_posix())
-    return files
+    return sorted(
+        path.name
+        for path in root.iterdir()
+        if path.is_file()
+        and not path.name.startswith(".")
+        and path.suffix in UPLOADED_SUFFIXES
+        and path.name not in NEVER_UPLOADED
+    )
 
 
 def create_hub_repo(repo_id: str, token: str | None) -> str:

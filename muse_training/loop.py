@@ -23,7 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from processing_muse import MuSEProcessor
 
-from .checkpoints import TrainingProgress, save_checkpoint, save_model
+from .checkpoints import TrainingProgress, save_checkpoint, save_model, training_arguments
 from .logs import LossMeter, configure_logging, epoch_summary
 from .memory import keep_freed_memory_in_process
 from .optimization import Schedule
@@ -171,6 +171,7 @@ def fit(
                         f"step_{progress.completed_steps}",
                         progress,
                         args.save_total_limit,
+                        training_arguments(args),
                     )
             if window.batches:
                 _log_window(accelerator, window, progress, lr_scheduler.get_last_lr()[0], args)
@@ -199,7 +200,14 @@ def fit(
             )
             progress.epoch, progress.epoch_step = epoch + 1, 0
             if args.checkpointing_steps == "epoch":
-                save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch + 1}", progress, args.save_total_limit)
+                save_checkpoint(
+                    accelerator,
+                    args.output_dir,
+                    f"epoch_{epoch + 1}",
+                    progress,
+                    args.save_total_limit,
+                    training_arguments(args),
+                )
             if progress.completed_steps >= schedule.max_train_steps:
                 break
     progress_bar.close()

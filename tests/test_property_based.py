@@ -24,7 +24,7 @@ from datasets_scripts import TWITTER2017_LABELS, UMTFormatError
 from datasets_scripts.images import check_image_file
 from datasets_scripts.umt import read_umt_file
 from modeling_muse import MuSEForTokenClassification
-from modeling_muse.pipelines import load_post_image
+from modeling_muse.image_input import load_post_image
 from processing_muse import UnreadableImageError
 
 PROPERTY = settings(

@@ -37,7 +37,7 @@ from datasets_scripts import (
 )
 from datasets_scripts.images import check_image_file
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
-from modeling_muse.pipelines import load_post_image
+from modeling_muse.image_input import load_post_image
 from processing_muse import TextReport, UnreadableImageError, load_rgb_image, placeholder_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -466,6 +466,8 @@ def _fake_output_dir(root: Path) -> Path:
         "step_6.incomplete/model.safetensors",
         ".cache/huggingface/x",
         "run_mner/events.log",
+        "args.yaml",
+        "train.log",
     ):
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -473,7 +475,7 @@ def _fake_output_dir(root: Path) -> Path:
     return root
 
 
-def test_push_to_hub_uploads_the_model_folder_without_checkpoints(tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_model_without_checkpoints_arguments_or_logs(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "HfApi", _RecordingHfApi)
     _RecordingHfApi.calls = []
     output_dir = _fake_output_dir(tmp_path / "muse-out")
@@ -485,7 +487,6 @@ def test_push_to_hub_uploads_the_model_folder_without_checkpoints(tmp_path, monk
         "config.json",
         "model.safetensors",
         "processor_config.json",
-        "run_mner/events.log",
         "tokenizer.json",
     ]
     assert uploaded == expected == files_to_upload(output_dir)
