@@ -56,8 +56,6 @@ RECIPES = REPO_ROOT / "recipes"
 TABLES = ("table1", "table2", "table3", "sensitivity")
 FIRST_SEED = 42  # MUSE_SPEC section 6; further seeds count up from it
 ARGS_FILE = "args.yaml"
-# Arguments that hold secrets: they reach the runs through the environment, never through their args.yaml.
-SECRET_ARGUMENTS = ("hub_token",)
 LOG_FILE = "train.log"
 
 # --smoke: what replaces a recipe's data, towers and sizes (see the module docstring).
@@ -216,6 +214,21 @@ def output_to(log_path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+@contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """``variables`` set in this process's environment for the duration (an in-process smoke run)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def last_line(log_path: Path) -> str:
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1][-300:] if lines else "(empty log)"
@@ -255,7 +268,7 @@ def execute(run: Run, options: argparse.Namespace) -> str | None:
 
         script = run_mner if run.recipe.task == "mner" else run_msa
         try:
-            with output_to(log_path):
+            with output_to(log_path), _environment(options.environment):
                 script.main([str(args_file)])
         except (Exception, SystemExit) as error:  # noqa: BLE001  (a failed run is reported, the next one runs)
             return f"{type(error).__name__}: {error} (log: {log_path})"
@@ -274,7 +287,13 @@ def execute(run: Run, options: argparse.Namespace) -> str | None:
         # Checked before launching: the launch costs seconds, and the remedy here is reproduce.py's own options.
         return f"{' and '.join(missing)} not found: put the data there, or pass --data_root (and --no_images)"
     with log_path.open("w") as log:
-        status = subprocess.run(launch_command(run, options), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        status = subprocess.run(
+            launch_command(run, options),
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **options.environment},
+        )
     if status.returncode != 0:
         return f"exit status {status.returncode}: {last_line(log_path)} (log: {log_path})"
     for folder in checkpoint_folders(run.folder):
@@ -510,12 +529,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for setting in options.set:
         if "=" not in setting:
             parser.error(f"--set {setting}: write ARGUMENT=VALUE, e.g. --set learning_rate=1e-4.")
-        if setting.partition("=")[0].strip() in SECRET_ARGUMENTS:
-            # Each run's arguments are written to its args.yaml and printed by --dry_run: never a secret.
-            parser.error(
-                f"--set {setting.partition('=')[0]}=...: a token is never written to a run's arguments; set HF_TOKEN "
-                f"in the environment (every run inherits it) or log in once with `hf auth login`."
-            )
+    # A run's arguments are written to its args.yaml and printed by --dry_run: a token given with --set goes to the
+    # runs through the environment instead (HF_TOKEN, which huggingface_hub reads), and appears nowhere.
+    options.environment = {}
+    kept = []
+    for setting in options.set:
+        name, _, value = setting.partition("=")
+        if name.strip() == "hub_token":
+            options.environment["HF_TOKEN"] = value
+        else:
+            kept.append(setting)
+    options.set = kept
     if options.smoke and (options.data_root or options.no_images or options.set):
         parser.error("--smoke runs on the bundled samples: it takes no --data_root, --no_images or --set.")
     smoke_root = REPO_ROOT / "outputs" / "smoke"

@@ -13,7 +13,8 @@ label list is built over all splits: for NER ``O`` first, then each entity type'
 for sentiment the sorted values.
 
 An image may be a ``datasets.Image`` value (bytes or path), a path (a relative one resolves against ``image_dir``
-when given, else against the data file's folder, or the dataset folder), or an ``http(s)://`` URL, fetched once here
+when given, else against the data file's folder, or the dataset folder, and may not climb out of it with ``..``), or
+an ``http(s)://`` URL, fetched once here
 with the pipelines' limits (``timeout`` for the whole download, ``max_image_bytes``) and stored as bytes. Each image is
 decoded completely once; missing or unreadable ones follow ``missing_images`` as in the paper's builders
 (:mod:`datasets_scripts.images`): ``"error"`` lists them, ``"placeholder"`` stores the grey placeholder, counted.
@@ -344,7 +345,10 @@ class _Canonical:
         if not path.is_absolute():
             if self.base_folder is None:
                 return self._missing(f"a relative path with nowhere to resolve it: {quoted(image)}")
-            path = Path(self.base_folder) / path
+            path = Path(os.path.normpath(Path(self.base_folder) / path))
+            if not path.is_relative_to(self.base_folder):
+                # A data file names pictures beside it; one that climbs out could make training read any file.
+                return self._missing(f"a relative path that leaves the data's folder: {quoted(image)}")
         problem = check_image_file(path)
         if problem is not None:
             return self._missing(f"{problem}: {path}")

@@ -161,11 +161,16 @@ def test_a_ten_megabyte_line_is_quoted_in_a_hundred_characters(tmp_path):
 # ------------------------------------------------------------------------------------------- tokens
 
 
-def test_a_hub_token_never_goes_into_a_run_s_arguments_file(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        reproduce.parse_args(["table1", "--dry_run", "--set", "push_to_hub=true", "--set", "hub_token=hf_secret"])
-    error = capsys.readouterr().err
-    assert "HF_TOKEN" in error and "hf_secret" not in error
+def test_a_hub_token_never_goes_into_a_run_s_arguments_file_or_output(tmp_path, capsys):
+    argv = ["table1", "--set", "push_to_hub=true", "--set", "hub_token=hf_secret"]
+    assert reproduce.main([*argv, "--dry_run", "--runs_dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "push_to_hub" in printed and "hf_secret" not in printed
+    options = reproduce.parse_args(argv)
+    assert options.environment == {"HF_TOKEN": "hf_secret"}  # how every run receives it
+    run = reproduce.Run(reproduce.load_recipes()["twitter2017"], 42, tmp_path / "run")
+    arguments = reproduce.run_arguments(run, options)
+    assert arguments["push_to_hub"] == "true" and "hub_token" not in arguments
     recipe = tmp_path / "run.yaml"
     recipe.write_text("hub_token: hf_secret\npush_to_hub: true\n")
     with pytest.raises(SystemExit):

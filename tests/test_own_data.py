@@ -187,6 +187,10 @@ def test_relative_paths_resolve_against_the_data_file_or_image_dir(tmp_path):
     assert colour_of(load_user_dataset("mner", data_files={"train": path})["train"][0]["image"]) == "green"
     moved = load_user_dataset("mner", data_files={"train": path}, image_dir=tmp_path / "elsewhere")
     assert colour_of(moved["train"][0]["image"]) == "blue"
+    climbing = _write_jsonl(tmp_path / "data" / "climb.jsonl",
+                            [{"tokens": ["Zorb"], "ner_tags": ["B-LOC"], "image": "../elsewhere/pics/a.png"}])
+    with pytest.raises(MissingImagesError, match=r"climb.jsonl row 0: a relative path that leaves the data's folder"):
+        load_user_dataset("mner", data_files={"train": climbing})
 
 
 class _ImageServer(http.server.BaseHTTPRequestHandler):

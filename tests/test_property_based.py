@@ -21,6 +21,7 @@ from tiny_models import tiny_config, tiny_processor
 from transformers import pipeline
 
 from datasets_scripts import TWITTER2017_LABELS, UMTFormatError
+from datasets_scripts.errors import file_id_problem
 from datasets_scripts.images import check_image_file
 from datasets_scripts.umt import read_umt_file
 from modeling_muse import MuSEForTokenClassification
@@ -54,8 +55,10 @@ def write(folder: Path, content: bytes, name: str = "train.txt") -> Path:
 TOKENS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\t\r\n"), min_size=1, max_size=6).filter(
     lambda token: not token.lstrip("\ufeff").startswith("IMGID:")
 )
+# Image ids: any text without whitespace that names a file (no path separator, NUL, "." or ".."; such ids are
+# refused, tests/test_hostile_inputs.py).
 IMAGE_IDS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=6).filter(
-    lambda image_id: not any(character.isspace() for character in image_id)
+    lambda image_id: not any(character.isspace() for character in image_id) and file_id_problem(image_id) is None
 )
 LINE_ENDINGS = st.sampled_from(["\n", "\r\n", "\r"])
 TRAILING_SPACE = st.sampled_from(["", " ", "\t", " \t", "\u3000"])
