@@ -33,13 +33,13 @@ from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForTokenClassification
 from modeling_muse.heads import WordPositions
 from muse_training.arguments import MNER_DATASETS, TaskInfo, parse_args
-from muse_training.checkpoints import TrainingProgress, prepare_output_dir, resume
+from muse_training.checkpoints import prepare_output_dir
 from muse_training.data import build_processor, load_splits, make_dataloaders, report_splits
-from muse_training.evaluation import EvaluationOutput, evaluate_model, use_best_model
+from muse_training.evaluation import EvaluationOutput, evaluate_model
 from muse_training.hub import create_hub_repo
-from muse_training.loop import create_accelerator, fit
+from muse_training.loop import create_accelerator, train_evaluate_predict
 from muse_training.models import align_labels, load_model, model_label_names
-from muse_training.optimization import create_optimizer, create_scheduler
+from muse_training.optimization import create_optimizer
 from muse_training.predictions import write_predictions
 from muse_training.results import finish
 from processing_muse import MuSEProcessor
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *dataloaders.values())
     dataloaders = dict(zip(dataloaders, prepared, strict=True))
 
-    def evaluate(split: str, with_confidences: bool = False) -> dict[str, Any]:
+    def evaluate(split: str, with_confidences: bool) -> dict[str, Any]:
         unwrapped = accelerator.unwrap_model(model)
         evaluation = evaluate_model(
             accelerator,
@@ -206,33 +206,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return metrics
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
-    progress, training_stats, eval_metrics, test_metrics = TrainingProgress(), {}, None, None
-    if args.do_train:
-        lr_scheduler, schedule = create_scheduler(accelerator, optimizer, dataloaders["train"], args)
-        progress = resume(accelerator, checkpoint, args) if checkpoint else TrainingProgress()
-        training_stats = fit(
-            accelerator,
-            model,
-            optimizer,
-            lr_scheduler,
-            schedule,
-            dataloaders["train"],
-            lambda: evaluate("validation"),
-            TASK.metric_names,
-            processor,
-            progress,
-            args,
-        )
-        use_best_model(accelerator, model, progress, args)
-        eval_metrics = progress.best["metrics"]
-    elif args.do_eval:
-        eval_metrics = evaluate("validation")
-    if args.do_predict:
-        test_metrics = evaluate("test", with_confidences=True)
-    return finish(
-        accelerator, args, TASK, model, progress, eval_metrics, test_metrics, training_stats, raw_datasets, start_time
+    outcome = train_evaluate_predict(
+        accelerator, model, optimizer, dataloaders, evaluate, TASK.metric_names, processor, checkpoint, args
     )
-
+    return finish(accelerator, args, TASK, model, outcome, raw_datasets, start_time)
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,8 @@ import argparse
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,12 +25,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from processing_muse import MuSEProcessor
 
-from .checkpoints import TrainingProgress, save_checkpoint, save_model, training_arguments
+from .checkpoints import TrainingProgress, resume, save_checkpoint, save_model, training_arguments
+from .evaluation import use_best_model
 from .logs import LossMeter, configure_logging, epoch_summary
 from .memory import keep_freed_memory_in_process
-from .optimization import Schedule
+from .optimization import Schedule, create_scheduler
 
-__all__ = ["create_accelerator", "fit"]
+__all__ = ["RunOutcome", "create_accelerator", "fit", "train_evaluate_predict"]
 
 logger = get_logger(__name__)
 
@@ -230,3 +233,58 @@ def _log_window(
             {f"train/{name}": value for name, value in values.items()} | {"train/lr": lr}, step=progress.completed_steps
         )
     return values
+
+
+@dataclass
+class RunOutcome:
+    """What a run did: its training progress and statistics, and the scores of the model it ends with (``None`` for
+    a split it did not score)."""
+
+    progress: TrainingProgress = field(default_factory=TrainingProgress)
+    training_stats: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
+
+
+def train_evaluate_predict(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    dataloaders: dict[str, DataLoader],
+    evaluate: Callable[[str, bool], dict[str, Any]],
+    metric_names: Sequence[str],
+    processor: MuSEProcessor,
+    checkpoint: Path | None,
+    args: argparse.Namespace,
+) -> RunOutcome:
+    """The phases of a run, as ``--do_train``, ``--do_eval`` and ``--do_predict`` ask.
+
+    Training validates after every epoch, keeps the best model and ends with its weights (its validation scores are
+    the run's); without training, ``--do_eval`` scores the validation split. ``--do_predict`` scores the test split
+    and writes the predictions file: ``evaluate(split, write_predictions)`` does both.
+    """
+    outcome = RunOutcome()
+    if args.do_train:
+        lr_scheduler, schedule = create_scheduler(accelerator, optimizer, dataloaders["train"], args)
+        if checkpoint:
+            outcome.progress = resume(accelerator, checkpoint, args)
+        outcome.training_stats = fit(
+            accelerator,
+            model,
+            optimizer,
+            lr_scheduler,
+            schedule,
+            dataloaders["train"],
+            lambda: evaluate("validation", False),
+            metric_names,
+            processor,
+            outcome.progress,
+            args,
+        )
+        use_best_model(accelerator, model, outcome.progress, args)
+        outcome.eval_metrics = outcome.progress.best["metrics"]
+    elif args.do_eval:
+        outcome.eval_metrics = evaluate("validation", False)
+    if args.do_predict:
+        outcome.test_metrics = evaluate("test", True)
+    return outcome

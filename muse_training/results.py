@@ -15,7 +15,8 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from .arguments import TaskInfo
-from .checkpoints import RESULTS_FILE, TrainingProgress
+from .checkpoints import RESULTS_FILE
+from .loop import RunOutcome
 from .data import SPLITS, describe_data
 from .hub import push_to_hub
 from .model_card import dataset_id, write_model_card
@@ -34,10 +35,7 @@ def finish(
     args: argparse.Namespace,
     task: TaskInfo,
     model: nn.Module,
-    progress: TrainingProgress,
-    eval_metrics: dict[str, Any] | None,
-    test_metrics: dict[str, Any] | None,
-    training_stats: dict[str, float],
+    outcome: RunOutcome,
     raw_datasets: datasets.DatasetDict,
     start_time: float,
 ) -> dict[str, Any]:
@@ -48,6 +46,7 @@ def finish(
     the kept model), its test metrics (``test_*``), training statistics and the wall time; what the run did not do is
     left out.
     """
+    progress, eval_metrics, test_metrics = outcome.progress, outcome.eval_metrics, outcome.test_metrics
     results: dict[str, Any] = {}
     if eval_metrics is not None:
         results.update(_flat_metrics("eval", eval_metrics))
@@ -55,7 +54,7 @@ def finish(
         results.update(best_epoch=progress.best["epoch"], best_step=progress.best["step"])
     if test_metrics is not None:
         results.update(_flat_metrics("test", test_metrics))
-    results.update(training_stats)
+    results.update(outcome.training_stats)
     results.update({f"num_{split}_samples": len(raw_datasets[split]) for split in raw_datasets})
     results["wall_time_seconds"] = time.perf_counter() - start_time
     results = {name: value.item() if isinstance(value, np.generic) else value for name, value in results.items()}

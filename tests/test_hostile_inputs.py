@@ -30,7 +30,7 @@ import run_msa  # noqa: E402
 from datasets_scripts import MVSAFormatError, UMTFormatError, load_muse_dataset  # noqa: E402
 from datasets_scripts.umt import read_umt_file  # noqa: E402
 from modeling_muse.image_input import MAX_REDIRECTS, download_image_bytes, load_post_image  # noqa: E402
-from muse_training.arguments import offline_text_model_path, parse_args  # noqa: E402
+from muse_training.arguments import parse_args  # noqa: E402
 from processing_muse import UnreadableImageError  # noqa: E402
 from tests.tiny_models import tiny_processor  # noqa: E402
 
@@ -211,19 +211,6 @@ def test_a_post_of_a_million_words_tokenises_only_what_the_model_can_read(monkey
 
 
 # ------------------------------------------------------------------------------------------- resumption
-
-
-@pytest.fixture(scope="module")
-def tiny_text_model(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(offline_text_model_path())
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _tiny_msa(text_model: Path, output_dir: Path, *extra: str) -> list[str]:

@@ -286,19 +286,6 @@ def test_a_trained_model_brings_its_towers_and_architecture(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_text_model(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(offline_text_model_path())
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _tiny(text_model: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
         "--text_model_name_or_path", str(text_model), "--vision_model_name_or_path", "test_resnet",

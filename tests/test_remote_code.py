@@ -77,8 +77,8 @@ def test_a_saved_folder_holds_the_code_the_auto_map_and_the_pipelines(checkpoint
         assert (folder / name).read_bytes() == (package / name).read_bytes(), name
 
 
-@pytest.mark.slow
-def test_a_machine_without_the_project_loads_and_predicts_identically(checkpoints, tmp_path):
+def _run_client(ner: Path, sentiment: Path, image: Path, tmp_path: Path) -> dict:
+    """What remote_code_client.py loads and predicts from these folders in a process that cannot import the project."""
     output = tmp_path / "report.json"
     environment = {
         **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
@@ -86,11 +86,15 @@ def test_a_machine_without_the_project_loads_and_predicts_identically(checkpoint
         "HF_MODULES_CACHE": str(tmp_path / "modules"),
     }
     subprocess.run(
-        [sys.executable, "-I", str(CLIENT), str(checkpoints / "ner"), str(checkpoints / "sentiment"),
-         str(checkpoints / "photo.png"), str(output)],
+        [sys.executable, "-I", str(CLIENT), str(ner), str(sentiment), str(image), str(output)],
         check=True, cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL, timeout=600,
     )
-    report = json.loads(output.read_text())
+    return json.loads(output.read_text())
+
+
+@pytest.mark.slow
+def test_a_machine_without_the_project_loads_and_predicts_identically(checkpoints, tmp_path):
+    report = _run_client(checkpoints / "ner", checkpoints / "sentiment", checkpoints / "photo.png", tmp_path)
     assert report["project_importable"] is False
 
     # Without trust_remote_code, nothing loads as something else: each entry point asks for it.
@@ -232,18 +236,7 @@ def test_models_around_vit_towers_load_without_the_project_and_without_the_tower
 
     shutil.rmtree(vit)
     shutil.rmtree(timm_vit)
-    output = tmp_path / "report.json"
-    environment = {
-        **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
-        "HF_HUB_OFFLINE": "1",
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),
-    }
-    subprocess.run(
-        [sys.executable, "-I", str(CLIENT), str(tmp_path / "ner"), str(tmp_path / "sentiment"),
-         str(tmp_path / "p.png"), str(output)],
-        check=True, cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL, timeout=600,
-    )
-    report = json.loads(output.read_text())
+    report = _run_client(tmp_path / "ner", tmp_path / "sentiment", tmp_path / "p.png", tmp_path)
     assert report["project_importable"] is False
     torch.set_num_threads(1)
     processor = MuSEProcessor.from_pretrained(tmp_path / "ner")

@@ -503,27 +503,6 @@ def test_push_to_hub_uploads_the_model_without_checkpoints_arguments_or_logs(tmp
 
 
 @pytest.fixture(scope="module")
-def tiny_text_model(tmp_path_factory) -> Path:
-    """A tiny random BERT with the offline MiniLM tokenizer, saved like a pretrained text encoder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(offline_text_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def script_env(tmp_path_factory) -> dict[str, str]:
     return {
         **os.environ,
