@@ -17,7 +17,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configuration_muse import MuSEConfig
-from .dropout import dropout
 from .exchange import exchange_least_attended_tokens
 
 __all__ = ["CrossTransformer", "CrossTransformerLayer", "CrossTransformerOutput"]
@@ -27,10 +26,9 @@ class CrossTransformerLayer(nn.Module):
     """A post-norm Transformer encoder layer (eq. 7), split in its two sub-modules so the exchange fits between.
 
     ``attend``: multi-head self-attention, Add & LayerNorm. ``feed_forward``: FFN (4d, ReLU), Add & LayerNorm.
-    The attention runs on the fused ``scaled_dot_product_attention`` kernel (on CPUs in training, where that has no
-    fused kernel with dropout, on its formula with MuSE's dropout masks); the cls row of the attention map, which is
-    all the exchange needs, is computed separately from the cls query alone (O(n) per head), so that the exchange
-    never needs the full n x n map.
+    The attention runs on ``scaled_dot_product_attention`` (its attention-weight dropout included); the cls row of
+    the attention map, which is all the exchange needs, is computed separately from the cls query alone (O(n) per
+    head), so that the exchange never needs the full n x n map.
     """
 
     def __init__(self, config: MuSEConfig):
@@ -38,6 +36,7 @@ class CrossTransformerLayer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.dropout_p = config.cross_dropout
+        self.dropout = nn.Dropout(config.cross_dropout)
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.attention_output = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -60,18 +59,11 @@ class CrossTransformerLayer(nn.Module):
             self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
         attention_mask = key_mask[:, None, None, :]
-        if self.training and self.dropout_p > 0.0 and hidden_states.device.type == "cpu":
-            # With attention dropout on, scaled_dot_product_attention has no fused CPU kernel and computes this same
-            # formula, drawing the mask with bernoulli_; MuSE's dropout draws it in about half the time.
-            scores = (query @ key.transpose(-1, -2)).mul_(1.0 / math.sqrt(self.head_dim))
-            scores = scores.masked_fill_(~attention_mask, float("-inf"))
-            context = dropout(scores.softmax(dim=-1), self.dropout_p, True) @ value
-        else:
-            context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0
-            )
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )
         context = context.transpose(1, 2).reshape(batch, length, width)
-        attended = dropout(self.attention_output(context), self.dropout_p, self.training)
+        attended = self.dropout(self.attention_output(context))
         hidden_states = self.attention_norm(hidden_states + attended)
 
         cls_attention = None
@@ -85,8 +77,8 @@ class CrossTransformerLayer(nn.Module):
 
     def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Feed-forward sub-module (eqs. 12-13)."""
-        intermediate = dropout(F.relu(self.intermediate(hidden_states)), self.dropout_p, self.training)
-        output = dropout(self.output(intermediate), self.dropout_p, self.training)
+        intermediate = self.dropout(F.relu(self.intermediate(hidden_states)))
+        output = self.dropout(self.output(intermediate))
         return self.output_norm(hidden_states + output)
 
 

@@ -33,6 +33,7 @@ from transformers import initialization as init
 
 from .configuration_muse import MuSEConfig
 
+from .caption_decoder import UNIFORM_INIT_RANGE
 from .cross_transformer import CrossTransformer
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
 from .image_encoder import ImageEncoder, load_pretrained_vision_backbone, resolve_vision_tower
@@ -71,6 +72,14 @@ class MuSEPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
+        uniform_range = getattr(module, UNIFORM_INIT_RANGE, None)
+        if uniform_range is not None:
+            # Layers that ask for a small uniform initialisation (the caption decoder's word embeddings and output
+            # layer), with a zero bias.
+            init.uniform_(module.weight, -uniform_range, uniform_range)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+            return
         super()._init_weights(module)
         if isinstance(module, CrossTransformer):
             # Paper section 4: the cls vectors use Kaiming initialisation.
@@ -80,6 +89,7 @@ class MuSEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LSTMCell):
             for name, parameter in module.named_parameters():
                 (init.xavier_uniform_ if "weight" in name else init.zeros_)(parameter)
+
         elif isinstance(module, CRF):
             # pytorch-crf's own initialisation, which the generic one would otherwise skip.
             init.uniform_(module.start_transitions, -0.1, 0.1)

@@ -31,7 +31,8 @@ class MuSEModelOutput(ModelOutput):
     caption_loss (`torch.FloatTensor` of shape `()`, *optional*):
         L_it, the image-captioning regularizer's loss (eq. 6), unweighted; only in training.
     generation_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        L_ti, the text-to-image regularizer's loss (eq. 5) in nats per sub-pixel, unweighted; only in training.
+        L_ti, the text-to-image regularizer's loss (eq. 5): each image's negative log-likelihood in nats, summed
+        over its sub-pixels and averaged over the batch, unweighted; only in training.
     generation_bits_per_dim (`torch.FloatTensor` of shape `()`, *optional*):
         L_ti in bits per dimension, for logs.
     """

@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from .dropout import Dropout
 
 # Below this bin probability the difference of two logistic CDFs loses all its float32 digits;
 # the log-likelihood then falls back to density-at-bin-centre times bin width (PixelCNN++).
@@ -317,7 +316,7 @@ class GatedResnet(nn.Module):
         self.skip = (
             weight_norm(nn.Conv2d(2 * skip_channels, num_filters, kernel_size=1)) if skip_channels else None
         )
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.conv_out = conv_type(2 * num_filters, 2 * num_filters)
         # No bias: conv_out already has one.
         self.condition_proj = nn.Linear(condition_dim, 2 * num_filters, bias=False)

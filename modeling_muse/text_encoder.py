@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 
-from .dropout import Dropout
 from .hub import offline_reason
 
 __all__ = ["TextEncoder", "build_text_backbone", "load_pretrained_text_backbone"]
@@ -53,18 +52,6 @@ def load_pretrained_text_backbone(name_or_path: str, **from_pretrained_kwargs) -
     return backbone
 
 
-def _use_muse_dropout(backbone: nn.Module) -> None:
-    """Swap the encoder's ``nn.Dropout`` modules for MuSE's (same ``p``; on CPUs a cheaper mask, see dropout.py).
-
-    Attention-probability dropout, which transformers' attention functions apply from the module's ``p``, is
-    unchanged.
-    """
-    for parent in backbone.modules():
-        for name, child in parent.named_children():
-            if type(child) is nn.Dropout:
-                setattr(parent, name, Dropout(child.p, child.inplace))
-
-
 class TextEncoder(nn.Module):
     """Any `transformers` text encoder followed by a projection to the fusion width d.
 
@@ -75,7 +62,6 @@ class TextEncoder(nn.Module):
     def __init__(self, text_config: PreTrainedConfig, hidden_size: int):
         super().__init__()
         self.backbone = build_text_backbone(text_config)
-        _use_muse_dropout(self.backbone)
         encoder_width = text_config.hidden_size
         self.projection = nn.Linear(encoder_width, hidden_size) if encoder_width != hidden_size else nn.Identity()
 

@@ -507,6 +507,14 @@ class TrainingArguments:
             "(starts afresh when there is none yet)."
         },
     )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "On CPUs, keep freed memory in the process for the next step (glibc's mallopt, "
+            "muse_training/memory.py) instead of faulting every step's activations back in; "
+            "--keep_freed_memory false leaves the C library's defaults."
+        },
+    )
     ignore_changed_arguments: bool = field(
         default=False,
         metadata={

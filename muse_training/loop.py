@@ -53,7 +53,7 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         project_dir=args.output_dir if args.with_tracking else None,
     )
     configure_logging(accelerator)
-    if accelerator.device.type == "cpu" and keep_freed_memory_in_process():
+    if args.keep_freed_memory and accelerator.device.type == "cpu" and keep_freed_memory_in_process():
         logger.debug("glibc keeps freed memory in the process (muse_training/memory.py)")
     if accelerator.distributed_type != DistributedType.NO:
         logger.info(accelerator.state, main_process_only=False)

@@ -18,22 +18,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def drawn_dropout_masks(monkeypatch) -> list[float]:
-    """The rate ``p`` of every mask MuSE's dropout draws during the test, in order (modeling_muse/dropout.py)."""
-    from modeling_muse import dropout as muse_dropout
-
-    rates = []
-    draw = muse_dropout.dropout_mask
-
-    def recorded(shape, p, *args, **kwargs):
-        rates.append(p)
-        return draw(shape, p, *args, **kwargs)
-
-    monkeypatch.setattr(muse_dropout, "dropout_mask", recorded)
-    return rates
-
-
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory):
     """A tiny random BERT with the offline MiniLM tokenizer, saved like a pretrained text encoder."""

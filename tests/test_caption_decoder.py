@@ -4,9 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_muse import caption_decoder
 from modeling_muse.caption_decoder import CaptionDecoder
-from operator_recording import RecordOperators
 
 FEATURE_DIM = 8
 VOCAB = 13
@@ -33,8 +31,8 @@ def make_batch(lengths: list[int], total_length: int, seed: int = 1, num_regions
 
 
 def step_by_step_loss(decoder: CaptionDecoder, features, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoder's loss and attention weights computed the plain way: attention, gate and ``nn.LSTMCell``
-    step by step, every operation differentiated by autograd (the formulation before the fused recurrence)."""
+    """The decoder's loss and attention weights written out here from Show, Attend and Tell: attention, gate and
+    ``nn.LSTMCell`` step by step, every operation differentiated by autograd."""
     attention = decoder.attention
     keep_mask = mask.bool()
     step_mask = keep_mask[:, :-1] & keep_mask[:, 1:]
@@ -62,7 +60,7 @@ def step_by_step_loss(decoder: CaptionDecoder, features, ids, mask) -> tuple[tor
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_fused_recurrence_matches_the_step_by_step_formulation(dtype, tolerance):
+def test_the_decoder_is_show_attend_and_tell_step_by_step(dtype, tolerance):
     # Right padding, left padding, a gap inside a post and a post without any real step.
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1],
                          [1, 1, 0, 1, 1, 0, 1], [1, 0, 0, 0, 0, 0, 0]])
@@ -78,49 +76,13 @@ def test_fused_recurrence_matches_the_step_by_step_formulation(dtype, tolerance)
         loss.backward()
         gradients = {name: parameter.grad.clone() for name, parameter in decoder.named_parameters()}
         results.append((loss.detach(), weights.detach(), leaf.grad, gradients))
-    (fused_loss, fused_weights, fused_grad, fused_params), (loss, weights, grad, params) = results
-    torch.testing.assert_close(fused_loss, loss, rtol=tolerance, atol=tolerance)
-    torch.testing.assert_close(fused_weights, weights, rtol=tolerance, atol=tolerance)
-    torch.testing.assert_close(fused_grad, grad, rtol=tolerance, atol=tolerance)
-    assert fused_params.keys() == params.keys()
+    (decoded_loss, decoded_weights, decoded_grad, decoded_params), (loss, weights, grad, params) = results
+    torch.testing.assert_close(decoded_loss, loss, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(decoded_weights, weights, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(decoded_grad, grad, rtol=tolerance, atol=tolerance)
+    assert decoded_params.keys() == params.keys()
     for name in params:
-        torch.testing.assert_close(fused_params[name], params[name], rtol=tolerance, atol=tolerance, msg=name)
-
-
-@pytest.mark.parametrize("rows_per_chunk", [1, 7, 60])
-def test_vocabulary_loss_over_chunks_matches_the_unfused_cross_entropy(monkeypatch, rows_per_chunk):
-    """The chunked vocabulary loss, with its gradients computed in the forward pass, gives F.cross_entropy's loss and
-    gradients of the hidden states, weight and bias, also when the rows do not divide into whole chunks (50 rows in
-    chunks of 6, the least for width 3, of 7, and in one chunk), and scales them by the loss's incoming gradient."""
-    monkeypatch.setattr(caption_decoder, "_SCORES_PER_CHUNK", rows_per_chunk * VOCAB)
-    generator = torch.Generator().manual_seed(5)
-    hidden = torch.randn(50, 3, generator=generator, dtype=torch.float64)
-    weight = torch.randn(VOCAB, 3, generator=generator, dtype=torch.float64)
-    bias = torch.randn(VOCAB, generator=generator, dtype=torch.float64)
-    targets = torch.randint(0, VOCAB, (50,), generator=generator)
-    results = []
-    for compute in (
-        lambda h, w, b: caption_decoder._VocabularyNegativeLogLikelihood.apply(h, w, b, targets, True),
-        lambda h, w, b: F.cross_entropy(F.linear(h, w, b), targets, reduction="sum"),
-    ):
-        leaves = [tensor.clone().requires_grad_(True) for tensor in (hidden, weight, bias)]
-        loss = compute(*leaves)
-        (2.5 * loss).backward()
-        results.append((loss.detach(), *(leaf.grad for leaf in leaves)))
-    for chunked, unfused in zip(*results):
-        torch.testing.assert_close(chunked, unfused, rtol=1e-12, atol=1e-12)
-
-
-def test_vocabulary_loss_without_grad_mode_gives_the_loss_and_computes_no_gradients():
-    decoder = make_decoder()
-    features, ids, mask = make_batch([7, 4], 7)
-    with RecordOperators() as with_grad_ops:
-        with_grad = decoder(features, ids, mask).loss
-    with torch.no_grad(), RecordOperators() as without_grad_ops:
-        without = decoder(features, ids, mask).loss
-    torch.testing.assert_close(without, with_grad.detach())
-    # The score gradient's one-hot subtraction is the first step of the gradients.
-    assert "scatter_add_" in with_grad_ops.names and "scatter_add_" not in without_grad_ops.names
+        torch.testing.assert_close(decoded_params[name], params[name], rtol=tolerance, atol=tolerance, msg=name)
 
 
 def test_appending_padding_does_not_change_loss():
@@ -234,3 +196,17 @@ def test_rejects_mismatched_inputs():
         decoder(features, ids, mask[:, :2])
     with pytest.raises(ValueError):
         decoder(features[..., :4], ids, mask)
+
+
+def test_a_muse_model_starts_its_caption_decoder_from_small_uniform_weights():
+    """MuSE's generic initialisation (normal, std 0.02) must not replace the decoder's own (uniform +-0.1)."""
+    from modeling_muse import MuSEForTokenClassification
+    from tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    model = MuSEForTokenClassification(tiny_config(caption_loss_weight=1e-4, caption_decoder_dim=64))
+    (decoder,) = [module for module in model.modules() if isinstance(module, CaptionDecoder)]
+    for weight in (decoder.fc.weight, decoder.embedding.weight):
+        # Uniform on [-0.1, 0.1]: std 0.1 / sqrt(3) = 0.0577, every value within the bounds.
+        assert abs(weight.std().item() - 0.1 / 3**0.5) < 0.002 and weight.abs().max().item() <= 0.1
+    assert torch.count_nonzero(decoder.fc.bias) == 0

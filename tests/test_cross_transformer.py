@@ -1,43 +1,47 @@
-"""The CrossTransformer layer's attention (modeling_muse/cross_transformer.py): on CPUs in training it runs the
-attention formula itself, with MuSE's dropout masks, instead of scaled_dot_product_attention."""
+"""The CrossTransformer layer (modeling_muse/cross_transformer.py): plain PyTorch, with torch's dropout."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from configuration_muse import MuSEConfig
 from modeling_muse.cross_transformer import CrossTransformerLayer
-from modeling_muse.dropout import dropout
 
 
-def test_training_attention_on_cpu_is_scaled_dot_product_attention_s_formula():
+def _layer(dropout: float) -> CrossTransformerLayer:
     torch.manual_seed(0)
-    layer = CrossTransformerLayer(MuSEConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64))
-    # Small enough that no element is dropped (p rounds to 0 in 32 bits) and the scale is 1 in float32, so the
-    # training formula must give what the inference kernel gives.
-    layer.dropout_p = 1e-12
+    return CrossTransformerLayer(MuSEConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                            cross_dropout=dropout))
+
+
+def test_the_layer_is_made_of_torch_modules():
+    assert all(type(module).__module__.startswith("torch.") for module in _layer(0.1).children())
+    assert isinstance(_layer(0.1).dropout, nn.Dropout) and _layer(0.1).dropout.p == 0.1
+
+
+def test_without_dropout_training_and_inference_agree_and_cls_attention_ignores_dropout():
     hidden_states = torch.randn(3, 6, 32)
     key_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 1]], dtype=torch.bool)
+    layer = _layer(0.0)
     trained, trained_cls = layer.train().attend(hidden_states, key_mask, return_cls_attention=True)
     inferred, inferred_cls = layer.eval().attend(hidden_states, key_mask, return_cls_attention=True)
-    torch.testing.assert_close(trained, inferred, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trained, inferred)
     torch.testing.assert_close(trained_cls, inferred_cls)
+    # The cls row that selects the exchanged tokens comes before any dropout: the same with dropout on.
+    dropped = _layer(0.5).train()
+    _, dropped_cls = dropped.attend(hidden_states, key_mask, return_cls_attention=True)
+    torch.testing.assert_close(dropped_cls, dropped.eval().attend(hidden_states, key_mask, True)[1])
+    assert torch.all(dropped_cls[~key_mask] == 0)
 
 
-def test_training_attention_drops_the_attention_weights_with_muse_s_masks():
-    """With dropout on, the attention weights and then the output projection are dropped with MuSE's masks."""
-    torch.manual_seed(0)
-    layer = CrossTransformerLayer(MuSEConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64))
-    layer.dropout_p = 0.5
+def test_training_with_dropout_drops_and_inference_does_not():
+    layer = _layer(0.5)
     hidden_states = torch.randn(2, 5, 32)
     key_mask = torch.ones(2, 5, dtype=torch.bool)
-    query, key, value = layer.qkv(hidden_states).view(2, 5, 3, 4, 8).permute(2, 0, 3, 1, 4)
-    layer.train()
-    torch.manual_seed(1)
-    trained, _ = layer.attend(hidden_states, key_mask, return_cls_attention=False)
-    # Re-draw the same masks in the same order: attention weights first, then the output projection's.
-    torch.manual_seed(1)
-    weights = torch.softmax(query @ key.transpose(-1, -2) / 8**0.5, dim=-1)
-    context = (dropout(weights, 0.5, True) @ value).transpose(1, 2).reshape(2, 5, 32)
-    expected = layer.attention_norm(hidden_states + dropout(layer.attention_output(context), 0.5, True))
-    torch.testing.assert_close(trained, expected)
+    first = layer.train().feed_forward(layer.attend(hidden_states, key_mask, False)[0])
+    second = layer.feed_forward(layer.attend(hidden_states, key_mask, False)[0])
+    assert not torch.allclose(first, second)
+    layer.eval()
+    torch.testing.assert_close(layer.feed_forward(layer.attend(hidden_states, key_mask, False)[0]),
+                               layer.feed_forward(layer.attend(hidden_states, key_mask, False)[0]))
