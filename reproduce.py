@@ -54,7 +54,7 @@ from muse_training.paper import DATASETS, MNER_RESULTS, MSA_RESULTS, SWEEPS, TAB
 REPO_ROOT = Path(__file__).resolve().parent
 RECIPES = REPO_ROOT / "recipes"
 TABLES = ("table1", "table2", "table3", "sensitivity")
-FIRST_SEED = 42  # MUSE_SPEC section 6; further seeds count up from it
+FIRST_SEED = 42  # docs/design.md section 6; further seeds count up from it
 ARGS_FILE = "args.yaml"
 LOG_FILE = "train.log"
 

@@ -7,7 +7,7 @@ soft attention over the N image vectors, a sigmoid gate on the attended context,
 with the previous word's embedding and the gated context, and an initial state computed from the
 mean image vector. Its loss L_it enters the total objective with weight alpha (paper eq. 14).
 
-Choices the paper leaves open, fixed here (see also MUSE_SPEC.md section 2):
+Choices the paper leaves open, fixed here (docs/design.md, section 2):
 
 * Teacher forcing on the post's own token ids: step t reads ``caption_ids[:, t]`` and predicts
   ``caption_ids[:, t + 1]``. A step is *real* when both its input and its target are real tokens.

@@ -16,10 +16,19 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["ABLATION_VARIANTS", "MuSEConfig", "is_hub_id", "is_vision_model_id"]
+__all__ = ["ABLATION_VARIANTS", "MuSEConfig", "field_documentation", "is_hub_id", "is_vision_model_id"]
 
 # "name" or "namespace/name", as the Hugging Face Hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def field_documentation(config_class: type, name: str) -> str:
+    """The description of the field ``name`` in ``config_class``'s ``Args:`` docstring, on one line."""
+    block = (config_class.__doc__ or "").split("Args:", 1)[-1].split("Example:", 1)[0]
+    match = re.search(rf"^ +{re.escape(name)} \(`[^\n]*\):\n((?: {{12}}.*\n?)+)", block, re.MULTILINE)
+    if match is None:
+        raise KeyError(f"{config_class.__name__} documents no field {name!r}")
+    return " ".join(match.group(1).split())
 
 
 def is_hub_id(name_or_path: str | os.PathLike | None) -> bool:
@@ -120,10 +129,14 @@ class MuSEConfig(PreTrainedConfig):
             Width of the caption decoder's LSTM, attention and word embeddings.
         caption_dropout (`float`, *optional*, defaults to 0.5):
             Dropout before the caption decoder's output layer.
-        pixelcnn_filters (`int`, *optional*, defaults to 80), pixelcnn_resnet_blocks (`int`, *optional*,
-        defaults to 5), pixelcnn_mixtures (`int`, *optional*, defaults to 10), pixelcnn_dropout (`float`,
-        *optional*, defaults to 0.5):
-            Size of the conditional PixelCNN++ text-to-image decoder and its logistic mixture.
+        pixelcnn_filters (`int`, *optional*, defaults to 80):
+            Filters of the conditional PixelCNN++ text-to-image decoder.
+        pixelcnn_resnet_blocks (`int`, *optional*, defaults to 5):
+            Gated ResNet blocks per stage of the PixelCNN++.
+        pixelcnn_mixtures (`int`, *optional*, defaults to 10):
+            Logistic components of the PixelCNN++'s discretized mixture.
+        pixelcnn_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout inside the PixelCNN++'s gated ResNet blocks.
         decoder_image_size (`int`, *optional*, defaults to 32):
             Side of the images the PixelCNN++ decoder models.
         include_regularizers (`bool`, *optional*, defaults to `True`):

@@ -1,4 +1,4 @@
-"""Task heads on the fusion embedding (spec section 4).
+"""Task heads on the fusion embedding (docs/design.md, section 4).
 
 MNER (paper section 4.1): dropout -> Linear(d -> num_labels) -> CRF over words, where a word's emission is
 its first sub-token's. MSA (paper section 4.2): dropout -> Linear(d -> num_labels) on the fused cls vector.

@@ -8,7 +8,7 @@ The backbone is any image tower that yields a spatial feature map or a sequence 
   with `AutoModel` (the vision half of a CLIP or SigLIP checkpoint is taken when the folder holds both halves).
 
 Whatever the tower, its last feature map (C, h, w) is average-pooled to (C, P, P), flattened to P*P tokens and
-projected to d (README, "Choices where the paper and the spec are silent": image encoder). Token towers first drop their prefix tokens (cls, distillation and
+projected to d (docs/design.md, section 1). Token towers first drop their prefix tokens (cls, distillation and
 register tokens) and lay the patch tokens out on their grid.
 """
 
@@ -316,7 +316,7 @@ def _feature_width(backbone: nn.Module, config: Any) -> int:
 class ImageEncoder(nn.Module):
     """An image backbone whose last feature map is average-pooled to P x P, flattened and projected to d.
 
-    README, "Choices where the paper and the spec are silent" (image encoder): image -> feature map (C, h, w) -> adaptive average pool to (C, P, P) -> P*P
+    docs/design.md, section 1: image -> feature map (C, h, w) -> adaptive average pool to (C, P, P) -> P*P
     tokens -> Linear(C -> d). A token backbone's patch tokens are laid out on their grid first.
     """
 

@@ -5,7 +5,7 @@ training only, eqs. 3-6] -> CrossTransformer (eqs. 8-13) -> fusion Linear(2d -> 
 total loss of eq. 14.
 
 The fusion layer is applied position-wise to all 1 + n positions of the two final streams: positions 1..n
-are F_e (spec section 4), position 0 fuses the two cls vectors, which is the "fusion embedding of the cls
+are F_e (docs/design.md, section 4), position 0 fuses the two cls vectors, which is the "fusion embedding of the cls
 token" the sentiment head reads (paper section 4.2). One layer serves both heads. n is the batch's padded text
 length: the processor pads to the longest post, not to max_text_length, and since padding is kept out of every
 attention, exchange and mean, the outputs at real positions do not depend on it.

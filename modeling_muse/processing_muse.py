@@ -1,7 +1,7 @@
 """MuSE processor: text (+ word labels) and images -> model inputs.
 
 `MuSEProcessor` pairs the text encoder's tokenizer with a stock image processor (resize to 224x224 and
-normalise with the backbone's mean/std, spec section 1) and adds what MuSE needs beyond that:
+normalise with the backbone's mean/std, docs/design.md section 1) and adds what MuSE needs beyond that:
 
 - text truncated to at most ``max_length`` sub-word tokens, because MuSE fuses text position j with image token j
   and has ``max_length`` image tokens, and padded to the batch's longest post (padding changes nothing at real
@@ -9,7 +9,7 @@ normalise with the backbone's mean/std, spec section 1) and adds what MuSE needs
 - ``word_start_mask``: 1 at each word's first sub-token, where the NER head reads its emissions;
 - ``labels``: word labels placed at first sub-tokens, -100 elsewhere (the `transformers` convention);
 - ``decoder_pixel_values``: a 32x32 copy of each image in [-1, 1] on the 8-bit grid, the target of the
-  text-to-image regularizer (spec section 2).
+  text-to-image regularizer (docs/design.md, section 2).
 """
 
 from __future__ import annotations
@@ -372,7 +372,7 @@ class MuSEProcessor(ProcessorMixin):
             image_size: ``None`` keeps the tower's own preprocessing: a transformers tower's `AutoImageProcessor`,
                 or for timm its pretrained configuration (resize by ``crop_pct``, centre crop to ``input_size``,
                 its interpolation, mean and std). A side in pixels resizes every image to ``image_size`` x
-                ``image_size`` instead (README, "Choices where the paper and the spec are silent": image encoder), with the tower's mean and std.
+                ``image_size`` instead (docs/design.md, section 1), with the tower's mean and std.
         """
         from transformers import AutoTokenizer
 

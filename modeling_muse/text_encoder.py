@@ -55,7 +55,7 @@ def load_pretrained_text_backbone(name_or_path: str, **from_pretrained_kwargs) -
 class TextEncoder(nn.Module):
     """Any `transformers` text encoder followed by a projection to the fusion width d.
 
-    T_e is the encoder's last hidden state over all n padded positions (spec section 1); the projection is
+    T_e is the encoder's last hidden state over all n padded positions (docs/design.md, section 1); the projection is
     the identity when the encoder's width already equals d.
     """
 

@@ -25,7 +25,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, HfArgumentParser
 
 from configuration_muse import ABLATION_VARIANTS, MuSEConfig
-from modeling_muse.configuration_muse import is_hub_id
+from modeling_muse.configuration_muse import field_documentation, is_hub_id
 from datasets_scripts.mvsa import LABEL_FILE
 from datasets_scripts.umt import UMT_SPLIT_FILES
 
@@ -41,8 +41,8 @@ __all__ = [
     "DataArguments",
     "ModelArguments",
     "MuSEArguments",
+    "RunArguments",
     "TaskInfo",
-    "TrainingArguments",
     "build_parser",
     "offline_text_model_path",
     "parse_args",
@@ -54,6 +54,8 @@ __all__ = [
 MNER_DATASETS = ("twitter2017_sample", "twitter2015", "twitter2017", "mt_product", "umt")
 MSA_DATASETS = ("mvsa_single_sample", "mvsa_single", "mvsa_multiple")
 SAMPLE_DATASETS = ("twitter2017_sample", "mvsa_single_sample")
+# Bundled samples released without their images: every post gets the grey placeholder.
+SAMPLES_WITHOUT_IMAGES = ("twitter2017_sample",)
 ARGS_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 # How the paper and the model cards name each dataset.
 DATASET_TITLES = {
@@ -125,7 +127,7 @@ QUICKSTART_DEFAULTS: dict[str, Any] = {
     "per_device_eval_batch_size": 32,
     "num_train_epochs": 6,
 }
-# Paper section 4 / MUSE_SPEC section 6 for everything that MuSEConfig does not hold; the MuSE hyperparameters keep
+# Paper section 4 / docs/design.md section 6 for everything that MuSEConfig does not hold; the MuSE hyperparameters keep
 # MuSEConfig's defaults, which are the paper's.
 PAPER_DEFAULTS: dict[str, Any] = {
     "vision_model_name_or_path": "resnet152",
@@ -137,7 +139,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "num_train_epochs": 10,
 }
 # Text encoders by dataset where the English offline default does not fit: MT-Product is Chinese, one character per
-# word, and the paper's code used a Chinese BERT for it (MUSE_SPEC section 7).
+# word, and the paper's code used a Chinese BERT for it (docs/design.md, section 7).
 TEXT_ENCODER_DEFAULTS: dict[str, str] = {"mt_product": "bert-base-chinese"}
 
 
@@ -311,102 +313,42 @@ class ModelArguments:
     )
 
 
-@dataclass
-class MuSEArguments:
-    """The MuSE hyperparameters exposed on the command line (fields of `MuSEConfig`)."""
-
-    _argument_group_name = "MuSE hyperparameters (configuration_muse.MuSEConfig)"
-
-    num_cross_layers: int | None = field(
-        default=None, metadata={"help": "Number of CrossTransformer layers L." + _default_note("num_cross_layers")}
-    )
-    num_attention_heads: int | None = field(
-        default=None,
-        metadata={
-            "help": "Attention heads of each CrossTransformer layer (must divide the fusion width)."
-            + _default_note("num_attention_heads")
-        },
-    )
-    exchange_start_layer: int | None = field(
-        default=None,
-        metadata={"help": "mu: first exchange layer (1-based, inclusive)." + _default_note("exchange_start_layer")},
-    )
-    exchange_end_layer: int | None = field(
-        default=None,
-        metadata={"help": "eta: last exchange layer (1-based, inclusive)." + _default_note("exchange_end_layer")},
-    )
-    exchange_ratio: float | None = field(
-        default=None,
-        metadata={
-            "help": "theta: proportion of each post's valid tokens exchanged per exchange layer (0 = off)."
-            + _default_note("exchange_ratio")
-        },
-    )
-    cross_dropout: float | None = field(
-        default=None, metadata={"help": "Dropout inside the CrossTransformer." + _default_note("cross_dropout")}
-    )
-    noise_std: float | None = field(
-        default=None,
-        metadata={
-            "help": "sigma: std of the Gaussian noise added to T_e and I_e before the regularizers."
-            + _default_note("noise_std")
-        },
-    )
-    caption_loss_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "alpha: weight of the image-captioning loss L_it (0 builds no caption decoder)."
-            + _default_note("caption_loss_weight")
-        },
-    )
-    generation_loss_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "beta: weight of the text-to-image loss L_ti (0 builds no PixelCNN++)."
-            + _default_note("generation_loss_weight")
-        },
-    )
-    caption_decoder_dim: int | None = field(
-        default=None,
-        metadata={
-            "help": "Width of the caption decoder (LSTM, attention, word embeddings)."
-            + _default_note("caption_decoder_dim")
-        },
-    )
-    pixelcnn_filters: int | None = field(
-        default=None,
-        metadata={
-            "help": "Filters of the conditional PixelCNN++ text-to-image decoder." + _default_note("pixelcnn_filters")
-        },
-    )
-    pixelcnn_resnet_blocks: int | None = field(
-        default=None,
-        metadata={"help": "Gated ResNet blocks per PixelCNN++ stage." + _default_note("pixelcnn_resnet_blocks")},
-    )
-    vision_trainable_stages: int | None = field(
-        default=None,
-        metadata={
-            "help": "Train only the last N feature stages of the image backbone; None trains all."
-            + _default_note("vision_trainable_stages")
-        },
-    )
-    max_text_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "n: text length in sub-word tokens; must equal image_grid_size**2."
-            + _default_note("max_text_length")
-        },
-    )
-    image_grid_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "P: the image feature map is pooled to P x P tokens; P*P must equal max_text_length."
-            + _default_note("image_grid_size")
-        },
-    )
+# The MuSE hyperparameters on the command line: MuSEConfig's own fields, with MuSEConfig's own documentation as their
+# help (configuration_muse.field_documentation), so that the two never drift apart.
+MUSE_ARGUMENTS = (
+    "num_cross_layers",
+    "num_attention_heads",
+    "exchange_start_layer",
+    "exchange_end_layer",
+    "exchange_ratio",
+    "cross_dropout",
+    "noise_std",
+    "caption_loss_weight",
+    "generation_loss_weight",
+    "caption_decoder_dim",
+    "pixelcnn_filters",
+    "pixelcnn_resnet_blocks",
+    "vision_trainable_stages",
+    "max_text_length",
+    "image_grid_size",
+)
 
 
-MUSE_ARGUMENTS = tuple(f.name for f in dataclasses.fields(MuSEArguments))
+def _muse_argument(name: str) -> tuple[str, type, Any]:
+    annotation = str(next(f.type for f in dataclasses.fields(MuSEConfig) if f.name == name))
+    kind = float if "float" in annotation else int
+    help_text = field_documentation(MuSEConfig, name) + _default_note(name)
+    return name, kind | None, field(default=None, metadata={"help": help_text})
+
+
+MuSEArguments = dataclasses.make_dataclass(
+    "MuSEArguments",
+    [_muse_argument(name) for name in MUSE_ARGUMENTS],
+    namespace={
+        "__doc__": "The MuSE hyperparameters exposed on the command line (fields of `MuSEConfig`).",
+        "_argument_group_name": "MuSE hyperparameters (configuration_muse.MuSEConfig)",
+    },
+)
 
 StepSchedule = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
@@ -414,8 +356,9 @@ StepSchedule = Literal[
 
 
 @dataclass
-class TrainingArguments:
-    """Optimisation, output, checkpointing, tracking and Hub upload (the names of `run_ner_no_trainer.py`)."""
+class RunArguments:
+    """What to do and how: train / evaluate / predict, optimisation, output, checkpointing, tracking and Hub upload
+    (the names of `run_ner_no_trainer.py`; not transformers' `TrainingArguments`, which these scripts do not use)."""
 
     _argument_group_name = "training"
 
@@ -546,7 +489,7 @@ class TrainingArguments:
     )
 
 
-ARGUMENT_CLASSES = (DataArguments, ModelArguments, MuSEArguments, TrainingArguments)
+ARGUMENT_CLASSES = (DataArguments, ModelArguments, MuSEArguments, RunArguments)
 # Earlier names of arguments, accepted in argument files as on the command line.
 ARGUMENT_ALIASES = {"vision_model_name": "vision_model_name_or_path"}
 DATA_FILE_ARGUMENTS = ("train_file", "validation_file", "test_file")
@@ -660,8 +603,6 @@ def parse_args(task: TaskInfo, argv: Sequence[str] | None = None) -> argparse.Na
     resolve_defaults(args, task)
     _check_data_args(parser, args)
     _check_training_args(parser, args)
-    if args.push_to_hub and args.hub_model_id is None:
-        args.hub_model_id = Path(args.output_dir).resolve().name
     args.muse_config = muse_config_overrides(parser, args, explicit)
     return args
 
@@ -695,11 +636,13 @@ def _check_data_source(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def resolve_defaults(args: argparse.Namespace, task: TaskInfo) -> None:
-    """Fill the arguments left unset (None): quick-start values on a bundled sample, the paper's elsewhere.
+    """Fill the arguments left unset (None): quick-start values on a bundled sample, the paper's elsewhere. This is
+    the one place that decides what an unset argument becomes.
 
-    Records what it filled in ``args.defaults_used``. The MuSE hyperparameters are resolved with the variant, in
-    `muse_config_overrides`. On the user's own data the image preprocessing defaults to the tower's own; a trained
-    MuSE model (``--model_name_or_path``) brings its towers and processor, so none of those is filled in.
+    Records what it filled in ``args.defaults_used``. MuSE hyperparameters keep MuSEConfig's defaults (the paper's)
+    unless the quick start sets them (or the ``--variant`` does, in `muse_config_overrides`). On the user's own data
+    the image preprocessing defaults to the tower's own; a trained MuSE model (``--model_name_or_path``) brings its
+    towers, processor and configuration, so none of those is filled in.
     """
     args.defaults_used = {}
     if args.data_source == "paper" and args.dataset_name is None:
@@ -717,8 +660,11 @@ def resolve_defaults(args: argparse.Namespace, task: TaskInfo) -> None:
     if args.model_name_or_path is not None:
         for name in CHECKPOINT_ARGUMENTS:
             defaults.pop(name, None)
+    if not args.is_quickstart or args.model_name_or_path is not None:
+        defaults = {name: value for name, value in defaults.items() if name not in MUSE_ARGUMENTS}
+    args.muse_arguments_given = {name for name in MUSE_ARGUMENTS if getattr(args, name) is not None}
     for name, value in defaults.items():
-        if name not in MUSE_ARGUMENTS and getattr(args, name) is None:
+        if getattr(args, name) is None:
             setattr(args, name, value)
             args.defaults_used[name] = value
     if args.text_model_name_or_path is None and args.model_name_or_path is None:
@@ -727,6 +673,10 @@ def resolve_defaults(args: argparse.Namespace, task: TaskInfo) -> None:
             args.defaults_used["text_model_name_or_path"] = args.text_model_name_or_path
         else:
             args.text_model_name_or_path = offline_text_model_path()
+    if args.missing_images is None and args.dataset_name in SAMPLES_WITHOUT_IMAGES:
+        args.missing_images = "placeholder"
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).resolve().name
 
 
 def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, task: TaskInfo) -> None:
@@ -820,7 +770,7 @@ def muse_config_overrides(
     (``--model_name_or_path``) keeps its own configuration: setting its architecture here is an error.
     """
     variant = ABLATION_VARIANTS[args.variant]
-    given = {name: getattr(args, name) for name in MUSE_ARGUMENTS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in MUSE_ARGUMENTS if name in args.muse_arguments_given}
     if args.model_name_or_path is not None:
         return _check_checkpoint(parser, args, given, explicit)
     for name, value in given.items():
@@ -829,12 +779,9 @@ def muse_config_overrides(
                 f"--{name} {value} contradicts --variant {args.variant}, which sets {name}={variant[name]}; "
                 f"drop one of the two."
             )
-    quickstart = {name: value for name, value in QUICKSTART_DEFAULTS.items() if name in MUSE_ARGUMENTS}
-    defaulted = {name: value for name, value in quickstart.items() if args.is_quickstart and name not in given}
+    # Quick-start values (set by resolve_defaults) never touch what a variant sets.
+    defaulted = {name: args.defaults_used[name] for name in MUSE_ARGUMENTS if name in args.defaults_used}
     overrides = {**defaulted, **variant, **given}
-    for name, value in defaulted.items():
-        setattr(args, name, value)
-        args.defaults_used[name] = value
     try:
         text_config = AutoConfig.from_pretrained(args.text_model_name_or_path)
     except (OSError, ValueError) as error:

@@ -31,7 +31,7 @@ def optimizer_parameter_groups(
 ) -> list[dict[str, Any]]:
     """AdamW groups: task head vs the rest (two learning rates), each split into decayed and not decayed.
 
-    Biases and LayerNorm weights get no weight decay (spec section 6); frozen parameters are left out. Groups that
+    Biases and LayerNorm weights get no weight decay (docs/design.md, section 6); frozen parameters are left out. Groups that
     would be empty are dropped.
     """
     head_modules = tuple(head_modules)

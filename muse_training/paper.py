@@ -1,4 +1,4 @@
-"""The paper's experiments and numbers (../shared/paper/muse-paper.txt), for `reproduce.py` and `recipes/derive.py`.
+"""The paper's experiments and numbers (Zhu et al., "Exchanging-based Multimodal Fusion with Transformer"), for `reproduce.py` and `recipes/derive.py`.
 
 Scores are percentages as the paper prints them. Figure 4 (the sensitivity sweeps) is a plot whose values the paper's
 text does not give; only its default point (theta 0.1, mu 2, eta 4) is the MuSE row of Tables 1-3.

@@ -124,7 +124,7 @@ def test_base_recipes_hold_the_papers_settings_each_traced_to_its_source(path):
     for line in path.read_text().splitlines():
         if re.match(r"^[a-z_]+: ", line) and not line.startswith("output_dir:"):
             comment = line.partition(" # ")[2]
-            assert "paper" in comment or "MUSE_SPEC" in comment, f"{path.name}: {line!r} does not name its source"
+            assert "paper" in comment or "design" in comment, f"{path.name}: {line!r} does not name its source"
 
 
 def test_the_twitter2017_recipe_writes_the_folder_the_issue_promises():
