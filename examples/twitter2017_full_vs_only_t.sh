@@ -6,10 +6,10 @@
 # The backbone (resnet18, 96 px) and the decoders are small to fit a CPU; the CrossTransformer has the paper's
 # 6 layers, exchange layers 2-4, theta 0.1, n = 64, P = 8.
 #
-#   bash examples/twitter2017_full_vs_only_t.sh [DATA_DIR]     (default: ../shared/data/twitter2017)
+#   bash examples/twitter2017_full_vs_only_t.sh [DATA_DIR]     (default: data/twitter2017)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data_dir=${1:-../shared/data/twitter2017}
+data_dir=${1:-data/twitter2017}
 for variant in full only_t; do
     python run_mner.py --dataset_name twitter2017 --data_dir "$data_dir" --missing_images placeholder \
         --variant "$variant" --vision_model_name resnet18 --no-pretrained_vision --image_size 96 \
