@@ -249,6 +249,7 @@ class _Canonical:
     label_is_class: bool
     base_folder: str | None
     from_hub: bool
+    trusted_folders: tuple[str, ...]
     timeout: float
     max_image_bytes: int
 
@@ -319,7 +320,8 @@ class _Canonical:
             except UnreadableImageError as error:
                 return self._missing(f"unreadable ({error.reason})")
             return {"bytes": data, "path": image.get("path") or "image bytes"}, None
-        if isinstance(image, dict):
+        from_image_column = isinstance(image, dict)
+        if from_image_column:
             image = image.get("path")
         if image is None or (isinstance(image, str) and not image.strip()):
             return self._missing("no image given")
@@ -336,12 +338,15 @@ class _Canonical:
             return {"bytes": data, "path": image}, None
         if "\x00" in image:
             return self._missing(f"a path with a NUL byte: {quoted(image)}")
-        if self.from_hub and self.base_folder is None:
-            return self._missing(
-                f"a file path in a Hub dataset ({quoted(image)}), which is not read: give image_dir for relative "
-                f"paths, or store the images in a datasets.Image column"
-            )
         path = Path(image)
+        if self.from_hub and not (from_image_column and _inside(path, self.trusted_folders)):
+            # A Hub dataset is someone else's: its paths are read only where datasets put the files it downloaded
+            # (its caches), or relative to the image_dir given here.
+            if path.is_absolute() or self.base_folder is None:
+                return self._missing(
+                    f"a file path in a Hub dataset ({quoted(image)}), which is not read: give image_dir for relative "
+                    f"paths, or store the images in a datasets.Image column"
+                )
         if not path.is_absolute():
             if self.base_folder is None:
                 return self._missing(f"a relative path with nowhere to resolve it: {quoted(image)}")
@@ -357,6 +362,19 @@ class _Canonical:
     @staticmethod
     def _missing(reason: str) -> tuple[dict[str, Any], str]:
         return {"bytes": placeholder_image_bytes(), "path": None}, reason
+
+
+def _download_caches(cache_dir: str | os.PathLike | None) -> tuple[str, ...]:
+    """The folders where datasets and huggingface_hub put what they download."""
+    from huggingface_hub import constants
+
+    folders = (cache_dir or datasets.config.HF_DATASETS_CACHE, constants.HF_HUB_CACHE)
+    return tuple(os.path.realpath(folder) for folder in folders)
+
+
+def _inside(path: Path, folders: Sequence[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real != folder and os.path.commonpath([real, folder]) == folder for folder in folders)
 
 
 def _features(task: str, label_names: list[str]) -> datasets.Features:
@@ -471,6 +489,7 @@ def load_user_dataset(
             label_is_class=_class_label(dataset.features[columns[1]]) is not None,
             base_folder=str(base_folder) if base_folder is not None else None,
             from_hub=source.from_hub,
+            trusted_folders=_download_caches(cache_dir),
             timeout=timeout,
             max_image_bytes=max_image_bytes,
         )

@@ -293,7 +293,7 @@ def _tiny(text_model: Path, output_dir: Path, *extra: str) -> list[str]:
         "--num_cross_layers", "2", "--num_attention_heads", "2", "--exchange_start_layer", "1",
         "--exchange_end_layer", "2", "--caption_decoder_dim", "16", "--pixelcnn_filters", "8",
         "--pixelcnn_resnet_blocks", "1", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
-        "--num_train_epochs", "6", "--learning_rate", "1e-3", "--head_learning_rate", "1e-2",
+        "--num_train_epochs", "8", "--learning_rate", "2e-3", "--head_learning_rate", "1e-2",
         "--output_dir", str(output_dir), *extra,
     ]  # fmt: skip
 
@@ -312,9 +312,10 @@ def test_muse_types_entities_from_their_pictures_through_every_data_form(tiny_te
         scores[form] = results["test_f1"]
     text_only = run_mner.main(_tiny(tiny_text_model, tmp_path / "only-t", *_ner_forms(tmp_path)["jsonl"],
                                     "--variant", "only_t"))["test_f1"]
+    print(f"test F1 by data form: {scores}; only_t on JSON lines: {text_only}")
     assert text_only < 0.6, text_only  # the entity is found, its type is a guess
     for form, f1 in scores.items():
-        assert f1 >= 0.85 and f1 - text_only >= 0.3, (form, f1, text_only)
+        assert f1 >= 0.85 and f1 - text_only >= 0.3, (scores, text_only)
 
 
 @pytest.mark.slow
@@ -368,3 +369,20 @@ def test_a_trained_model_is_evaluated_and_fine_tuned_on_other_labels(tiny_text_m
     assert "B-PERSON" in config["id2label"].values() and tuned["train_steps"] == 2 * 12
     card = (tmp_path / "tuned" / "README.md").read_text()
     assert "base_model: trained" in card and "Fine-tuned from the MuSE model `trained`" in card
+
+
+def test_a_hub_dataset_s_image_paths_are_read_only_where_datasets_downloaded_them(tmp_path):
+    """A Hub dataset is someone else's: an Image value's path is read inside the download caches only, a path string
+    not at all (unless relative to an image_dir given here)."""
+    from datasets_scripts.user_data import _Canonical
+
+    convert = _Canonical(
+        task="msa", split_name="someone/posts (train split)", columns=("text", "label", "image"), label_names=["a"],
+        label_is_class=False, base_folder=None, from_hub=True, trusted_folders=(str(tmp_path / "cache"),),
+        timeout=1.0, max_image_bytes=10_000,
+    )
+    downloaded, private = _picture(tmp_path / "cache" / "x.png"), _picture(tmp_path / "home" / "secret.png", "blue")
+    assert convert._image({"bytes": None, "path": str(downloaded)}) == ({"bytes": None, "path": str(downloaded)}, None)
+    for value in ({"bytes": None, "path": str(private)}, str(private), str(downloaded), "secret.png"):
+        stored, problem = convert._image(value)
+        assert stored["path"] is None and problem.startswith("a file path in a Hub dataset"), value
