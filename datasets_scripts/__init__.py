@@ -6,7 +6,8 @@ Example::
     dataset = load_muse_dataset("twitter2017_sample")  # bundled, no images: grey placeholders
 
 See ``datasets_scripts/README.md`` for the datasets, the image policy, the MVSA preprocessing and
-the Parquet export (``python -m datasets_scripts.export``).
+the Parquet export (``python -m datasets_scripts.export``). Your own data (a Hub dataset, a dataset
+folder, CSV / JSON lines / Parquet files) goes through :func:`load_user_dataset`.
 """
 
 from .images import MissingImagesError, count_placeholder_images, placeholder_image
@@ -20,6 +21,7 @@ from .umt import (
     UMTNerBuilder,
     UMTNerConfig,
 )
+from .user_data import UserDataError, load_user_dataset
 
 __all__ = [
     "DATASET_NAMES",
@@ -35,8 +37,10 @@ __all__ = [
     "UMTFormatError",
     "UMTNerBuilder",
     "UMTNerConfig",
+    "UserDataError",
     "count_placeholder_images",
     "load_muse_dataset",
+    "load_user_dataset",
     "muse_dataset_builder",
     "placeholder_image",
 ]
