@@ -673,8 +673,8 @@ def resolve_defaults(args: argparse.Namespace, task: TaskInfo) -> None:
             args.defaults_used["text_model_name_or_path"] = args.text_model_name_or_path
         else:
             args.text_model_name_or_path = offline_text_model_path()
-    if args.missing_images is None and args.dataset_name in SAMPLES_WITHOUT_IMAGES:
-        args.missing_images = "placeholder"
+    if args.missing_images is None:
+        args.missing_images = "placeholder" if args.dataset_name in SAMPLES_WITHOUT_IMAGES else "error"
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).resolve().name
 

@@ -60,8 +60,9 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
                     label_column=args.label_column_name,
                     image_column=args.image_column_name,
                     image_dir=args.image_dir,
-                    missing_images=args.missing_images or "error",
-                    validation_split_percentage=args.validation_split_percentage if args.do_train != False else None,  # noqa: E712
+                    missing_images=args.missing_images,
+                    # Evaluating a trained model cuts no validation split out of train.
+                    validation_split_percentage=None if args.do_train is False else args.validation_split_percentage,
                     seed=args.seed,
                     cache_dir=args.dataset_cache_dir,
                 )
