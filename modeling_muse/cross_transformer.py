@@ -16,19 +16,40 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from transformers.modeling_layers import GradientCheckpointingLayer
+
 from .configuration_muse import MuSEConfig
 from .exchange import exchange_least_attended_tokens
 
-__all__ = ["CrossTransformer", "CrossTransformerLayer", "CrossTransformerOutput"]
+__all__ = ["CrossTransformer", "CrossTransformerLayer", "CrossTransformerLayerOutput", "CrossTransformerOutput"]
+
+# What one layer returns for its two streams (None for a stream the model does not have): the new text and image
+# states, their cls attention rows (None unless asked for or exchanging), their exchange masks (None outside exchange
+# layers). A flat tuple of tensors, so that checkpointing with either torch.utils.checkpoint mode sees every output.
+CrossTransformerLayerOutput = tuple[
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
+]
 
 
-class CrossTransformerLayer(nn.Module):
-    """A post-norm Transformer encoder layer (eq. 7), split in its two sub-modules so the exchange fits between.
+class CrossTransformerLayer(GradientCheckpointingLayer):
+    """A post-norm Transformer encoder layer (eq. 7) over both streams, exchanging between its two sub-modules.
 
-    ``attend``: multi-head self-attention, Add & LayerNorm. ``feed_forward``: FFN (4d, ReLU), Add & LayerNorm.
-    The attention runs on ``scaled_dot_product_attention`` (its attention-weight dropout included); the cls row of
-    the attention map, which is all the exchange needs, is computed separately from the cls query alone (O(n) per
-    head), so that the exchange never needs the full n x n map.
+    ``forward`` runs one layer of the CrossTransformer on the text and the image stream: ``attend`` (multi-head
+    self-attention, Add & LayerNorm) on each stream, the exchange of eqs. 10-11 between them in exchange layers, then
+    ``feed_forward`` (FFN 4d, ReLU, Add & LayerNorm; eqs. 12-13) on each. The attention runs on
+    ``scaled_dot_product_attention`` (its attention-weight dropout included); the cls row of the attention map, which
+    is all the exchange needs, is computed separately from the cls query alone (O(n) per head), so that the exchange
+    never needs the full n x n map.
+
+    As a `GradientCheckpointingLayer`, the whole layer (both streams and the exchange) is one activation-checkpointing
+    unit when the model's gradient checkpointing is on (docs/design.md, "Memory"); it is also the unit that FSDP shards
+    and that ``device_map`` keeps on one device (``_no_split_modules``), which is why the streams go through
+    ``__call__`` together rather than through ``attend`` and ``feed_forward`` one by one.
     """
 
     def __init__(self, config: MuSEConfig):
@@ -81,6 +102,58 @@ class CrossTransformerLayer(nn.Module):
         output = self.dropout(self.output(intermediate))
         return self.output_norm(hidden_states + output)
 
+    def forward(
+        self,
+        text_states: torch.Tensor | None,
+        image_states: torch.Tensor | None,
+        text_valid_mask: torch.Tensor | None,
+        image_valid_mask: torch.Tensor | None,
+        exchange: bool = False,
+        return_cls_attention: bool = False,
+        exchange_ratio: float = 0.0,
+        exchange_mode: str = "residual",
+    ) -> CrossTransformerLayerOutput:
+        """One CrossTransformer layer on both streams (eqs. 8-13 for layer l).
+
+        Args:
+            text_states: ``(B, 1 + n_t, d)``, position 0 the text cls; None without a text branch.
+            image_states: ``(B, 1 + n_i, d)``, position 0 the image cls; None without an image branch.
+            text_valid_mask, image_valid_mask: ``(B, n_m)`` bool, True at real (non-padding) non-cls tokens; None
+                with their stream.
+            exchange: exchange the least cls-attended tokens between the streams (layers mu..eta, both streams
+                present, theta > 0).
+            return_cls_attention: return each stream's cls attention row even when not exchanging.
+            exchange_ratio, exchange_mode: theta and the exchange rule (`exchange_least_attended_tokens`).
+
+        Returns:
+            ``(text_states, image_states, text_cls_attention, image_cls_attention, text_exchange_mask,
+            image_exchange_mask)``; see `CrossTransformerLayerOutput`.
+        """
+        if exchange and (text_states is None or image_states is None):
+            raise ValueError("exchange=True needs both streams: the exchange moves tokens between text and image.")
+        streams = [states for states in (text_states, image_states) if states is not None]
+        valid_masks = [mask for mask in (text_valid_mask, image_valid_mask) if mask is not None]
+        if len(valid_masks) != len(streams):
+            raise ValueError("Give a valid mask for every stream and none for a missing stream.")
+        # The streams are attended, then both fed forward, in this order, so that dropout draws its random numbers in
+        # the same sequence whatever the checkpointing.
+        attended = [
+            self.attend(stream, F.pad(valid, (1, 0), value=True), return_cls_attention=exchange or return_cls_attention)
+            for stream, valid in zip(streams, valid_masks)
+        ]
+        streams, cls_attentions = [states for states, _ in attended], [row for _, row in attended]
+        selected: list[torch.Tensor | None] = [None] * len(streams)
+        if exchange:
+            streams, selected = exchange_least_attended_tokens(
+                streams, cls_attentions, valid_masks, exchange_ratio, exchange_mode
+            )
+        streams = [self.feed_forward(stream) for stream in streams]
+        if text_states is None:
+            streams, cls_attentions, selected = [None, *streams], [None, *cls_attentions], [None, *selected]
+        elif image_states is None:
+            streams, cls_attentions, selected = [*streams, None], [*cls_attentions, None], [*selected, None]
+        return (*streams, *cls_attentions, *selected)
+
 
 @dataclass
 class CrossTransformerOutput:
@@ -132,44 +205,48 @@ class CrossTransformer(nn.Module):
         """
         # Each stream runs through the shared layers on its own length: the text stream is no longer than its
         # batch's longest post, while the image stream keeps its P*P tokens.
-        streams, valid_masks = [], []
+        text_states = text_valid = image_states = image_valid = None
         if text_embeddings is not None:
-            streams.append(torch.cat([self.text_cls.expand(len(text_embeddings), 1, -1), text_embeddings], dim=1))
-            valid_masks.append(text_mask.bool())
+            text_states = torch.cat([self.text_cls.expand(len(text_embeddings), 1, -1), text_embeddings], dim=1)
+            text_valid = text_mask.bool()
         if image_embeddings is not None:
-            streams.append(torch.cat([self.image_cls.expand(len(image_embeddings), 1, -1), image_embeddings], dim=1))
-            valid_masks.append(torch.ones(image_embeddings.shape[:2], dtype=torch.bool, device=image_embeddings.device))
-        key_masks = [F.pad(valid, (1, 0), value=True) for valid in valid_masks]
-        exchanging = len(streams) == 2 and self.exchange_ratio > 0
+            image_states = torch.cat([self.image_cls.expand(len(image_embeddings), 1, -1), image_embeddings], dim=1)
+            image_valid = torch.ones(image_embeddings.shape[:2], dtype=torch.bool, device=image_embeddings.device)
+        exchanging = text_states is not None and image_states is not None and self.exchange_ratio > 0
 
         cls_attentions, exchange_masks = [], []
         for layer_number, layer in enumerate(self.layers, start=1):
             is_exchange_layer = layer_number in self.exchange_layers
-            exchanges = exchanging and is_exchange_layer
-            attended = [
-                layer.attend(stream, key_mask, return_cls_attention=exchanges or output_cls_attentions)
-                for stream, key_mask in zip(streams, key_masks)
-            ]
-            streams, cls_attention = [states for states, _ in attended], [row for _, row in attended]
-            selected = [torch.zeros_like(valid) for valid in valid_masks]
-            if exchanges:
-                streams, selected = exchange_least_attended_tokens(
-                    streams, cls_attention, valid_masks, self.exchange_ratio, self.exchange_mode
-                )
-            streams = [layer.feed_forward(stream) for stream in streams]
-            cls_attentions.append(cls_attention)
+            # The streams are positional so that reentrant checkpointing (use_reentrant=True) sees them as inputs.
+            text_states, image_states, text_attention, image_attention, text_selected, image_selected = layer(
+                text_states,
+                image_states,
+                text_valid,
+                image_valid,
+                exchange=exchanging and is_exchange_layer,
+                return_cls_attention=output_cls_attentions,
+                exchange_ratio=self.exchange_ratio,
+                exchange_mode=self.exchange_mode,
+            )
+            cls_attentions.append((text_attention, image_attention))
             if is_exchange_layer:
-                exchange_masks.append(selected)
+                # Outside an exchange (one stream, theta = 0) nothing was exchanged: all-False masks.
+                exchange_masks.append(
+                    tuple(
+                        selected if selected is not None or valid is None else torch.zeros_like(valid)
+                        for selected, valid in ((text_selected, text_valid), (image_selected, image_valid))
+                    )
+                )
 
         text_index = 0 if text_embeddings is not None else None
-        image_index = len(streams) - 1 if image_embeddings is not None else None
+        image_index = 1 if image_embeddings is not None else None
 
-        def per_stream(items: list[list[torch.Tensor]], index: int | None) -> tuple[torch.Tensor, ...] | None:
+        def per_stream(items: list[tuple[torch.Tensor, ...]], index: int | None) -> tuple[torch.Tensor, ...] | None:
             return None if index is None else tuple(item[index] for item in items)
 
         return CrossTransformerOutput(
-            text_hidden_state=None if text_index is None else streams[text_index],
-            image_hidden_state=None if image_index is None else streams[image_index],
+            text_hidden_state=text_states,
+            image_hidden_state=image_states,
             text_cls_attentions=per_stream(cls_attentions, text_index) if output_cls_attentions else None,
             image_cls_attentions=per_stream(cls_attentions, image_index) if output_cls_attentions else None,
             text_exchange_masks=per_stream(exchange_masks, text_index) if output_exchange_masks else None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 from .hub import offline_reason
+from .text_encoder import layer_classes
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ImageEncoder",
@@ -339,10 +343,40 @@ class ImageEncoder(nn.Module):
                 tuple(configured_size) if isinstance(configured_size, (list, tuple)) else (configured_size,) * 2
             )
             self.interpolates = "interpolate_pos_encoding" in inspect.signature(self.backbone.forward).parameters
+            # The tower's own unsplittable layers (ViTLayer, ...), collected by MuSE's `post_init`.
+            self._no_split_modules = layer_classes(self.backbone)
         self.image_grid_size = config.image_grid_size
         self.projection = nn.Linear(_feature_width(self.backbone, config), config.hidden_size)
         if config.vision_trainable_stages is not None:
             self.freeze_all_but_last_stages(config.vision_trainable_stages)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint a timm backbone's stages (timm's ``set_grad_checkpointing``) when ``enable``.
+
+        A transformers tower needs nothing here: its layers are `GradientCheckpointingLayer`s, which MuSE's
+        ``gradient_checkpointing_enable`` switches with the rest of the model. A timm architecture without
+        checkpointing support keeps its activations, with a warning.
+        """
+        if not self.is_timm:
+            return
+        try:
+            self.backbone.set_grad_checkpointing(enable)
+        except (AssertionError, NotImplementedError) as error:
+            # timm's models refuse unsupported checkpointing with an assertion.
+            if enable:
+                logger.warning(
+                    "The timm backbone %s does not support gradient checkpointing (%s): it keeps its activations.",
+                    type(self.backbone).__name__,
+                    error,
+                )
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether the backbone checkpoints its activations (timm's ``grad_checkpointing``, or a transformers
+        tower's layer flags)."""
+        if self.is_timm:
+            return bool(getattr(self.backbone, "grad_checkpointing", False))
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.backbone.modules())
 
     def freeze_all_but_last_stages(self, trainable_stages: int) -> None:
         """Freeze the backbone up to its last ``trainable_stages`` feature stages (timm ``feature_info``).

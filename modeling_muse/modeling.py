@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchcrf import CRF
 from transformers import (
     AutoModel,
@@ -68,8 +70,12 @@ class MuSEPreTrainedModel(PreTrainedModel):
     config_class = MuSEConfig
     base_model_prefix = "muse"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
+    # Blocks that must stay on one device and be one FSDP unit: each is called through its forward and combines its
+    # sub-modules' outputs (residual sums, recurrent steps). The text encoder's (and a transformers vision tower's) own
+    # layers join these per model (TextEncoder / ImageEncoder carry their backbone's, which `post_init` collects).
+    _no_split_modules = ["CrossTransformerLayer", "CaptionDecoder", "PixelCNNPlusPlusDecoder"]
 
     def _init_weights(self, module: nn.Module) -> None:
         uniform_range = getattr(module, UNIFORM_INIT_RANGE, None)
@@ -95,6 +101,37 @@ class MuSEPreTrainedModel(PreTrainedModel):
             init.uniform_(module.start_transitions, -0.1, 0.1)
             init.uniform_(module.end_transitions, -0.1, 0.1)
             init.uniform_(module.transitions, -0.1, 0.1)
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs
+    ) -> None:
+        """Switch activation (gradient) checkpointing of every layer stack on or off.
+
+        Reached by ``gradient_checkpointing_enable`` / ``activation_checkpointing_enable`` and their ``_disable``.
+        transformers sets the flag of every `GradientCheckpointingLayer` in the model: the CrossTransformer layers
+        (each one unit over both streams and the exchange, eqs. 8-13), the text encoder's layers and a transformers
+        vision tower's. A timm backbone has its own switch (``set_grad_checkpointing``, which checkpoints its stages
+        with timm's ``checkpoint_seq``). Gradients are those without checkpointing; a batch-norm backbone (ResNet)
+        updates its running statistics once more per checkpointed step, in the recomputation.
+        """
+        super()._set_gradient_checkpointing(
+            enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs
+        )
+        for module in self.modules():
+            if isinstance(module, ImageEncoder):
+                module.set_grad_checkpointing(enable)
+            elif isinstance(module, TextEncoder) and enable and not module.supports_gradient_checkpointing:
+                logger.warning(
+                    "The text encoder (%s) does not support gradient checkpointing in transformers: it keeps its "
+                    "activations; the rest of MuSE is checkpointed.",
+                    type(module.backbone).__name__,
+                )
+
+    def enable_input_require_grads(self) -> None:
+        # Without a text branch (the only-I ablation) there are no input embeddings to hook, which transformers would
+        # report as a missing `get_input_embeddings`.
+        if self.config.use_text:
+            super().enable_input_require_grads()
 
     @classmethod
     def from_text_vision_pretrained(
@@ -241,8 +278,9 @@ class MuSEModel(MuSEPreTrainedModel):
         self.fusion = nn.Linear(num_streams * config.hidden_size, config.hidden_size)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_encoder.backbone.get_input_embeddings()
+    def get_input_embeddings(self) -> nn.Module | None:
+        # None without a text branch (the only-I ablation), which transformers' embedding hooks skip.
+        return None if self.text_encoder is None else self.text_encoder.backbone.get_input_embeddings()
 
     def forward(
         self,

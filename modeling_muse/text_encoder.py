@@ -8,10 +8,11 @@ import os
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .hub import offline_reason
 
-__all__ = ["TextEncoder", "build_text_backbone", "load_pretrained_text_backbone"]
+__all__ = ["TextEncoder", "build_text_backbone", "layer_classes", "load_pretrained_text_backbone"]
 
 
 def _no_pooler_kwargs(model_class: type[nn.Module]) -> dict:
@@ -52,6 +53,14 @@ def load_pretrained_text_backbone(name_or_path: str, **from_pretrained_kwargs) -
     return backbone
 
 
+def layer_classes(backbone: nn.Module) -> set[str]:
+    """The class names of a transformers backbone's blocks that must stay whole: its ``_no_split_modules`` and its
+    repeated layers (`GradientCheckpointingLayer`), which some models (DistilBERT, DeBERTa-v2) do not list."""
+    names = set(getattr(backbone, "_no_split_modules", None) or ())
+    names.update(type(module).__name__ for module in backbone.modules() if isinstance(module, GradientCheckpointingLayer))
+    return names
+
+
 class TextEncoder(nn.Module):
     """Any `transformers` text encoder followed by a projection to the fusion width d.
 
@@ -64,6 +73,15 @@ class TextEncoder(nn.Module):
         self.backbone = build_text_backbone(text_config)
         encoder_width = text_config.hidden_size
         self.projection = nn.Linear(encoder_width, hidden_size) if encoder_width != hidden_size else nn.Identity()
+        # The encoder's own unsplittable layers (BertLayer, RobertaLayer, ...): MuSE's `post_init` collects them from
+        # here, so that device_map placement and FSDP wrapping follow whichever text encoder is configured.
+        self._no_split_modules = layer_classes(self.backbone)
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        """Whether the transformers encoder checkpoints its layers (its `GradientCheckpointingLayer` flags, which
+        MuSE's ``gradient_checkpointing_enable`` sets)."""
+        return bool(self.backbone.supports_gradient_checkpointing)
 
     def forward(
         self,

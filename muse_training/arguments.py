@@ -401,6 +401,14 @@ class RunArguments:
         metadata={"help": "Evaluation batch size per process." + _default_note("per_device_eval_batch_size")},
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute activations in the backward pass instead of keeping them (the CrossTransformer layers, "
+            "the text encoder's layers, the image tower's blocks): less memory for a larger batch, at the cost of "
+            "running those blocks' forward twice; the gradients are the same."
+        },
+    )
     num_train_epochs: int | None = field(
         default=None, metadata={"help": "Training epochs." + _default_note("num_train_epochs")}
     )

@@ -56,7 +56,8 @@ RESUME_FREE_ARGUMENTS = frozenset(
         "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "logging_steps", "with_tracking", "report_to",
         "push_to_hub", "hub_model_id", "hub_token", "checkpointing_steps", "save_total_limit",
         "dataloader_num_workers", "dataset_cache_dir", "do_eval", "do_predict", "per_device_eval_batch_size",
-        "max_eval_samples", "ignore_changed_arguments", "keep_freed_memory", "defaults_used",
+        "max_eval_samples", "ignore_changed_arguments", "keep_freed_memory", "gradient_checkpointing",
+        "defaults_used",
     }
 )  # fmt: skip
 _CHECKPOINT_NAME = re.compile(r"^(step|epoch)_(\d+)$")

@@ -13,7 +13,7 @@ from modeling_muse import MuSEPreTrainedModel
 
 from .logs import silenced
 
-__all__ = ["align_labels", "load_model", "model_label_names"]
+__all__ = ["align_labels", "build_model", "enable_gradient_checkpointing", "load_model", "model_label_names"]
 
 logger = get_logger(__name__)
 
@@ -50,6 +50,27 @@ def align_labels(raw_datasets: datasets.DatasetDict, column: str, label_names: S
 
 
 def load_model(
+    args: argparse.Namespace,
+    model_class: type[MuSEPreTrainedModel],
+    label_names: Sequence[str],
+    head_modules: Sequence[str],
+) -> MuSEPreTrainedModel:
+    """The run's model (`build_model`), with gradient checkpointing on for ``--gradient_checkpointing``."""
+    model = build_model(args, model_class, label_names, head_modules)
+    if getattr(args, "gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def enable_gradient_checkpointing(model: MuSEPreTrainedModel) -> None:
+    """Switch on activation checkpointing through transformers' entry point (``activation_checkpointing_enable``,
+    called ``gradient_checkpointing_enable`` before transformers 5.x deprecated that name)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    logger.info("Gradient checkpointing: activations are recomputed in the backward pass.")
+
+
+def build_model(
     args: argparse.Namespace,
     model_class: type[MuSEPreTrainedModel],
     label_names: Sequence[str],
