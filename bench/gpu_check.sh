@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check: on a CUDA machine, the four benchmarks in bf16 and one epoch of the Twitter-2017 recipe on the real
-# Twitter-2017 text, each with its absolute wall time. Nothing here needs the network.
+# The GPU check: on a CUDA machine, the peak memory of a paper-size training step with and without gradient
+# checkpointing (bench/memory.py), the four benchmarks in bf16, one epoch of the Twitter-2017 recipe on the real
+# Twitter-2017 text, each with its absolute wall time, and two training steps under every accelerate configuration
+# (single process, DDP, FSDP, DeepSpeed ZeRO-2 and ZeRO-3) on the GPUs found. A failing command does not stop the
+# others; the summary at the end says what ran, what failed and what could not run and why. Nothing here needs the
+# network.
 #
 #   bash bench/gpu_check.sh [DATA_DIR]        (default DATA_DIR: data/twitter2017, the UMT text files)
 #   bash bench/gpu_check.sh --prepare-only    (any machine: build the epoch's inputs and print the commands)
@@ -20,7 +24,7 @@ if [[ "${1:-}" == "--prepare-only" ]]; then
     prepare_only=true
     shift
 fi
-data_dir=$(realpath "${1:-data/twitter2017}")
+data_dir=$(realpath -m "${1:-data/twitter2017}")
 work=${GPU_CHECK_DIR:-outputs/gpu_check}
 mkdir -p "$work"
 
@@ -62,6 +66,7 @@ print(f"epoch inputs in {work}: random BERT-base encoder, epoch-fp32.yaml, epoch
 PY
 
 commands=(
+    "python bench/memory.py --device cuda --budget_gb 80"
     "python bench/exchange_speed.py --device cuda --dtype bfloat16"
     "python bench/training_step.py --device cuda --dtype bfloat16"
     "python bench/pipeline_speed.py --device cuda --dtype bfloat16"
@@ -69,24 +74,74 @@ commands=(
     "accelerate launch --config_file accelerate_configs/single_process.yaml run_mner.py $work/epoch-fp32.yaml"
     "accelerate launch --config_file accelerate_configs/single_process.yaml --mixed_precision bf16 run_mner.py $work/epoch-bf16.yaml"
 )
+# One short training run (two optimizer steps of the bundled quick-start sample, no evaluation) under each accelerate
+# configuration, with num_processes = the GPUs found; fsdp and single_process once more with --gradient_checkpointing.
+launch_configs=(single_process ddp fsdp deepspeed_zero2 deepspeed_zero3)
+launch_step() {  # config, extra arguments...
+    local config=$1
+    shift
+    echo "accelerate launch --config_file accelerate_configs/$config.yaml --num_processes $gpus run_mner.py" \
+        "--max_train_steps 2 --do_eval false --do_predict false --overwrite_output_dir true" \
+        "--output_dir $work/launch-$config$([[ $# -gt 0 ]] && echo -gc) $*"
+}
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+if [[ "$gpus" -lt 1 ]]; then
+    gpus=1  # for --prepare-only on a machine without GPUs
+fi
+launch_commands=()
+for config in "${launch_configs[@]}"; do
+    processes=$gpus
+    [[ $config == single_process ]] && processes=1
+    launch_commands+=("$(gpus=$processes launch_step "$config")")
+done
+launch_commands+=("$(gpus=1 launch_step single_process --gradient_checkpointing)")
+launch_commands+=("$(launch_step fsdp --gradient_checkpointing)")
+
 if $prepare_only; then
-    printf '%s\n' "${commands[@]}"
+    printf '%s\n' "${commands[@]}" "${launch_commands[@]}"
     exit 0
 fi
 python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh needs a CUDA GPU (torch.cuda.is_available() is False); --prepare-only runs anywhere.')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, transformers; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, transformers {transformers.__version__}')"
 
-for command in "${commands[@]}"; do
+# Fail-soft: a command that fails is reported and the next one runs; the summary at the end lists every outcome.
+summary=()
+run_checked() {  # command
+    local command=$1 start status
     echo
     echo "== $command"
     start=$(date +%s.%N)
-    $command
-    echo "== wall time $(python -c "print(f'{$(date +%s.%N) - $start:.1f}')") s: $command"
+    if $command; then status=ok; else status="FAILED (exit $?)"; fi
+    local seconds
+    seconds=$(python -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+    echo "== wall time $seconds s, $status: $command"
+    summary+=("$status, $seconds s: $command")
+}
+not_run() {  # command, reason
+    echo
+    echo "== not run: $1 ($2)"
+    summary+=("NOT RUN ($2): $1")
+}
+
+for command in "${commands[@]}"; do
+    run_checked "$command"
+done
+
+has_deepspeed=$(python -c "import importlib.util; print(importlib.util.find_spec('deepspeed') is not None)")
+for command in "${launch_commands[@]}"; do
+    if [[ $command == *deepspeed* && $has_deepspeed != True ]]; then
+        not_run "$command" "deepspeed is not installed: pip install deepspeed"
+        continue
+    fi
+    if [[ $gpus -lt 2 && ( $command == *ddp.yaml* || $command == *fsdp.yaml* || $command == *deepspeed* ) ]]; then
+        echo "(one GPU: this multi-process configuration runs as one process, so nothing is split across GPUs)"
+    fi
+    run_checked "$command"
 done
 
 echo
-python - "$work" <<'PY'
+if python - "$work" <<'PY'
 import json
 import sys
 from pathlib import Path
@@ -99,3 +154,8 @@ for precision in ("fp32", "bf16"):
         f"{results['train_samples_per_second']:.1f} training posts/s), whole run {results['wall_time_seconds']:.1f} s"
     )
 PY
+then :; else echo "(no epoch results: see the epoch runs' output above)"; fi
+
+echo
+echo "== summary ($gpus GPU(s) found)"
+printf '%s\n' "${summary[@]}"

@@ -59,6 +59,7 @@ def load_model(
     model = build_model(args, model_class, label_names, head_modules)
     if getattr(args, "gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
+        logger.info("Gradient checkpointing: activations are recomputed in the backward pass.")
     return model
 
 
@@ -67,7 +68,6 @@ def enable_gradient_checkpointing(model: MuSEPreTrainedModel) -> None:
     called ``gradient_checkpointing_enable`` before transformers 5.x deprecated that name)."""
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
-    logger.info("Gradient checkpointing: activations are recomputed in the backward pass.")
 
 
 def build_model(
