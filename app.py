@@ -53,7 +53,7 @@ from datasets_scripts import SAMPLE_DIR  # noqa: E402
 from datasets_scripts.mvsa import read_mvsa_text  # noqa: E402
 from datasets_scripts.umt import read_umt_file  # noqa: E402
 from modeling_muse.image_input import load_post_image  # noqa: E402
-from modeling_muse.pipelines import WordAggregation  # noqa: E402
+from modeling_muse.entities import WordAggregation  # noqa: E402
 from processing_muse import UnreadableImageError  # noqa: E402
 from modeling_muse.visualize import exchange_figure  # noqa: E402
 

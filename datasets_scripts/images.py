@@ -27,7 +27,14 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from PIL import Image
 
-from processing_muse import PLACEHOLDER_COLOR, PLACEHOLDER_SIZE, UnreadableImageError, decode_image, placeholder_image
+from modeling_muse.image_input import (
+    PLACEHOLDER_COLOR,
+    PLACEHOLDER_SIZE,
+    UnreadableImageError,
+    decode_image,
+    placeholder_image,
+)
+from modeling_muse.reporting import first_then_count
 
 from .errors import file_id_problem, quoted
 
@@ -47,8 +54,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MISSING_IMAGE_POLICIES = ("error", "placeholder")
-# How many offending ids an error message lists before it only gives the count.
-_MAX_LISTED = 10
 
 
 def check_missing_images_policy(policy: str) -> None:
@@ -199,15 +204,16 @@ def _error_message(
         )
     per_split = ", ".join(f"{split}: {len(bad)}" for split, bad in bad_per_split.items() if bad)
     first = list(dict.fromkeys(image_id for bad in bad_per_split.values() for image_id in bad))
-    listed = "\n".join(
-        f"  {image_id}: {problems[image_id]} ({directory / f'{image_id}{suffix}'})" for image_id in first[:_MAX_LISTED]
+    listed = "  " + first_then_count(
+        [f"{image_id}: {problems[image_id]} ({directory / f'{image_id}{suffix}'})" for image_id in first],
+        separator="\n  ",
+        more="... and {count} more",
     )
-    more = f"\n  ... and {len(first) - _MAX_LISTED} more" if len(first) > _MAX_LISTED else ""
     missing_dir = "" if directory.is_dir() else f" The image_dir {directory} does not exist."
     return (
         f"{dataset_name}: {total_bad} of {total} images are missing or unreadable ({per_split}); "
         f"looked for <image_dir>/<image_id>{suffix} with image_dir={directory}.{missing_dir}\n"
-        f"{listed}{more}\n"
+        f"{listed}\n"
         f"Pass {switch} to replace them by a {PLACEHOLDER_SIZE[0]}x{PLACEHOLDER_SIZE[1]} grey placeholder "
         "image (counted and logged, nothing is dropped)."
     )

@@ -34,8 +34,14 @@ from typing import Any, Literal
 
 import datasets
 
-from modeling_muse.image_input import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_TIMEOUT, download_image_bytes
-from processing_muse import UnreadableImageError, decode_image
+from modeling_muse.image_input import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_TIMEOUT,
+    UnreadableImageError,
+    decode_image,
+    download_image_bytes,
+)
+from modeling_muse.reporting import LISTED, first_then_count
 
 from .errors import quoted
 from .images import MissingImagesError, check_image_file, check_missing_images_policy, placeholder_image_bytes
@@ -53,8 +59,6 @@ _COLUMN_ARGUMENTS = ("--text_column_name", "--label_column_name", "--image_colum
 _VALIDATION_NAMES = ("validation", "valid", "dev", "val")
 _BIO_TAG = re.compile(r"^(O|[BI]-\S.*)$")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
-# How many offending rows a message lists before it only counts, and how much of a value it quotes.
-_LISTED = 10
 # Each post's row in the split it was read from, kept through a validation split cut from train, for messages.
 _ROW = "__muse_source_row__"
 
@@ -199,7 +203,7 @@ def _label_names(
             bad = [name for name in names if not _BIO_TAG.match(name)]
             if bad:
                 raise UserDataError(
-                    f"{source.description}: the {label_column!r} ClassLabel names {bad[:_LISTED]} are not BIO tags (O, "
+                    f"{source.description}: the {label_column!r} ClassLabel names {bad[:LISTED]} are not BIO tags (O, "
                     f"B-<type>, I-<type>); MuSE's CRF tags words in the BIO scheme."
                 )
         return names
@@ -394,11 +398,10 @@ def _check_images(canonical: datasets.DatasetDict, policy: str, description: str
     listed = [problem for split_problems in problems.values() for problem in split_problems]
     if listed and policy == "error":
         total = sum(len(dataset) for dataset in canonical.values())
-        more = f"\n  ... and {len(listed) - _LISTED} more" if len(listed) > _LISTED else ""
         raise MissingImagesError(
             f"{description}: {len(listed)} of {total} images are missing or unreadable:\n  "
-            + "\n  ".join(listed[:_LISTED])
-            + f"{more}\nPass --missing_images placeholder (missing_images='placeholder') to replace them by the grey "
+            + first_then_count(listed, separator="\n  ", more="... and {count} more")
+            + "\nPass --missing_images placeholder (missing_images='placeholder') to replace them by the grey "
             "placeholder image (counted and logged, nothing is dropped)."
         )
     for split, split_problems in problems.items():

@@ -9,7 +9,12 @@ the code beside the weights: the classes are also registered for their Auto clas
 checkpoint load with ``trust_remote_code=True`` where this package is not installed.
 """
 
-from transformers import AutoConfig, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoProcessor,
+)
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_muse import ABLATION_VARIANTS, MuSEConfig
@@ -21,8 +26,17 @@ from .modeling import (
     MuSEPreTrainedModel,
 )
 from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
-from .pipelines import PIPELINE_TASKS, MultimodalNERPipeline, MultimodalSentimentPipeline
+from .pipelines import MultimodalNERPipeline, MultimodalSentimentPipeline
 from .processing_muse import MuSEProcessor
+
+# Task name -> (pipeline class, the Auto class of its model). Registered here, where the package is imported, so that
+# the model code does not depend on its pipelines; a saved model lists the registered tasks as `custom_pipelines`
+# and carries their code (`MuSEPreTrainedModel.save_pretrained`), so a checkpoint also serves them without this
+# package.
+PIPELINE_TASKS = {
+    "multimodal-ner": (MultimodalNERPipeline, AutoModelForTokenClassification),
+    "multimodal-sentiment": (MultimodalSentimentPipeline, AutoModelForSequenceClassification),
+}
 
 AutoConfig.register(MuSEConfig.model_type, MuSEConfig, exist_ok=True)
 AutoProcessor.register(MuSEConfig, MuSEProcessor, exist_ok=True)
@@ -36,6 +50,7 @@ for _task, (_pipeline_class, _auto_model_class) in PIPELINE_TASKS.items():
 
 __all__ = [
     "ABLATION_VARIANTS",
+    "PIPELINE_TASKS",
     "MuSEConfig",
     "MuSEForSequenceClassification",
     "MuSEForTokenClassification",

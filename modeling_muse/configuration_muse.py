@@ -16,7 +16,14 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["ABLATION_VARIANTS", "MuSEConfig", "field_documentation", "is_hub_id", "is_vision_model_id"]
+__all__ = [
+    "ABLATION_VARIANTS",
+    "MuSEConfig",
+    "field_documentation",
+    "is_hub_id",
+    "is_vision_model_id",
+    "pipelines_registered_by",
+]
 
 # "name" or "namespace/name", as the Hugging Face Hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -29,6 +36,23 @@ def field_documentation(config_class: type, name: str) -> str:
     if match is None:
         raise KeyError(f"{config_class.__name__} documents no field {name!r}")
     return " ".join(match.group(1).split())
+
+
+def pipelines_registered_by(package: str) -> dict[str, dict[str, Any]]:
+    """The pipeline tasks that the code of ``package`` has registered with transformers: task -> its registry entry
+    (``impl``: the pipeline class, ``pt``: the Auto classes of its models).
+
+    With MuSE installed these are the ``multimodal-*`` tasks (`modeling_muse/__init__.py` registers them); code
+    loaded with ``trust_remote_code`` registers none.
+    """
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    return {
+        task: entry
+        for task, entry in PIPELINE_REGISTRY.supported_tasks.items()
+        # Entries of tasks registered as module paths hold a string there.
+        if getattr(entry.get("impl"), "__module__", "").rpartition(".")[0] == package
+    }
 
 
 def is_hub_id(name_or_path: str | os.PathLike | None) -> bool:
@@ -216,14 +240,7 @@ class MuSEConfig(PreTrainedConfig):
         installed code. The saved ``config.json`` keeps the entries either way.
         """
         tasks = self.__dict__.get("custom_pipelines", {})
-        from transformers.pipelines import PIPELINE_REGISTRY
-
-        package = type(self).__module__.rpartition(".")[0]
-        registered_here = all(
-            task in PIPELINE_REGISTRY.supported_tasks
-            and PIPELINE_REGISTRY.supported_tasks[task]["impl"].__module__.rpartition(".")[0] == package
-            for task in tasks
-        )
+        registered_here = set(tasks) <= set(pipelines_registered_by(type(self).__module__.rpartition(".")[0]))
         return {} if tasks and registered_here else tasks
 
     @custom_pipelines.setter

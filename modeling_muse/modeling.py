@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
@@ -33,19 +36,19 @@ from transformers import (
 )
 from transformers import initialization as init
 
-from .configuration_muse import MuSEConfig
+from .configuration_muse import MuSEConfig, pipelines_registered_by
 
 from .caption_decoder import UNIFORM_INIT_RANGE
 from .cross_transformer import CrossTransformer
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
 from .image_encoder import ImageEncoder, load_pretrained_vision_backbone, resolve_vision_tower
 from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
-from .pipelines import PIPELINE_TASKS
 from .regularizers import EmbeddingRegularizers
 from .text_encoder import TextEncoder, load_pretrained_text_backbone
 
 __all__ = [
     "AUTO_MODEL_CLASSES",
+    "SERVING_REQUIREMENTS",
     "MuSEForSequenceClassification",
     "MuSEForTokenClassification",
     "MuSEModel",
@@ -194,28 +197,51 @@ class MuSEPreTrainedModel(PreTrainedModel):
         return getattr(self, self.base_model_prefix, self)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """`PreTrainedModel.save_pretrained`, writing the code beside the weights.
+        """`PreTrainedModel.save_pretrained`, writing the code and what serving needs beside the weights.
 
         MuSE's classes are registered for their Auto classes (`modeling_muse/__init__.py`), so transformers copies
-        `modeling.py` and every file it imports relatively (the whole of `modeling_muse/` that a model needs, the
-        pipelines included) into ``save_directory``. Added here: the ``auto_map`` lists all three model classes,
-        so that any Auto model class loads any MuSE checkpoint with ``trust_remote_code=True`` as it does with
-        this package installed, and ``custom_pipelines`` lists the two pipeline tasks.
+        `modeling.py` and every file it imports relatively into ``save_directory``. Added here:
+
+        - the ``auto_map`` lists all three model classes, so that any Auto model class loads any MuSE checkpoint
+          with ``trust_remote_code=True`` as it does with this package installed;
+        - ``custom_pipelines`` lists the pipeline tasks registered with this code (``multimodal-ner`` and
+          ``multimodal-sentiment`` when the package is imported), and their modules are copied too: the model code
+          does not import its pipelines, the checkpoint carries them;
+        - ``handler.py`` (an Inference Endpoints `EndpointHandler` over the pipeline) and ``requirements.txt``
+          (the packages the saved code imports, `SERVING_REQUIREMENTS`).
         """
         references = {
             auto_class.__name__: f"{model_class.__module__.rpartition('.')[2]}.{model_class.__name__}"
             for auto_class, model_class in AUTO_MODEL_CLASSES.items()
         }
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **references}
-        self.config.custom_pipelines = {
-            task: {
-                "impl": f"{pipeline_class.__module__.rpartition('.')[2]}.{pipeline_class.__name__}",
-                "pt": [auto_model_class.__name__],
-                "type": "multimodal",
+        registered = pipelines_registered_by(type(self).__module__.rpartition(".")[0])
+        if registered:
+            self.config.custom_pipelines = {
+                task: {
+                    "impl": f"{entry['impl'].__module__.rpartition('.')[2]}.{entry['impl'].__name__}",
+                    "pt": [auto_class.__name__ for auto_class in entry["pt"]],
+                    "type": "multimodal",
+                }
+                for task, entry in registered.items()
             }
-            for task, (pipeline_class, auto_model_class) in PIPELINE_TASKS.items()
-        }
         super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self._save_serving_files(Path(save_directory))
+
+    def _save_serving_files(self, folder: Path) -> None:
+        from transformers.dynamic_module_utils import get_relative_import_files
+
+        code_folder = Path(sys.modules[type(self).__module__].__file__).parent
+        # config.custom_pipelines hides itself while the installed package serves the tasks; config.json keeps it.
+        tasks = self.config.__dict__.get("custom_pipelines", {})
+        modules = {entry["impl"].rpartition(".")[0] for entry in tasks.values()}
+        for module in sorted(modules):
+            source = code_folder / f"{module}.py"
+            for file in [source, *map(Path, get_relative_import_files(source))]:
+                shutil.copy(file, folder / file.name)
+        shutil.copy(code_folder / "handler.py", folder / "handler.py")
+        (folder / "requirements.txt").write_text("\n".join(SERVING_REQUIREMENTS) + "\n")
 
     def remove_regularizers(self) -> None:
         """Drop the decoder weights for serving: `save_pretrained` then writes a checkpoint without them,
@@ -502,6 +528,18 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
             loss = _total_loss(self.config, task_loss, outputs)
         return MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **_passed_through(outputs))
 
+
+# What the saved code imports beyond the standard library (torch, transformers and huggingface_hub come with any
+# transformers environment but are listed for completeness), with the versions this package declares.
+SERVING_REQUIREMENTS = (
+    "torch>=2.14.1",
+    "transformers>=5.0",
+    "huggingface_hub>=1.0",
+    "timm>=1.0",
+    "pytorch-crf>=0.7.2",
+    "pillow>=10",
+    "numpy",
+)
 
 # The Auto class of each MuSE model: `modeling_muse` registers them, and every saved checkpoint names all of them in
 # its auto_map (see `MuSEPreTrainedModel.save_pretrained`).

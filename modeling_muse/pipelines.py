@@ -18,8 +18,8 @@ A post is ``{"text": ..., "image": ...}``; call a pipeline on one post or on a l
 the model calls; results do not depend on it). An empty list gives an empty list.
 
 - ``text``: the raw post (`str`, split on whitespace, as the datasets are) or its words (`list[str]`).
-- ``image``: a PIL image, a uint8 numpy array, a local file path, or an ``http(s)://`` URL. Pictures are read as
-  `load_rgb_image` reads them (16-bit and [0, 1] float greyscale scaled to 8 bits, EXIF orientation applied). A
+- ``image``: a PIL image, a uint8 numpy array, a local file path, an image file's bytes, or an ``http(s)://`` URL.
+  Pictures are read as `load_rgb_image` reads them (16-bit and [0, 1] float greyscale scaled to 8 bits, EXIF orientation applied). A
   URL is fetched within ``timeout`` seconds all told (10 by default: a deadline for the whole download, not per
   read) and at most ``max_image_bytes`` bytes (20 MiB by default); other URL schemes are refused.
 
@@ -44,192 +44,41 @@ from __future__ import annotations
 import logging
 import threading
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
 from torch.utils.data import get_worker_info
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, Pipeline
+from transformers import Pipeline
 
-# The placeholder is the one the dataset builders store for missing images, so that a post without an image looks
-# to the model exactly like the image-less training posts did.
-from .processing_muse import (
-    PLACEHOLDER_SIZE,
-    MuSEProcessor,
-    TextReport,
-    UnreadableImageError,
-    placeholder_image,
-    split_words_with_offsets,
-    unknown_words_warning,
-)
-
+from .entities import PostText, WordAggregation, aggregate_word_tags
 from .heads import WordPositions
-from .image_input import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_TIMEOUT, ImageInput, load_post_image
+from .image_input import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_TIMEOUT,
+    PLACEHOLDER_SIZE,
+    ImageInput,
+    UnreadableImageError,
+    load_post_image,
+    placeholder_image,
+)
+from .processing_muse import MuSEProcessor
+from .reporting import PostCut, TextReport, placeholder_warning, truncation_warning, unknown_words_warning
 
-__all__ = [
-    "PIPELINE_TASKS",
-    "MultimodalNERPipeline",
-    "MultimodalSentimentPipeline",
-    "PostText",
-    "WordAggregation",
-    "aggregate_word_tags",
-]
+__all__ = ["MultimodalNERPipeline", "MultimodalSentimentPipeline", "MuSEPipeline"]
 
 logger = logging.getLogger(__name__)
 
 # What allow_missing_image=True replaces by the placeholder: an image that names a picture which cannot be obtained
 # or read. Malformed posts (wrong types, unsupported URL schemes) stay errors.
 _IMAGE_NOT_OBTAINED = (FileNotFoundError, ConnectionError, TimeoutError, UnreadableImageError)
-_LISTED = 10
 # The notes of the calls running in each thread, by pipeline: per thread, so that concurrent calls (a web server's
 # request threads) keep their counts apart; module-level, so that a pipeline stays picklable for DataLoader workers.
 _notes_of_calls = threading.local()
-OUTSIDE_TAG = "O"
 # What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
 
-
-
-@dataclass(frozen=True)
-class PostText:
-    """A post's text as the pipelines see it: the text that offsets index, its words and their spans.
-
-    For a word-list input, ``text`` is ``" ".join(words)`` and the spans index into it.
-    """
-
-    text: str
-    words: list[str]
-    offsets: list[tuple[int, int]]
-
-    @classmethod
-    def from_input(cls, text: Any, argument: str = "text") -> PostText:
-        """Read a post's ``text`` field: a raw string (split on whitespace) or a list of words.
-
-        Errors start with ``argument``.
-        """
-        if isinstance(text, str):
-            words, offsets = split_words_with_offsets(text)
-            if not words:
-                raise ValueError(
-                    f"{argument}: the post's text is empty ({text!r}); give at least one word, e.g. "
-                    f"{{'text': 'Messi arrives in Paris', 'image': ...}}."
-                )
-            return cls(text, words, offsets)
-        if isinstance(text, Sequence) and not isinstance(text, (bytes, bytearray)):
-            words = list(text)
-            if not words:
-                raise ValueError(f"{argument}: the post's word list is empty; give at least one word.")
-            offsets, position = [], 0
-            for index, word in enumerate(words):
-                if not isinstance(word, str):
-                    raise TypeError(f"{argument}: word {index} is a {type(word).__name__}, expected a string.")
-                if not word.strip():
-                    raise ValueError(
-                        f"{argument}: word {index} is empty or whitespace ({word!r}); remove it or give the raw text "
-                        f"as one string."
-                    )
-                offsets.append((position, position + len(word)))
-                position += len(word) + 1
-            return cls(" ".join(words), words, offsets)
-        if text is None:
-            raise ValueError(
-                f"{argument}: the post has no text; give {{'text': <string or list of words>, 'image': ...}}."
-            )
-        raise TypeError(f"{argument}: expected a string or a list of words, got {type(text).__name__}.")
-
-
-class WordAggregation(str, Enum):
-    """How word tags become entities (``aggregation_strategy``); see `aggregate_word_tags`."""
-
-    NONE = "none"
-    SIMPLE = "simple"
-    FIRST = "first"
-
-    @classmethod
-    def _missing_(cls, value: object) -> WordAggregation:
-        raise ValueError(
-            f"aggregation_strategy: {value!r} is not supported; choose one of {[member.value for member in cls]}."
-        )
-
-
-def _split_tag(tag: str) -> tuple[str, str]:
-    # As TokenClassificationPipeline: a tag without a B-/I- prefix (IO tagging) continues like I-.
-    if tag.startswith(("B-", "I-")):
-        return tag[0], tag[2:]
-    return "I", tag
-
-
-def aggregate_word_tags(
-    post: PostText,
-    tags: Sequence[str],
-    scores: Sequence[float],
-    aggregation_strategy: str | WordAggregation = WordAggregation.SIMPLE,
-) -> list[dict[str, Any]]:
-    """Turn per-word tags and confidences into `TokenClassificationPipeline`-style entities.
-
-    Args:
-        post: the post's text, words and word spans.
-        tags: the predicted tag of each word, in order (may be shorter than ``post.words`` when the post was
-            truncated to the model's length; later words get no entity).
-        scores: each word's confidence in its tag, the CRF marginal probability.
-        aggregation_strategy:
-            - ``"none"``: one item per word not tagged ``O``: ``entity`` (the tag), ``score``, ``index`` (word
-              index), ``word``, ``start``, ``end``.
-            - ``"simple"``: BIO runs become entities: a ``B-X`` word, or an ``I-X`` word that does not continue an
-              ``X`` entity on the previous word, starts an entity ``X``; following ``I-X`` words extend it.
-            - ``"first"``: like ``"simple"`` but an entity extends over any following ``I-`` words whatever their
-              type, and its type is its first word's. The CRF already reads each word at its first sub-token, so
-              this is the word-level meaning of "the first piece decides".
-
-    Grouped entities have ``entity_group``, ``score``, ``word`` (the exact text span), ``start`` and ``end``.
-    The score of a multi-word entity is the mean of its words' marginals, as `TokenClassificationPipeline`
-    averages token scores: it stays comparable across entity lengths (a product would shrink with every word)
-    and each term is an exact CRF posterior. It is not the probability of the whole span's tag sequence.
-    """
-    strategy = WordAggregation(aggregation_strategy)
-    tagged = [(index, tag, float(score)) for index, (tag, score) in enumerate(zip(tags, scores)) if tag != OUTSIDE_TAG]
-    if strategy is WordAggregation.NONE:
-        return [
-            {
-                "entity": tag,
-                "score": score,
-                "index": index,
-                "word": post.words[index],
-                "start": post.offsets[index][0],
-                "end": post.offsets[index][1],
-            }
-            for index, tag, score in tagged
-        ]
-    groups: list[tuple[str, list[int], list[float]]] = []
-    for index, tag, score in tagged:
-        prefix, entity_type = _split_tag(tag)
-        previous = groups[-1] if groups else None
-        continues = (
-            previous is not None
-            and prefix == "I"
-            and previous[1][-1] == index - 1
-            and (strategy is WordAggregation.FIRST or previous[0] == entity_type)
-        )
-        if continues:
-            previous[1].append(index)
-            previous[2].append(score)
-        else:
-            groups.append((entity_type, [index], [score]))
-    entities = []
-    for entity_type, indices, group_scores in groups:
-        start, end = post.offsets[indices[0]][0], post.offsets[indices[-1]][1]
-        entities.append(
-            {
-                "entity_group": entity_type,
-                "score": sum(group_scores) / len(group_scores),
-                "word": post.text[start:end],
-                "start": start,
-                "end": end,
-            }
-        )
-    return entities
 
 
 @dataclass(frozen=True)
@@ -277,49 +126,24 @@ class _CallNotes:
     def warnings(self, processor: MuSEProcessor) -> list[str]:
         messages = []
         if self.placeholders:
-            messages.append(self._placeholder_warning())
-        cut = [note for note in self.texts if note.report.cut_words]
-        if cut:
-            messages.append(self._truncation_warning(cut, processor.max_length))
-        total = TextReport(
-            posts=len(self.texts),
-            words=sum(note.report.words for note in self.texts),
-            unknown_words=sum(note.report.unknown_words for note in self.texts),
-            cut_words=0,
-            cut_entities=None,
-            cut_posts=[],
-        )
+            # The placeholder is the one the dataset builders store for missing images, so that a post without an
+            # image looks to the model exactly like the image-less training posts did.
+            reasons = [note.reason for note in self.placeholders]
+            lone_post = self.placeholders[0].position is None
+            messages.append(placeholder_warning(reasons, self.posts, lone_post, PLACEHOLDER_SIZE))
+        cuts = [
+            PostCut(note.position, note.post.words, note.report.words - note.report.cut_words)
+            for note in self.texts
+            if note.report.cut_words
+        ]
+        if cuts:
+            limit = f"the model's max_text_length={processor.max_length} sub-word tokens"
+            messages.append(truncation_warning(cuts, limit, consequence="words past it get no prediction"))
+        total = sum((note.report for note in self.texts), TextReport.empty())
         coverage = unknown_words_warning(total, processor.tokenizer.name_or_path)
         if coverage is not None:
             messages.append(coverage)
         return messages
-
-    def _placeholder_warning(self) -> str:
-        replaced = self.placeholders
-        size = f"{PLACEHOLDER_SIZE[0]}x{PLACEHOLDER_SIZE[1]} grey placeholder"
-        if len(replaced) == 1 and replaced[0].position is None:
-            return f"{replaced[0].reason}\nUsing a {size} instead (allow_missing_image=True)."
-        listed = "".join(f"\n  {note.reason}" for note in replaced[:_LISTED])
-        more = f"\n  ... and {len(replaced) - _LISTED} more" if len(replaced) > _LISTED else ""
-        return (
-            f"{len(replaced)} of {self.posts} posts got a {size} instead of their image (allow_missing_image=True; "
-            f"their predictions rest on the text):{listed}{more}"
-        )
-
-    @staticmethod
-    def _truncation_warning(cut: list[_TextNote], max_length: int) -> str:
-        def what_was_cut(note: _TextNote) -> str:
-            words, kept = note.post.words, note.report.words - note.report.cut_words
-            return f"its last {note.report.cut_words} of {len(words)} words were cut (from {words[kept]!r} on)"
-
-        limit = f"the model's max_text_length={max_length} sub-word tokens"
-        consequence = "words past it get no prediction"
-        if len(cut) == 1:
-            where = "The post" if cut[0].position is None else f"Post {cut[0].position}"
-            return f"{where} is longer than {limit}: {what_was_cut(cut[0])}; {consequence}."
-        listed = "; ".join(f"post {note.position}: {what_was_cut(note)}" for note in cut[:_LISTED])
-        more = f"; and {len(cut) - _LISTED} more posts" if len(cut) > _LISTED else ""
-        return f"{len(cut)} posts are longer than {limit} ({consequence}): {listed}{more}."
 
 
 class MuSEPipeline(Pipeline):
@@ -445,9 +269,10 @@ class MuSEPipeline(Pipeline):
                     raise
                 self._note(_Placeholder(position, str(error)))
                 image = placeholder_image()
-        report = self.processor.text_report([post.words])
+        encoded, report = self.processor(
+            images=[image], text=[post.words], return_tensors="pt", warn=False, return_text_report=True
+        )
         self._note(_TextNote(position, post, report))
-        encoded = self.processor(images=[image], text=[post.words], return_tensors="pt", warn=False)
         model_inputs: dict[str, Any] = {name: encoded[name] for name in _MODEL_INPUT_NAMES if name in encoded}
         model_inputs["post"] = post
         return model_inputs
@@ -633,11 +458,3 @@ class MultimodalSentimentPipeline(MuSEPipeline):
         if return_exchange:
             return {"prediction": prediction, "exchange": self._exchange_info(model_outputs, model_outputs["post"])}
         return prediction
-
-
-# Task name -> (pipeline class, the Auto class of its model). `modeling_muse` registers these tasks on import, and
-# every saved MuSE model lists them as `custom_pipelines`, so a checkpoint also serves them without this package.
-PIPELINE_TASKS: dict[str, tuple[type[MuSEPipeline], type]] = {
-    "multimodal-ner": (MultimodalNERPipeline, AutoModelForTokenClassification),
-    "multimodal-sentiment": (MultimodalSentimentPipeline, AutoModelForSequenceClassification),
-}

@@ -24,6 +24,7 @@ from accelerate.utils import RNG_STATE_NAME
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+from modeling_muse.reporting import first_then_count
 from processing_muse import MuSEProcessor
 
 __all__ = [
@@ -264,11 +265,10 @@ def _check_arguments(checkpoint: Path, args: argparse.Namespace) -> None:
     changed = sorted(name for name in saved.keys() | now.keys() if saved.get(name) != now.get(name))
     if not changed:
         return
-    listed = "; ".join(f"--{name}: {saved.get(name)!r} then, {now.get(name)!r} now" for name in changed[:10])
-    more = f"; and {len(changed) - 10} more" if len(changed) > 10 else ""
+    listed = first_then_count([f"--{name}: {saved.get(name)!r} then, {now.get(name)!r} now" for name in changed])
     if not args.ignore_changed_arguments:
         raise SystemExit(
-            f"--resume_from_checkpoint {checkpoint}: the run was trained with other arguments ({listed}{more}). "
+            f"--resume_from_checkpoint {checkpoint}: the run was trained with other arguments ({listed}). "
             f"Resume with the same values, or pass {override} to go on with the new ones (the optimizer, "
             f"learning-rate schedule and step of the checkpoint are restored as saved)."
         )

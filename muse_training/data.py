@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from configuration_muse import MuSEConfig
 from datasets_scripts import MissingImagesError, count_placeholder_images, load_muse_dataset
 from datasets_scripts.user_data import UserDataError, load_user_dataset
-from modeling_muse.processing_muse import unknown_words_warning
-from processing_muse import MuSEProcessor, TextReport, split_words_with_offsets
+from modeling_muse.reporting import TextReport, unknown_words_warning
+from processing_muse import MuSEProcessor, split_words_with_offsets
 
 from .logs import silenced
 

@@ -24,7 +24,7 @@ from modeling_muse import (
 )
 from modeling_muse.heads import CRFTaggingHead, WordPositions
 from modeling_muse.pipelines import PostText, aggregate_word_tags, placeholder_image
-from processing_muse import MuSEProcessor
+from processing_muse import MuSEProcessor, UnreadableImageError
 
 TEXT = "Lionel Messi  visits\tParis with   friends"
 
@@ -134,8 +134,18 @@ def test_every_image_form_gives_the_same_prediction(ner, tmp_path, image_server,
     photo.save(path)
     expected = ner({"text": TEXT, "image": photo}, aggregation_strategy="none")
     assert expected, "the fixture model should tag some words of TEXT"
-    for image in (np.asarray(photo), str(path), path, f"{image_server}/photo.png"):
+    for image in (np.asarray(photo), str(path), path, f"{image_server}/photo.png", path.read_bytes()):
         assert ner({"text": TEXT, "image": image}, aggregation_strategy="none") == expected
+
+
+def test_image_bytes_are_held_to_max_image_bytes(ner, tmp_path):
+    path = tmp_path / "photo.png"
+    random_image(0).save(path)
+    data = path.read_bytes()
+    with pytest.raises(UnreadableImageError, match=f"image: the image data is larger than max_image_bytes={len(data) - 1}"):
+        ner({"text": TEXT, "image": data}, max_image_bytes=len(data) - 1)
+    with pytest.raises(UnreadableImageError, match="image: '5 bytes of image data' is not a readable image"):
+        ner({"text": TEXT, "image": b"bytes"})
 
 
 def test_word_list_input_tags_like_the_string_with_offsets_into_the_joined_words(ner):

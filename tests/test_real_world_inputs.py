@@ -547,7 +547,7 @@ def test_allow_missing_image_keeps_a_stream_going_past_broken_pictures(ner, tmp_
         assert f"post {position}: image:" in message and fragment in message
     # Malformed posts are still errors: the flag is about pictures that cannot be had, not about wrong arguments.
     with pytest.raises(TypeError, match="post 1: image: expected a PIL image"):
-        ner([good[0], {"text": TEXT, "image": b"bytes"}], allow_missing_image=True)
+        ner([good[0], {"text": TEXT, "image": 12345}], allow_missing_image=True)
 
 
 # --------------------------------------------------------------------------------------- 8. empty lists

@@ -1,0 +1,156 @@
+"""Saved checkpoints carry an Inference Endpoints handler (`modeling_muse/handler.py`) and a requirements.txt.
+
+The handler is loaded the way Inference Endpoints load a custom handler: ``handler.py`` is imported from the model
+folder by its path, ``EndpointHandler(path)`` is built once and called with each request's JSON body.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import threading
+import tomllib
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import SENTIMENT_LABELS, tiny_config, tiny_processor
+from transformers import pipeline
+
+from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
+from modeling_muse.modeling import SERVING_REQUIREMENTS
+
+TEXT = "Lionel Messi arrives in Paris with Neymar"
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    ner = MuSEForTokenClassification(tiny_config()).eval()
+    torch.nn.init.normal_(ner.tagger.classifier.weight, std=1.0)
+    ner.save_pretrained(root / "ner")
+    tiny_processor().save_pretrained(root / "ner")
+    sentiment = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS)).eval()
+    torch.nn.init.normal_(sentiment.classifier.classifier.weight, std=1.0)
+    sentiment.save_pretrained(root / "sentiment")
+    tiny_processor(label_names=None).save_pretrained(root / "sentiment")
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "photo.png")
+    return {"ner": root / "ner", "sentiment": root / "sentiment", "photo": root / "photo.png"}
+
+
+def load_handler(folder: Path):
+    """As Inference Endpoints do: import handler.py from the model folder by path and build the handler."""
+    spec = importlib.util.spec_from_file_location(f"handler_{folder.name}", folder / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(str(folder))
+
+
+def encoded(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def photo_server(folders):
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(folders["photo"].parent))
+    )
+    server.RequestHandlerClass.log_message = lambda *args: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_saved_folders_carry_the_handler_and_the_requirements(folders):
+    for task in ("ner", "sentiment"):
+        assert (folders[task] / "handler.py").read_text() == (REPOSITORY / "modeling_muse/handler.py").read_text()
+        assert (folders[task] / "requirements.txt").read_text().split() == list(SERVING_REQUIREMENTS)
+        # The pipelines' code travels too, though the model code does not import it.
+        for module in ("pipelines.py", "entities.py", "image_input.py", "reporting.py"):
+            assert (folders[task] / module).is_file(), module
+
+
+def test_requirements_name_the_declared_versions():
+    declared = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in SERVING_REQUIREMENTS:
+        assert requirement in declared, f"{requirement} is not what pyproject.toml declares"
+
+
+def test_the_ner_handler_answers_like_the_pipeline(folders, photo_server):
+    handler = load_handler(folders["ner"])
+    ner = pipeline("multimodal-ner", model=str(folders["ner"]))
+    expected = ner({"text": TEXT, "image": Image.open(folders["photo"])})
+    assert expected, "the fixture model should tag some words"
+    assert handler({"inputs": {"text": TEXT, "image": encoded(folders["photo"])}}) == expected
+    data_url = "data:image/png;base64," + encoded(folders["photo"])
+    url = f"{photo_server}/photo.png"
+    answers = handler({"inputs": [{"text": TEXT, "image": data_url}, {"text": TEXT, "image": url}]})
+    assert answers == [expected, expected]
+    words = handler({"inputs": {"text": TEXT, "image": url}, "parameters": {"aggregation_strategy": "none"}})
+    assert words == ner({"text": TEXT, "image": url}, aggregation_strategy="none")
+
+
+def test_the_sentiment_handler_answers_like_the_pipeline(folders):
+    handler = load_handler(folders["sentiment"])
+    sentiment = pipeline("multimodal-sentiment", model=str(folders["sentiment"]))
+    post = {"text": TEXT, "image": Image.open(folders["photo"])}
+    request = {"inputs": {"text": TEXT, "image": encoded(folders["photo"])}, "parameters": {"top_k": None}}
+    assert handler(request) == sentiment(post, top_k=None)
+
+
+def test_a_request_cannot_name_a_server_file_or_lift_the_limits(folders):
+    handler = load_handler(folders["ner"])
+    secret = folders["photo"]  # a real image file on the server: must not be read through a request
+    with pytest.raises(ValueError, match=r"inputs: image is neither an http\(s\):// URL nor valid base64"):
+        handler({"inputs": {"text": TEXT, "image": str(secret)}})
+    with pytest.raises(ValueError, match="not a readable image"):
+        handler({"inputs": {"text": TEXT, "image": "/etc/passwdx"}})  # valid base64, decoded as data, never opened
+    with pytest.raises(ValueError, match=r"parameters: \['device'\] are not taken by multimodal-ner"):
+        handler({"inputs": {"text": TEXT}, "parameters": {"device": "cuda"}})
+    with pytest.raises(ValueError, match="timeout=600 is above this endpoint's limit"):
+        handler({"inputs": {"text": TEXT}, "parameters": {"timeout": 600}})
+    with pytest.raises(ValueError, match=r'The request body must be a JSON object \{"inputs"'):
+        handler({"text": TEXT})
+    with pytest.raises(ValueError, match=r"inputs\[1\]: expected a post"):
+        handler({"inputs": [{"text": TEXT, "image": encoded(secret)}, "text only"]})
+    with pytest.raises(ValueError, match="the post has no image"):
+        handler({"inputs": {"text": TEXT}})
+    assert handler({"inputs": {"text": TEXT}, "parameters": {"allow_missing_image": True}}) is not None
+
+
+def test_the_handler_serves_where_the_project_is_not_installed(folders):
+    client = f"""
+import importlib.abc, importlib.util, json, sys, base64
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {{"modeling_muse", "configuration_muse", "processing_muse", "muse_training"}}:
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+spec = importlib.util.spec_from_file_location("handler", {str(folders['ner'] / 'handler.py')!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+handler = module.EndpointHandler({str(folders['ner'])!r})
+image = base64.b64encode(open({str(folders['photo'])!r}, "rb").read()).decode()
+print(json.dumps(handler({{"inputs": {{"text": {TEXT!r}, "image": image}}}})))
+"""
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", client], capture_output=True, text=True, timeout=300, cwd=folders["ner"].parent
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = json.loads(done.stdout.strip().splitlines()[-1])
+    ner = pipeline("multimodal-ner", model=str(folders["ner"]))
+    local = ner({"text": TEXT, "image": Image.open(io.BytesIO(folders["photo"].read_bytes()))})
+    assert [entity["word"] for entity in remote] == [entity["word"] for entity in local]
+    assert np.allclose([entity["score"] for entity in remote], [entity["score"] for entity in local], atol=1e-5)
