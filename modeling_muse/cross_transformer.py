@@ -160,12 +160,15 @@ class CrossTransformerOutput:
     """Final streams, ``(B, 1 + n, d)`` each (None for a branch the model does not have), and per-layer
     diagnostics when asked for.
 
+    ``*_hidden_states``: the stream entering the first layer (T(0), I(0)) and after each layer, L + 1 tensors.
     ``*_cls_attentions``: one ``(B, 1 + n)`` tensor per layer. ``*_exchange_masks``: one ``(B, n)`` bool tensor
     per exchange layer (mu..eta), True at the tokens that were exchanged.
     """
 
     text_hidden_state: torch.Tensor | None
     image_hidden_state: torch.Tensor | None
+    text_hidden_states: tuple[torch.Tensor, ...] | None = None
+    image_hidden_states: tuple[torch.Tensor, ...] | None = None
     text_cls_attentions: tuple[torch.Tensor, ...] | None = None
     image_cls_attentions: tuple[torch.Tensor, ...] | None = None
     text_exchange_masks: tuple[torch.Tensor, ...] | None = None
@@ -195,6 +198,7 @@ class CrossTransformer(nn.Module):
         text_mask: torch.Tensor | None,
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
+        output_hidden_states: bool = False,
     ) -> CrossTransformerOutput:
         """
         Args:
@@ -202,6 +206,8 @@ class CrossTransformer(nn.Module):
                 branch.
             image_embeddings: I_e, ``(B, P*P, d)``, or None without an image branch.
             text_mask: ``(B, n_t)``, 1 at real text tokens, 0 at padding.
+            output_cls_attentions, output_exchange_masks, output_hidden_states: return those per-layer diagnostics
+                (see `CrossTransformerOutput`).
         """
         # Each stream runs through the shared layers on its own length: the text stream is no longer than its
         # batch's longest post, while the image stream keeps its P*P tokens.
@@ -214,7 +220,7 @@ class CrossTransformer(nn.Module):
             image_valid = torch.ones(image_embeddings.shape[:2], dtype=torch.bool, device=image_embeddings.device)
         exchanging = text_states is not None and image_states is not None and self.exchange_ratio > 0
 
-        cls_attentions, exchange_masks = [], []
+        cls_attentions, exchange_masks, hidden_states = [], [], [(text_states, image_states)]
         for layer_number, layer in enumerate(self.layers, start=1):
             is_exchange_layer = layer_number in self.exchange_layers
             # The streams are positional so that reentrant checkpointing (use_reentrant=True) sees them as inputs.
@@ -229,6 +235,7 @@ class CrossTransformer(nn.Module):
                 exchange_mode=self.exchange_mode,
             )
             cls_attentions.append((text_attention, image_attention))
+            hidden_states.append((text_states, image_states))
             if is_exchange_layer:
                 # Outside an exchange (one stream, theta = 0) nothing was exchanged: all-False masks.
                 exchange_masks.append(
@@ -247,6 +254,8 @@ class CrossTransformer(nn.Module):
         return CrossTransformerOutput(
             text_hidden_state=text_states,
             image_hidden_state=image_states,
+            text_hidden_states=per_stream(hidden_states, text_index) if output_hidden_states else None,
+            image_hidden_states=per_stream(hidden_states, image_index) if output_hidden_states else None,
             text_cls_attentions=per_stream(cls_attentions, text_index) if output_cls_attentions else None,
             image_cls_attentions=per_stream(cls_attentions, image_index) if output_cls_attentions else None,
             text_exchange_masks=per_stream(exchange_masks, text_index) if output_exchange_masks else None,

@@ -35,6 +35,8 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
 
 from .configuration_muse import MuSEConfig, pipelines_registered_by
 
@@ -58,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _PASSED_THROUGH_FIELDS = (
+    "text_hidden_states",
+    "image_hidden_states",
     "text_cls_attentions",
     "image_cls_attentions",
     "text_exchange_masks",
@@ -319,7 +323,11 @@ class MuSEModel(MuSEPreTrainedModel):
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
         compute_regularizer_losses: bool | None = None,
-    ) -> MuSEModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MuSEModelOutput | tuple:
         r"""
         Args:
             input_ids: `(batch, n)` token ids, n at most `config.max_text_length` (MuSEProcessor pads to the batch's
@@ -335,12 +343,31 @@ class MuSEModel(MuSEPreTrainedModel):
             output_exchange_masks: return each exchange layer's boolean exchange masks per modality.
             compute_regularizer_losses: run the regularizer decoders (eqs. 3-6); defaults to `self.training`.
                 Never runs without decoder weights.
+            output_attentions: as ``output_cls_attentions`` (MuSE keeps the cls row of each attention map, all the
+                exchange reads); defaults to ``config.output_attentions``.
+            output_hidden_states: return each CrossTransformer stream before and after every layer; defaults to
+                ``config.output_hidden_states``.
+            return_dict: a `ModelOutput` (default, ``config.return_dict``) or a plain tuple of its non-None fields.
+            kwargs: passed on to the text encoder (transformers' `TransformersKwargs`).
         """
+        unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.forward got unexpected arguments {unknown}; besides its own it takes "
+                f"transformers' {sorted(TransformersKwargs.__annotations__)}."
+            )
+        output_cls_attentions = output_cls_attentions or bool(
+            self.config.output_attentions if output_attentions is None else output_attentions
+        )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         _check_inputs(self.config, input_ids, attention_mask, pixel_values)
         if self.config.use_text and attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_embeddings = (
-            self.text_encoder(input_ids, attention_mask, token_type_ids) if self.text_encoder is not None else None
+            self.text_encoder(input_ids, attention_mask, token_type_ids, **kwargs)
+            if self.text_encoder is not None
+            else None
         )
         image_embeddings = self.image_encoder(pixel_values) if self.image_encoder is not None else None
 
@@ -359,9 +386,12 @@ class MuSEModel(MuSEPreTrainedModel):
                 attention_mask,
                 output_cls_attentions=output_cls_attentions,
                 output_exchange_masks=output_exchange_masks,
+                output_hidden_states=output_hidden_states,
             )
             text_states, image_states = cross.text_hidden_state, cross.image_hidden_state
             diagnostics = {
+                "text_hidden_states": cross.text_hidden_states,
+                "image_hidden_states": cross.image_hidden_states,
                 "text_cls_attentions": cross.text_cls_attentions,
                 "image_cls_attentions": cross.image_cls_attentions,
                 "text_exchange_masks": cross.text_exchange_masks,
@@ -380,7 +410,7 @@ class MuSEModel(MuSEPreTrainedModel):
         # text partner and stay out of the fusion (they still took part in the CrossTransformer).
         length = streams[0].shape[1]
         fused = self.fusion(torch.cat([states[:, :length] for states in streams], dim=-1))
-        return MuSEModelOutput(
+        outputs = MuSEModelOutput(
             fusion_embeddings=fused[:, 1:],
             pooler_output=fused[:, 0],
             text_last_hidden_state=text_states,
@@ -390,6 +420,12 @@ class MuSEModel(MuSEPreTrainedModel):
             generation_bits_per_dim=regularizer_losses.generation_bits_per_dim if regularizer_losses else None,
             **diagnostics,
         )
+        return _as_returned(self.config, outputs, return_dict)
+
+
+def _as_returned(config: MuSEConfig, outputs: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
+    """``outputs``, or its non-None fields as a tuple with ``return_dict=False`` (as transformers models do)."""
+    return outputs if (config.use_return_dict if return_dict is None else return_dict) else outputs.to_tuple()
 
 
 def _passed_through(outputs: MuSEModelOutput) -> dict:
@@ -431,7 +467,11 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
-    ) -> MuSETokenClassifierOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MuSETokenClassifierOutput | tuple:
         r"""
         Args:
             word_start_mask: `(batch, n)`, 1 at each word's first sub-token (MuSEProcessor returns it). The CRF
@@ -466,6 +506,10 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
             output_cls_attentions=output_cls_attentions,
             output_exchange_masks=output_exchange_masks,
             compute_regularizer_losses=self.training and labels is not None,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
         )
         emissions = self.tagger.emissions(outputs.fusion_embeddings)
         words = WordPositions(word_start_mask)
@@ -474,9 +518,10 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
             task_loss = self.tagger.negative_log_likelihood(emissions, words, labels)
             loss = _total_loss(self.config, task_loss, outputs)
         predicted = None if self.training else self.tagger.decode(emissions, words)
-        return MuSETokenClassifierOutput(
+        result = MuSETokenClassifierOutput(
             loss=loss, task_loss=task_loss, logits=emissions, predicted_tag_ids=predicted, **_passed_through(outputs)
         )
+        return _as_returned(self.config, result, return_dict)
 
 
 class MuSEForSequenceClassification(MuSEPreTrainedModel):
@@ -499,7 +544,11 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
-    ) -> MuSESequenceClassifierOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MuSESequenceClassifierOutput | tuple:
         r"""
         Args:
             labels: `(batch,)` class ids in `[0, num_labels)`. In training, the regularizer decoders run only when
@@ -516,6 +565,10 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
             output_cls_attentions=output_cls_attentions,
             output_exchange_masks=output_exchange_masks,
             compute_regularizer_losses=self.training and labels is not None,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
         )
         logits = self.classifier(outputs.pooler_output)
         task_loss = loss = None
@@ -526,7 +579,8 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
                 )
             task_loss = nn.functional.cross_entropy(logits, labels)
             loss = _total_loss(self.config, task_loss, outputs)
-        return MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **_passed_through(outputs))
+        result = MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **_passed_through(outputs))
+        return _as_returned(self.config, result, return_dict)
 
 
 # What the saved code imports beyond the standard library (torch, transformers and huggingface_hub come with any

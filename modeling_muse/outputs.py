@@ -22,9 +22,13 @@ class MuSEModelOutput(ModelOutput):
         T(L), the text stream after the last CrossTransformer layer, cls first.
     image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + P*P, d)`):
         I(L), the image stream after the last CrossTransformer layer, cls first.
+    text_hidden_states, image_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True`: each stream entering the CrossTransformer (T(0) and I(0), eqs. 8-9) and
+        after each of its L layers: L + 1 tensors of shape `(batch_size, 1 + n, d)` and `(batch_size, 1 + P*P, d)`.
     text_cls_attentions, image_cls_attentions (`tuple(torch.FloatTensor)`, *optional*):
-        With `output_cls_attentions=True`: per layer, the cls row of the attention map averaged over heads,
-        `(batch_size, 1 + n)` for text and `(batch_size, 1 + P*P)` for the image.
+        With `output_cls_attentions=True` or `output_attentions=True`: per layer, the cls row of the attention map
+        averaged over heads, `(batch_size, 1 + n)` for text and `(batch_size, 1 + P*P)` for the image. That row is
+        all the exchange reads; MuSE never forms the full attention maps.
     text_exchange_masks, image_exchange_masks (`tuple(torch.BoolTensor)`, *optional*):
         With `output_exchange_masks=True`: per exchange layer (mu..eta), `(batch_size, n)` for text and
         `(batch_size, P*P)` for the image, True at the tokens that were exchanged.
@@ -41,6 +45,8 @@ class MuSEModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     text_last_hidden_state: torch.FloatTensor | None = None
     image_last_hidden_state: torch.FloatTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
@@ -63,8 +69,8 @@ class MuSETokenClassifierOutput(ModelOutput):
     predicted_tag_ids (`torch.LongTensor` of shape `(batch_size, n)`, *optional*):
         The CRF's best (Viterbi) tag path, placed at each word's first sub-token and -100 elsewhere, the same
         layout as `labels`. Filled outside training.
-    caption_loss, generation_loss, generation_bits_per_dim, text_cls_attentions, image_cls_attentions,
-    text_exchange_masks, image_exchange_masks:
+    caption_loss, generation_loss, generation_bits_per_dim, text_hidden_states, image_hidden_states,
+    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
         As in [`MuSEModelOutput`].
     """
 
@@ -75,6 +81,8 @@ class MuSETokenClassifierOutput(ModelOutput):
     generation_bits_per_dim: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     predicted_tag_ids: torch.LongTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
@@ -90,8 +98,8 @@ class MuSESequenceClassifierOutput(ModelOutput):
         With `labels`: L_task, the cross-entropy of the sentiment logits.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
         Sentiment scores before softmax.
-    caption_loss, generation_loss, generation_bits_per_dim, text_cls_attentions, image_cls_attentions,
-    text_exchange_masks, image_exchange_masks:
+    caption_loss, generation_loss, generation_bits_per_dim, text_hidden_states, image_hidden_states,
+    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
         As in [`MuSEModelOutput`].
     """
 
@@ -101,6 +109,8 @@ class MuSESequenceClassifierOutput(ModelOutput):
     generation_loss: torch.FloatTensor | None = None
     generation_bits_per_dim: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,7 +89,10 @@ class TextEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        """T_e for the tokens; ``kwargs`` (transformers' `TransformersKwargs`) go to the transformers encoder."""
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return self.projection(hidden)

@@ -352,3 +352,30 @@ def test_each_word_reads_the_fusion_of_its_own_first_subtoken_and_cls_reads_posi
                 torch.testing.assert_close(emissions[post, position], model.tagger.classifier(fused))
         pooled = model.muse.fusion(torch.cat([text[:, 0], image[:, 0]], dim=-1))
         torch.testing.assert_close(streams.pooler_output, pooled)
+
+
+def test_forwards_take_the_transformers_output_switches():
+    from tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = MuSEForTokenClassification(config).eval()
+    inputs = {
+        "input_ids": torch.randint(5, 100, (2, 7)),
+        "attention_mask": torch.ones(2, 7, dtype=torch.long),
+        "word_start_mask": torch.ones(2, 7, dtype=torch.long),
+        "pixel_values": torch.randn(2, 3, 32, 32),
+    }
+    plain = model(**inputs)
+    assert plain.text_hidden_states is None and plain.text_cls_attentions is None
+    detailed = model(**inputs, output_hidden_states=True, output_attentions=True)
+    assert len(detailed.text_hidden_states) == config.num_cross_layers + 1
+    assert len(detailed.image_cls_attentions) == config.num_cross_layers
+    assert torch.equal(detailed.text_hidden_states[-1], model.muse(**inputs).text_last_hidden_state)
+    as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    assert torch.equal(as_tuple[0], plain.logits) and torch.equal(as_tuple[1], plain.predicted_tag_ids)
+    # Transformers' keyword arguments reach the text encoder; anything else is refused there.
+    assert torch.equal(model(**inputs, num_items_in_batch=2).logits, plain.logits)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['no_such_argument'\]"):
+        model(**inputs, no_such_argument=1)
