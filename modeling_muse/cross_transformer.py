@@ -261,3 +261,10 @@ class CrossTransformer(nn.Module):
             text_exchange_masks=per_stream(exchange_masks, text_index) if output_exchange_masks else None,
             image_exchange_masks=per_stream(exchange_masks, image_index) if output_exchange_masks else None,
         )
+
+
+def with_mean_summary(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[mean of the valid tokens ; tokens]: the w/o-CT stand-in for a CrossTransformer stream."""
+    weights = valid.unsqueeze(-1).to(tokens.dtype)
+    mean = (tokens * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.cat([mean, tokens], dim=1)

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import sys
-from pathlib import Path
 from collections.abc import Callable
 
 import torch
@@ -38,19 +35,27 @@ from transformers import initialization as init
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 
-from .configuration_muse import MuSEConfig, pipelines_registered_by
+from .configuration_muse import MuSEConfig
 
 from .caption_decoder import UNIFORM_INIT_RANGE
-from .cross_transformer import CrossTransformer
+from .cross_transformer import CrossTransformer, with_mean_summary
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
-from .image_encoder import ImageEncoder, load_pretrained_vision_backbone, resolve_vision_tower
-from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
-from .regularizers import EmbeddingRegularizers
-from .text_encoder import TextEncoder, load_pretrained_text_backbone
+from .image_encoder import ImageEncoder
+from .outputs import (
+    MuSEModelOutput,
+    MuSESequenceClassifierOutput,
+    MuSETokenClassifierOutput,
+    as_returned,
+    passed_through,
+)
+from .pretrained_towers import build_around_pretrained_towers
+from .input_checks import check_inputs
+from .regularizers import EmbeddingRegularizers, total_loss
+from .serving import custom_pipeline_entries, save_serving_files
+from .text_encoder import TextEncoder
 
 __all__ = [
     "AUTO_MODEL_CLASSES",
-    "SERVING_REQUIREMENTS",
     "MuSEForSequenceClassification",
     "MuSEForTokenClassification",
     "MuSEModel",
@@ -59,17 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PASSED_THROUGH_FIELDS = (
-    "text_hidden_states",
-    "image_hidden_states",
-    "text_cls_attentions",
-    "image_cls_attentions",
-    "text_exchange_masks",
-    "image_exchange_masks",
-    "caption_loss",
-    "generation_loss",
-    "generation_bits_per_dim",
-)
 
 
 class MuSEPreTrainedModel(PreTrainedModel):
@@ -173,27 +167,15 @@ class MuSEPreTrainedModel(PreTrainedModel):
                 tower, extra arguments for `timm.create_model` (stored in the config).
             **config_kwargs: `MuSEConfig` fields (``num_cross_layers``, ``exchange_ratio``, ``id2label``, ...).
         """
-        text_backbone = load_pretrained_text_backbone(text_model_name_or_path, **(text_model_kwargs or {}))
-        tower = resolve_vision_tower(vision_model_name_or_path)
-        vision_fields = tower.config_fields()
-        if tower.library == "timm" and vision_model_kwargs:
-            vision_fields["vision_model_kwargs"] = {**vision_fields.get("vision_model_kwargs", {}), **vision_model_kwargs}
-        config = MuSEConfig(text_config=text_backbone.config, **vision_fields, **config_kwargs)
-        model = cls(config)
-        muse = model.base_muse
-        if muse.text_encoder is not None:
-            muse.text_encoder.backbone.load_state_dict(text_backbone.state_dict())
-        if pretrained_vision and muse.image_encoder is not None:
-            extra = vision_model_kwargs if tower.library == "transformers" else {}
-            vision_backbone = load_pretrained_vision_backbone(tower, config.vision_model_kwargs, **(extra or {}))
-            muse.image_encoder.backbone.load_state_dict(vision_backbone.state_dict())
-        logger.warning(
-            "MuSE was built around pretrained towers (%s, %s); its projections, CrossTransformer, fusion layer "
-            "and head are newly initialised: train the model before using it for predictions.",
+        return build_around_pretrained_towers(
+            cls,
             text_model_name_or_path,
             vision_model_name_or_path,
+            pretrained_vision=pretrained_vision,
+            text_model_kwargs=text_model_kwargs,
+            vision_model_kwargs=vision_model_kwargs,
+            **config_kwargs,
         )
-        return model
 
     @property
     def base_muse(self) -> MuSEModel:
@@ -219,77 +201,18 @@ class MuSEPreTrainedModel(PreTrainedModel):
             for auto_class, model_class in AUTO_MODEL_CLASSES.items()
         }
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **references}
-        registered = pipelines_registered_by(type(self).__module__.rpartition(".")[0])
+        registered = custom_pipeline_entries(type(self).__module__.rpartition(".")[0])
         if registered:
-            self.config.custom_pipelines = {
-                task: {
-                    "impl": f"{entry['impl'].__module__.rpartition('.')[2]}.{entry['impl'].__name__}",
-                    "pt": [auto_class.__name__ for auto_class in entry["pt"]],
-                    "type": "multimodal",
-                }
-                for task, entry in registered.items()
-            }
+            self.config.custom_pipelines = registered
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            self._save_serving_files(Path(save_directory))
-
-    def _save_serving_files(self, folder: Path) -> None:
-        from transformers.dynamic_module_utils import get_relative_import_files
-
-        code_folder = Path(sys.modules[type(self).__module__].__file__).parent
-        # config.custom_pipelines hides itself while the installed package serves the tasks; config.json keeps it.
-        tasks = self.config.__dict__.get("custom_pipelines", {})
-        modules = {entry["impl"].rpartition(".")[0] for entry in tasks.values()}
-        for module in sorted(modules):
-            source = code_folder / f"{module}.py"
-            for file in [source, *map(Path, get_relative_import_files(source))]:
-                shutil.copy(file, folder / file.name)
-        shutil.copy(code_folder / "handler.py", folder / "handler.py")
-        (folder / "requirements.txt").write_text("\n".join(SERVING_REQUIREMENTS) + "\n")
+            save_serving_files(self, save_directory)
 
     def remove_regularizers(self) -> None:
         """Drop the decoder weights for serving: `save_pretrained` then writes a checkpoint without them,
         which every Auto class loads, since the config now says `include_regularizers=False`."""
         self.base_muse.regularizers = None
         self.config.include_regularizers = False
-
-
-def _check_inputs(
-    config: MuSEConfig,
-    input_ids: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    pixel_values: torch.Tensor | None,
-) -> None:
-    if config.use_text:
-        if input_ids is None or input_ids.dim() != 2:
-            shape = None if input_ids is None else tuple(input_ids.shape)
-            raise ValueError(f"input_ids must be a (batch, max_text_length) tensor of token ids, got shape {shape}.")
-        if input_ids.shape[1] > config.max_text_length:
-            raise ValueError(
-                f"input_ids has {input_ids.shape[1]} positions but this MuSE model fuses text position j with image "
-                f"token j and has {config.num_image_tokens} image tokens: truncate to at most max_text_length="
-                f"{config.max_text_length} (MuSEProcessor does this)."
-            )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
-            )
-    if config.use_image:
-        if pixel_values is None:
-            raise ValueError("pixel_values is required: MuSE fuses text with an image (MuSEProcessor(images=...)).")
-        batch = input_ids.shape[0] if config.use_text else pixel_values.shape[0]
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3 or pixel_values.shape[0] != batch:
-            raise ValueError(
-                f"pixel_values must be a (batch={batch}, 3, height, width) tensor, got shape "
-                f"{tuple(pixel_values.shape)}."
-            )
-
-
-def _with_mean_summary(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[mean of the valid tokens ; tokens]: the w/o-CT stand-in for a CrossTransformer stream."""
-    weights = valid.unsqueeze(-1).to(tokens.dtype)
-    mean = (tokens * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1)
-    return torch.cat([mean, tokens], dim=1)
 
 
 class MuSEModel(MuSEPreTrainedModel):
@@ -361,7 +284,7 @@ class MuSEModel(MuSEPreTrainedModel):
         )
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        _check_inputs(self.config, input_ids, attention_mask, pixel_values)
+        check_inputs(self.config, input_ids, attention_mask, pixel_values)
         if self.config.use_text and attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_embeddings = (
@@ -398,11 +321,11 @@ class MuSEModel(MuSEPreTrainedModel):
                 "image_exchange_masks": cross.image_exchange_masks,
             }
         else:
-            text_states = None if text_embeddings is None else _with_mean_summary(text_embeddings, attention_mask)
+            text_states = None if text_embeddings is None else with_mean_summary(text_embeddings, attention_mask)
             image_states = (
                 None
                 if image_embeddings is None
-                else _with_mean_summary(image_embeddings, torch.ones(image_embeddings.shape[:2], device=image_embeddings.device))
+                else with_mean_summary(image_embeddings, torch.ones(image_embeddings.shape[:2], device=image_embeddings.device))
             )
             diagnostics = {}
         streams = [states for states in (text_states, image_states) if states is not None]
@@ -420,26 +343,7 @@ class MuSEModel(MuSEPreTrainedModel):
             generation_bits_per_dim=regularizer_losses.generation_bits_per_dim if regularizer_losses else None,
             **diagnostics,
         )
-        return _as_returned(self.config, outputs, return_dict)
-
-
-def _as_returned(config: MuSEConfig, outputs: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
-    """``outputs``, or its non-None fields as a tuple with ``return_dict=False`` (as transformers models do)."""
-    return outputs if (config.use_return_dict if return_dict is None else return_dict) else outputs.to_tuple()
-
-
-def _passed_through(outputs: MuSEModelOutput) -> dict:
-    return {name: getattr(outputs, name) for name in _PASSED_THROUGH_FIELDS}
-
-
-def _total_loss(config: MuSEConfig, task_loss: torch.Tensor, outputs: MuSEModelOutput) -> torch.Tensor:
-    """L = L_task + alpha * L_it + beta * L_ti (eq. 14); absent regularizer terms count as 0."""
-    loss = task_loss
-    if outputs.caption_loss is not None:
-        loss = loss + config.caption_loss_weight * outputs.caption_loss
-    if outputs.generation_loss is not None:
-        loss = loss + config.generation_loss_weight * outputs.generation_loss
-    return loss
+        return as_returned(self.config, outputs, return_dict)
 
 
 class MuSEForTokenClassification(MuSEPreTrainedModel):
@@ -516,12 +420,12 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
         task_loss = loss = None
         if labels is not None:
             task_loss = self.tagger.negative_log_likelihood(emissions, words, labels)
-            loss = _total_loss(self.config, task_loss, outputs)
+            loss = total_loss(self.config, task_loss, outputs)
         predicted = None if self.training else self.tagger.decode(emissions, words)
         result = MuSETokenClassifierOutput(
-            loss=loss, task_loss=task_loss, logits=emissions, predicted_tag_ids=predicted, **_passed_through(outputs)
+            loss=loss, task_loss=task_loss, logits=emissions, predicted_tag_ids=predicted, **passed_through(outputs)
         )
-        return _as_returned(self.config, result, return_dict)
+        return as_returned(self.config, result, return_dict)
 
 
 class MuSEForSequenceClassification(MuSEPreTrainedModel):
@@ -578,22 +482,10 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
                     f"labels must be a (batch={logits.shape[0]},) tensor of class ids, got shape {tuple(labels.shape)}."
                 )
             task_loss = nn.functional.cross_entropy(logits, labels)
-            loss = _total_loss(self.config, task_loss, outputs)
-        result = MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **_passed_through(outputs))
-        return _as_returned(self.config, result, return_dict)
+            loss = total_loss(self.config, task_loss, outputs)
+        result = MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **passed_through(outputs))
+        return as_returned(self.config, result, return_dict)
 
-
-# What the saved code imports beyond the standard library (torch, transformers and huggingface_hub come with any
-# transformers environment but are listed for completeness), with the versions this package declares.
-SERVING_REQUIREMENTS = (
-    "torch>=2.14.1",
-    "transformers>=5.0",
-    "huggingface_hub>=1.0",
-    "timm>=1.0",
-    "pytorch-crf>=0.7.2",
-    "pillow>=10",
-    "numpy",
-)
 
 # The Auto class of each MuSE model: `modeling_muse` registers them, and every saved checkpoint names all of them in
 # its auto_map (see `MuSEPreTrainedModel.save_pretrained`).

@@ -5,9 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedConfig
 from transformers.utils import ModelOutput
 
-__all__ = ["MuSEModelOutput", "MuSESequenceClassifierOutput", "MuSETokenClassifierOutput"]
+__all__ = [
+    "MuSEModelOutput",
+    "MuSESequenceClassifierOutput",
+    "MuSETokenClassifierOutput",
+    "as_returned",
+    "passed_through",
+]
+
+# What the task models pass on from the bare model's output.
+_PASSED_THROUGH_FIELDS = (
+    "text_hidden_states",
+    "image_hidden_states",
+    "text_cls_attentions",
+    "image_cls_attentions",
+    "text_exchange_masks",
+    "image_exchange_masks",
+    "caption_loss",
+    "generation_loss",
+    "generation_bits_per_dim",
+)
 
 
 @dataclass
@@ -115,3 +135,12 @@ class MuSESequenceClassifierOutput(ModelOutput):
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
     image_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+
+
+def as_returned(config: PreTrainedConfig, outputs: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
+    """``outputs``, or its non-None fields as a tuple with ``return_dict=False`` (as transformers models do)."""
+    return outputs if (config.use_return_dict if return_dict is None else return_dict) else outputs.to_tuple()
+
+
+def passed_through(outputs: MuSEModelOutput) -> dict:
+    return {name: getattr(outputs, name) for name in _PASSED_THROUGH_FIELDS}

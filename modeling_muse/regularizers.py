@@ -13,6 +13,7 @@ The module exists only when at least one decoder is weighted (`MuSEConfig.has_ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from .configuration_muse import MuSEConfig
 from .caption_decoder import CaptionDecoder
 from .pixelcnn_decoder import PixelCNNPlusPlusDecoder
 
-__all__ = ["EmbeddingRegularizers", "NoisyProjection", "RegularizerLosses"]
+__all__ = ["EmbeddingRegularizers", "NoisyProjection", "RegularizerLosses", "total_loss"]
 
 
 class NoisyProjection(nn.Module):
@@ -103,3 +104,14 @@ class EmbeddingRegularizers(nn.Module):
             losses.generation_loss = generated.loss
             losses.generation_bits_per_dim = generated.bits_per_dim
         return losses
+
+
+def total_loss(config: MuSEConfig, task_loss: torch.Tensor, outputs: Any) -> torch.Tensor:
+    """L = L_task + alpha * L_it + beta * L_ti (eq. 14); absent regularizer terms (``outputs.caption_loss``,
+    ``outputs.generation_loss`` None) count as 0."""
+    loss = task_loss
+    if outputs.caption_loss is not None:
+        loss = loss + config.caption_loss_weight * outputs.caption_loss
+    if outputs.generation_loss is not None:
+        loss = loss + config.generation_loss_weight * outputs.generation_loss
+    return loss

@@ -26,7 +26,7 @@ from tiny_models import SENTIMENT_LABELS, tiny_config, tiny_processor
 from transformers import pipeline
 
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
-from modeling_muse.modeling import SERVING_REQUIREMENTS
+from modeling_muse.serving import SERVING_REQUIREMENTS
 
 TEXT = "Lionel Messi arrives in Paris with Neymar"
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -1,0 +1,61 @@
+"""What a saved MuSE checkpoint carries for serving, beside its weights and model code.
+
+`MuSEPreTrainedModel.save_pretrained` lists the pipeline tasks registered with this code in the config
+(``custom_pipelines``) and copies their modules (the model code does not import its pipelines), an Inference
+Endpoints handler (``handler.py``, see `modeling_muse/handler.py`) and a ``requirements.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .configuration_muse import pipelines_registered_by
+
+__all__ = ["SERVING_REQUIREMENTS", "custom_pipeline_entries", "save_serving_files"]
+
+# What the saved code imports beyond the standard library (torch, transformers and huggingface_hub come with any
+# transformers environment but are listed for completeness), with the versions this package declares.
+SERVING_REQUIREMENTS = (
+    "torch>=2.14.1",
+    "transformers>=5.0",
+    "huggingface_hub>=1.0",
+    "timm>=1.0",
+    "pytorch-crf>=0.7.2",
+    "pillow>=10",
+    "numpy",
+)
+
+
+def custom_pipeline_entries(package: str) -> dict[str, dict[str, Any]]:
+    """The ``custom_pipelines`` config entries of the tasks that ``package`` registered (empty if none)."""
+    return {
+        task: {
+            "impl": f"{entry['impl'].__module__.rpartition('.')[2]}.{entry['impl'].__name__}",
+            "pt": [auto_class.__name__ for auto_class in entry["pt"]],
+            "type": "multimodal",
+        }
+        for task, entry in pipelines_registered_by(package).items()
+    }
+
+
+def save_serving_files(model: nn.Module, save_directory: str | os.PathLike) -> None:
+    """Copy the pipelines' code named in ``model.config``'s ``custom_pipelines`` (with every file it imports
+    relatively), ``handler.py`` and ``requirements.txt`` into ``save_directory``."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    folder = Path(save_directory)
+    code_folder = Path(sys.modules[type(model).__module__].__file__).parent
+    # config.custom_pipelines hides itself while the installed package serves the tasks; config.json keeps it.
+    tasks = model.config.__dict__.get("custom_pipelines", {})
+    for module in sorted({entry["impl"].rpartition(".")[0] for entry in tasks.values()}):
+        source = code_folder / f"{module}.py"
+        for file in [source, *map(Path, get_relative_import_files(source))]:
+            shutil.copy(file, folder / file.name)
+    shutil.copy(code_folder / "handler.py", folder / "handler.py")
+    (folder / "requirements.txt").write_text("\n".join(SERVING_REQUIREMENTS) + "\n")
