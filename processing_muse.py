@@ -5,26 +5,5 @@ can carry it for ``trust_remote_code=True`` (see `configuration_muse.py` at the 
 here are the package's own objects.
 """
 
-from modeling_muse.processing_muse import (
-    PLACEHOLDER_COLOR,
-    PLACEHOLDER_SIZE,
-    MuSEProcessor,
-    TextReport,
-    UnreadableImageError,
-    decode_image,
-    load_rgb_image,
-    placeholder_image,
-    split_words_with_offsets,
-)
-
-__all__ = [
-    "PLACEHOLDER_COLOR",
-    "PLACEHOLDER_SIZE",
-    "MuSEProcessor",
-    "TextReport",
-    "UnreadableImageError",
-    "decode_image",
-    "load_rgb_image",
-    "placeholder_image",
-    "split_words_with_offsets",
-]
+from modeling_muse.processing_muse import *  # noqa: F403
+from modeling_muse.processing_muse import __all__  # noqa: F401

@@ -27,8 +27,6 @@ not fit). On a CPU the budget may not exceed 80 % of the memory available, so th
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -75,23 +73,19 @@ def _map_large_allocations_alone() -> bool:
     """Make glibc serve every allocation above 128 KiB by its own mapping, unmapped when freed (a fixed
     ``M_MMAP_THRESHOLD`` also stops glibc from raising it as tensors come and go). The resident size then follows the
     live tensors instead of the heap's high-water mark. False without glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MAPPED_ABOVE))
+    from muse_training.memory import glibc
+
+    libc = glibc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, _MAPPED_ABOVE))
 
 
 def _give_back_freed_memory() -> None:
     gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:
-        pass
+    from muse_training.memory import glibc
+
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _available_memory_bytes() -> int | None:

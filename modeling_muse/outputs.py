@@ -77,43 +77,11 @@ class MuSEModelOutput(ModelOutput):
 
 
 @dataclass
-class MuSETokenClassifierOutput(ModelOutput):
+class MuSESequenceClassifierOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
         With `labels`: the total loss L = L_task + alpha * L_it + beta * L_ti (eq. 14); the regularizer terms
         enter only in training.
-    task_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        With `labels`: L_task, the CRF's negative log-likelihood of the gold tag sequences, averaged over posts.
-    logits (`torch.FloatTensor` of shape `(batch_size, n, num_labels)`):
-        The CRF emission scores at every sub-word position (only word-first positions enter the CRF).
-    predicted_tag_ids (`torch.LongTensor` of shape `(batch_size, n)`, *optional*):
-        The CRF's best (Viterbi) tag path, placed at each word's first sub-token and -100 elsewhere, the same
-        layout as `labels`. Filled outside training.
-    caption_loss, generation_loss, generation_bits_per_dim, text_hidden_states, image_hidden_states,
-    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
-        As in [`MuSEModelOutput`].
-    """
-
-    loss: torch.FloatTensor | None = None
-    task_loss: torch.FloatTensor | None = None
-    caption_loss: torch.FloatTensor | None = None
-    generation_loss: torch.FloatTensor | None = None
-    generation_bits_per_dim: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    predicted_tag_ids: torch.LongTensor | None = None
-    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
-    image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
-    text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
-    image_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
-
-
-@dataclass
-class MuSESequenceClassifierOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*):
-        With `labels`: the total loss L = L_task + alpha * L_it + beta * L_ti (eq. 14).
     task_loss (`torch.FloatTensor` of shape `()`, *optional*):
         With `labels`: L_task, the cross-entropy of the sentiment logits.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
@@ -135,6 +103,23 @@ class MuSESequenceClassifierOutput(ModelOutput):
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
     image_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
+
+
+@dataclass
+class MuSETokenClassifierOutput(MuSESequenceClassifierOutput):
+    r"""
+    The fields of [`MuSESequenceClassifierOutput`], for tagging, and the Viterbi path:
+
+    task_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        With `labels`: L_task, the CRF's negative log-likelihood of the gold tag sequences, averaged over posts.
+    logits (`torch.FloatTensor` of shape `(batch_size, n, num_labels)`):
+        The CRF emission scores at every sub-word position (only word-first positions enter the CRF).
+    predicted_tag_ids (`torch.LongTensor` of shape `(batch_size, n)`, *optional*):
+        The CRF's best (Viterbi) tag path, placed at each word's first sub-token and -100 elsewhere, the same
+        layout as `labels`. Filled outside training.
+    """
+
+    predicted_tag_ids: torch.LongTensor | None = None
 
 
 def as_returned(config: PreTrainedConfig, outputs: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:

@@ -208,11 +208,12 @@ class MuSEPipeline(Pipeline):
 
     def _sanitize_common(
         self,
-        allow_missing_image: bool | None,
-        timeout: float | None,
-        max_image_bytes: int | None,
-        return_exchange: bool | None,
+        allow_missing_image: bool | None = None,
+        timeout: float | None = None,
+        max_image_bytes: int | None = None,
+        return_exchange: bool | None = None,
     ) -> tuple[dict, dict, dict]:
+        """The call arguments both tasks take (see the module docs)."""
         preprocess_params: dict[str, Any] = {}
         forward_params: dict[str, Any] = {}
         postprocess_params: dict[str, Any] = {}
@@ -373,16 +374,9 @@ class MultimodalNERPipeline(MuSEPipeline):
     """
 
     def _sanitize_parameters(
-        self,
-        aggregation_strategy: str | WordAggregation | None = None,
-        return_exchange: bool | None = None,
-        allow_missing_image: bool | None = None,
-        timeout: float | None = None,
-        max_image_bytes: int | None = None,
+        self, aggregation_strategy: str | WordAggregation | None = None, **common: Any
     ) -> tuple[dict, dict, dict]:
-        preprocess_params, forward_params, postprocess_params = self._sanitize_common(
-            allow_missing_image, timeout, max_image_bytes, return_exchange
-        )
+        preprocess_params, forward_params, postprocess_params = self._sanitize_common(**common)
         if aggregation_strategy is not None:
             postprocess_params["aggregation_strategy"] = WordAggregation(aggregation_strategy)
         return preprocess_params, forward_params, postprocess_params
@@ -423,17 +417,8 @@ class MultimodalSentimentPipeline(MuSEPipeline):
             defaults to 20 MiB): see the module docs.
     """
 
-    def _sanitize_parameters(
-        self,
-        top_k: int | None | str = "",
-        return_exchange: bool | None = None,
-        allow_missing_image: bool | None = None,
-        timeout: float | None = None,
-        max_image_bytes: int | None = None,
-    ) -> tuple[dict, dict, dict]:
-        preprocess_params, forward_params, postprocess_params = self._sanitize_common(
-            allow_missing_image, timeout, max_image_bytes, return_exchange
-        )
+    def _sanitize_parameters(self, top_k: int | None | str = "", **common: Any) -> tuple[dict, dict, dict]:
+        preprocess_params, forward_params, postprocess_params = self._sanitize_common(**common)
         # "" (the default) means "not given", as in TextClassificationPipeline, because None asks for all labels.
         if top_k != "":
             if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):

@@ -15,7 +15,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["keep_freed_memory_in_process"]
+__all__ = ["glibc", "keep_freed_memory_in_process"]
 
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
@@ -24,19 +24,25 @@ _HEAP_ALLOCATIONS_UP_TO = 32 * 1024 * 1024
 _NEVER_TRIM = -1  # "M_TRIM_THRESHOLD ... The value -1 disables trimming completely" (mallopt(3))
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (whose mallopt parameters the callers set), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    # Other C libraries (musl) have no gnu_get_libc_version.
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def keep_freed_memory_in_process() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the OS (see the module docstring).
 
     Returns whether it did: False on systems without glibc (macOS, Windows, musl), where nothing changes.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
-    # These mallopt parameters are glibc's; other C libraries (musl) have no gnu_get_libc_version.
-    if not hasattr(libc, "gnu_get_libc_version"):
+    libc = glibc()
+    if libc is None:
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_ALLOCATIONS_UP_TO)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)

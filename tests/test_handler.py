@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import SENTIMENT_LABELS, tiny_config, tiny_processor
+from tiny_models import save_tiny_checkpoints
 from transformers import pipeline
 
-from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
 from modeling_muse.serving import SERVING_REQUIREMENTS
 
 TEXT = "Lionel Messi arrives in Paris with Neymar"
@@ -34,19 +33,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("served")
-    torch.manual_seed(0)
-    ner = MuSEForTokenClassification(tiny_config()).eval()
-    torch.nn.init.normal_(ner.tagger.classifier.weight, std=1.0)
-    ner.save_pretrained(root / "ner")
-    tiny_processor().save_pretrained(root / "ner")
-    sentiment = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS)).eval()
-    torch.nn.init.normal_(sentiment.classifier.classifier.weight, std=1.0)
-    sentiment.save_pretrained(root / "sentiment")
-    tiny_processor(label_names=None).save_pretrained(root / "sentiment")
-    pixels = np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(root / "photo.png")
-    return {"ner": root / "ner", "sentiment": root / "sentiment", "photo": root / "photo.png"}
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("served"))
 
 
 def load_handler(folder: Path):

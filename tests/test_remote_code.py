@@ -18,7 +18,7 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from tiny_models import MINILM_DIR, NER_LABELS, SENTIMENT_LABELS, tiny_config, tiny_processor
+from tiny_models import MINILM_DIR, NER_LABELS, SENTIMENT_LABELS, save_tiny_checkpoints, tiny_config, tiny_processor
 from transformers import pipeline
 
 import configuration_muse
@@ -39,17 +39,7 @@ AUTO_CLASS_NAMES = (
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    ner = MuSEForTokenClassification(tiny_config()).eval()
-    torch.nn.init.normal_(ner.tagger.classifier.weight, std=1.0)
-    ner.save_pretrained(root / "ner")
-    tiny_processor().save_pretrained(root / "ner")
-    sentiment = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS)).eval()
-    torch.nn.init.normal_(sentiment.classifier.classifier.weight, std=1.0)
-    sentiment.save_pretrained(root / "sentiment")
-    tiny_processor(label_names=None).save_pretrained(root / "sentiment")
-    pixels = np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(root / "photo.png")
+    save_tiny_checkpoints(root)
     return root
 
 

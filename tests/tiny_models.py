@@ -45,3 +45,26 @@ def tiny_processor(
     tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)
     image_processor = ViTImageProcessor(size={"height": image_size, "width": image_size})
     return MuSEProcessor(image_processor, tokenizer, max_length=max_length, label_names=label_names)
+
+
+def save_tiny_checkpoints(root: Path) -> dict[str, Path]:
+    """Tiny NER and sentiment models (classifiers spread so that they predict more than one class) saved with their
+    processors under ``root/ner`` and ``root/sentiment``, and a random photo ``root/photo.png``."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
+
+    torch.manual_seed(0)
+    ner = MuSEForTokenClassification(tiny_config()).eval()
+    torch.nn.init.normal_(ner.tagger.classifier.weight, std=1.0)
+    ner.save_pretrained(root / "ner")
+    tiny_processor().save_pretrained(root / "ner")
+    sentiment = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS)).eval()
+    torch.nn.init.normal_(sentiment.classifier.classifier.weight, std=1.0)
+    sentiment.save_pretrained(root / "sentiment")
+    tiny_processor(label_names=None).save_pretrained(root / "sentiment")
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "photo.png")
+    return {"ner": root / "ner", "sentiment": root / "sentiment", "photo": root / "photo.png"}
