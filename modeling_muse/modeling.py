@@ -33,7 +33,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils import TransformersKwargs
 
 from .configuration_muse import MuSEConfig
 

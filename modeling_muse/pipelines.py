@@ -58,7 +58,6 @@ from .image_input import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_TIMEOUT,
     PLACEHOLDER_SIZE,
-    ImageInput,
     UnreadableImageError,
     load_post_image,
     placeholder_image,

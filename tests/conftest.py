@@ -40,3 +40,10 @@ def tiny_text_model(tmp_path_factory):
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Requests to the tests' local HTTP servers go direct, whatever proxy the environment sets."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

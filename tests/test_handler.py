@@ -12,15 +12,12 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import tomllib
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from local_server import serving, serving_files
 from PIL import Image
 from tiny_models import save_tiny_checkpoints
 from transformers import pipeline
@@ -50,14 +47,8 @@ def encoded(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def photo_server(folders):
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(folders["photo"].parent))
-    )
-    server.RequestHandlerClass.log_message = lambda *args: None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(serving_files(str(folders["photo"].parent))) as url:
+        yield url
 
 
 def test_saved_folders_carry_the_handler_and_the_requirements(folders):

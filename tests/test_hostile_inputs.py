@@ -10,15 +10,15 @@ import gzip
 import json
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_server import serving
 import torch
 from PIL import Image
 
@@ -83,18 +83,8 @@ class _HostileServer(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hostile_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileServer)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with serving(_HostileServer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("route", ["/gzip", "/deflate"])

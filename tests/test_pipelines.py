@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import socket
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from local_server import serving, serving_files
 import torch
 from PIL import Image
 from tiny_models import NER_LABELS, SENTIMENT_LABELS, tiny_config, tiny_processor
@@ -64,29 +62,14 @@ def sentiment(tmp_path_factory) -> MultimodalSentimentPipeline:
     return pipeline("multimodal-sentiment", model=folder, device="cpu")
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def image_server(tmp_path_factory):
     """A local HTTP server on 127.0.0.1 serving photo.png (random_image(0)) and notes.txt."""
     root = tmp_path_factory.mktemp("served")
     random_image(0).save(root / "photo.png")
     (root / "notes.txt").write_text("not an image")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-@pytest.fixture
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    with serving(serving_files(str(root))) as url:
+        yield url
 
 
 def direct_outputs(pipe, text_words: list[str], image: Image.Image, **kwargs):

@@ -13,14 +13,14 @@ import logging
 import re
 import struct
 import sys
-import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_server import serving
 import torch
 from PIL import Image
 from tiny_models import MINILM_DIR, NER_LABELS, TINY_LENGTH, tiny_config, tiny_processor
@@ -382,20 +382,8 @@ class _AwkwardServer(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def awkward_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _AwkwardServer)
-    server.daemon_threads = True
-    server.block_on_close = False
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with serving(_AwkwardServer) as url:
+        yield url
 
 
 def test_a_slow_server_hits_the_whole_download_deadline(ner, awkward_server, no_proxy):
