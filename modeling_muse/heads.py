@@ -10,36 +10,96 @@ import torch
 from torch import nn
 from torchcrf import CRF
 
-__all__ = ["CRFTaggingHead", "SentimentHead", "WordPositions"]
+__all__ = ["CRFTaggingHead", "SentimentHead", "WordPositions", "viterbi_decode"]
 
 
 class WordPositions:
     """Where each word starts among the sub-word positions, left-packed.
 
     ``index[b, w]`` is the sub-word position of word w of sample b, ``mask[b, w]`` says whether sample b has
-    a word w. Packed to the batch's largest word count so the CRF runs over words only.
+    a word w. By default packed to the batch's largest word count, so the CRF runs over words only; that width is
+    read from the device (a host synchronisation). A fixed ``width`` (at least the largest word count; the models
+    use ``max_text_length`` outside training) keeps the shapes independent of the data, which `torch.compile` and
+    ONNX export need. Padding words change no CRF result: every recursion carries its value past a post's last
+    word.
     """
 
-    def __init__(self, word_start_mask: torch.Tensor):
+    def __init__(self, word_start_mask: torch.Tensor, width: int | None = None):
         starts = word_start_mask.bool()
+        self.starts = starts
         self.counts = starts.sum(dim=1)
-        max_words = max(int(self.counts.max()), 1)
-        # A stable sort of "not a start" moves the starts, in order, to the front of each row.
-        self.index = (~starts).to(torch.int8).argsort(dim=1, stable=True)[:, :max_words]
-        self.mask = torch.arange(max_words, device=starts.device) < self.counts.unsqueeze(1)
+        if width is None:
+            width = max(int(self.counts.max()), 1)
+        elif width < 1:
+            raise ValueError(f"width: expected a positive number of word slots, got {width}.")
+        self.width = width
+        # 0-based word number of each sub-word position (that of the word it belongs to; -1 before the first word).
+        self._word_number = starts.cumsum(dim=1) - 1
+        # Word w starts where a start has word number w. Found by comparison rather than by sorting, because
+        # ONNX's sort (TopK) does not promise a stable order among equal keys; words past a post's count point at
+        # position 0, which `mask` marks as padding.
+        slots = torch.arange(width, device=starts.device)
+        is_word_start = starts.unsqueeze(2) & (self._word_number.unsqueeze(2) == slots)
+        positions = torch.arange(starts.shape[1], device=starts.device).view(1, -1, 1)
+        self.index = (is_word_start * positions).sum(dim=1)
+        self.mask = slots < self.counts.unsqueeze(1)
 
     def gather(self, token_values: torch.Tensor) -> torch.Tensor:
-        """``(B, n, ...)`` sub-word values -> ``(B, max_words, ...)`` word values."""
+        """``(B, n, ...)`` sub-word values -> ``(B, width, ...)`` word values."""
         index = self.index.view(*self.index.shape, *([1] * (token_values.dim() - 2)))
         return token_values.gather(1, index.expand(-1, -1, *token_values.shape[2:]))
 
-    def scatter(self, word_values: torch.Tensor, sequence_length: int, fill_value: int) -> torch.Tensor:
-        """``(B, max_words)`` word values -> ``(B, n)``, placed at word starts, ``fill_value`` elsewhere."""
-        out = torch.full((word_values.shape[0], sequence_length), fill_value, dtype=word_values.dtype,
-                         device=word_values.device)
-        values = torch.where(self.mask, word_values, torch.full_like(word_values, fill_value))
-        # Positions past a sample's word count point at non-starts; writing fill_value there is harmless.
-        return out.scatter(1, self.index, values)
+    def scatter(self, word_values: torch.Tensor, fill_value: int) -> torch.Tensor:
+        """``(B, width)`` word values -> ``(B, n)``, placed at word starts, ``fill_value`` elsewhere."""
+        # Each position reads its word's value (a gather, so nothing is written twice); only starts keep it.
+        values = word_values.gather(1, self._word_number.clamp(min=0, max=self.width - 1))
+        return torch.where(self.starts, values, torch.full_like(values, fill_value))
+
+
+def viterbi_decode(
+    emissions: torch.Tensor,
+    mask: torch.Tensor,
+    start_transitions: torch.Tensor,
+    transitions: torch.Tensor,
+    end_transitions: torch.Tensor,
+) -> torch.Tensor:
+    """The best tag path of a linear-chain CRF for every sequence of a batch, computed on tensors only.
+
+    Max-product (Viterbi) recursion over the padded steps, ``delta_t(j) = max_i delta_{t-1}(i) + A[i, j] + e_t(j)``
+    with ``delta_0 = start + e_0``, then backtracking through the arg-max pointers with ``gather``. A step that
+    ``mask`` marks as padding carries ``delta`` (and, backwards, the tag) unchanged, so the loop runs over the static
+    number of steps: no host synchronisation, no Python lists, one graph under ``torch.compile(fullgraph=True)`` and
+    in ONNX export. The sums are formed in pytorch-crf's order, so its ``CRF.decode`` gets the same paths.
+
+    Args:
+        emissions: ``(B, T, K)`` emission scores.
+        mask: ``(B, T)`` bool, left-packed (True on a prefix of each row). A row with no True step still gets a
+            one-step path (pytorch-crf requires its first step on); callers discard it.
+        start_transitions, transitions, end_transitions: the CRF's ``(K,)``, ``(K, K)`` (``[i, j]``: tag i followed
+            by tag j) and ``(K,)`` scores.
+
+    Returns:
+        ``(B, T)`` int64 tags, 0 past each row's length.
+    """
+    num_steps = emissions.shape[1]
+    score = start_transitions + emissions[:, 0]
+    backpointers = []
+    for step in range(1, num_steps):
+        candidates = score.unsqueeze(2) + transitions + emissions[:, step].unsqueeze(1)
+        best, best_previous = candidates.max(dim=1)
+        score = torch.where(mask[:, step : step + 1], best, score)
+        backpointers.append(best_previous)
+    score = score + end_transitions
+    tag = score.max(dim=1).indices
+    tags = [tag]
+    for step in range(num_steps - 1, 0, -1):
+        previous = backpointers[step - 1].gather(1, tag.unsqueeze(1)).squeeze(1)
+        tag = torch.where(mask[:, step], previous, tag)
+        tags.append(tag)
+    tags.reverse()
+    # The first step counts even where the mask has none, as in pytorch-crf.
+    keep = mask | (torch.arange(num_steps, device=mask.device) == 0)
+    return torch.stack(tags, dim=1) * keep
 
 
 class CRFTaggingHead(nn.Module):
@@ -79,14 +139,15 @@ class CRFTaggingHead(nn.Module):
         return -(log_likelihood * has_words).sum() / has_words.sum().clamp(min=1)
 
     def decode(self, emissions: torch.Tensor, words: WordPositions) -> torch.Tensor:
-        """Viterbi paths, ``(B, n)``: the tag at each word's first sub-token, -100 elsewhere."""
-        paths = self.crf.decode(words.gather(emissions), mask=self._crf_mask(words))
-        width = words.mask.shape[1]
-        padded = torch.tensor([path + [0] * (width - len(path)) for path in paths], device=emissions.device)
-        return words.scatter(padded, emissions.shape[1], fill_value=-100)
+        """Viterbi paths, ``(B, n)``: the tag at each word's first sub-token, -100 elsewhere (`viterbi_decode`)."""
+        crf = self.crf
+        paths = viterbi_decode(
+            words.gather(emissions), words.mask, crf.start_transitions, crf.transitions, crf.end_transitions
+        )
+        return words.scatter(paths, fill_value=-100)
 
     def marginals(self, emissions: torch.Tensor, words: WordPositions) -> torch.Tensor:
-        """Posterior probability of every tag at every word under the CRF, ``(B, max_words, num_labels)``.
+        """Posterior probability of every tag at every word under the CRF, ``(B, words.width, num_labels)``.
 
         ``out[b, w, k] = p(tag of word w = k | post b)``, summed over all tag paths, from the forward-backward
         algorithm in log space (logsumexp) with the CRF's ``start_transitions``, ``transitions`` and

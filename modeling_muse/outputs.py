@@ -124,7 +124,8 @@ class MuSETokenClassifierOutput(MuSESequenceClassifierOutput):
 
 def as_returned(config: PreTrainedConfig, outputs: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
     """``outputs``, or its non-None fields as a tuple with ``return_dict=False`` (as transformers models do)."""
-    return outputs if (config.use_return_dict if return_dict is None else return_dict) else outputs.to_tuple()
+    # config.return_dict, not the deprecated use_return_dict, whose warning would break a torch.compile graph.
+    return outputs if (config.return_dict if return_dict is None else return_dict) else outputs.to_tuple()
 
 
 def passed_through(outputs: MuSEModelOutput) -> dict:
