@@ -416,7 +416,9 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
             **kwargs,
         )
         emissions = self.tagger.emissions(outputs.fusion_embeddings)
-        words = WordPositions(word_start_mask)
+        # Outside training the words are packed to the static max_text_length, so that decoding has data-independent
+        # shapes (torch.compile, ONNX); training keeps the batch's word count, which the CRF's loop then runs over.
+        words = WordPositions(word_start_mask, width=None if self.training else self.config.max_text_length)
         task_loss = loss = None
         if labels is not None:
             task_loss = self.tagger.negative_log_likelihood(emissions, words, labels)
