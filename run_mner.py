@@ -129,7 +129,7 @@ def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dic
     marginals = model.tagger.marginals(outputs.logits, words)
     word_tags = words.gather(outputs.predicted_tag_ids).clamp(min=0)
     confidences = marginals.gather(2, word_tags.unsqueeze(2)).squeeze(2)
-    return words.scatter(confidences, outputs.logits.shape[1], fill_value=0)
+    return words.scatter(confidences, fill_value=0)
 
 
 def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:

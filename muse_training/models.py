@@ -87,7 +87,7 @@ def build_model(
     label2id = {label: index for index, label in id2label.items()}
     if args.model_name_or_path is None:
         # This script trains the new layers right away, so the reminder to train them before predicting does not apply.
-        with silenced("modeling_muse.modeling"):
+        with silenced("modeling_muse.pretrained_towers"):
             return model_class.from_text_vision_pretrained(
                 args.text_model_name_or_path,
                 args.vision_model_name_or_path,
