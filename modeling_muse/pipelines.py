@@ -157,7 +157,13 @@ class MuSEPipeline(Pipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, torch_compile: bool | Mapping[str, Any] = False, **kwargs: Any):
+        """``torch_compile=True`` (or a dict of `torch.compile` options) compiles the model's evaluation forward and
+        the NER scores' CRF marginals in place, with ``fullgraph=True, dynamic=True`` (`compile_for_inference`):
+        the first calls compile (minutes on a CPU), later ones reuse the code for any batch size and text length.
+        Results are those of the eager model up to floating-point rounding."""
+        if not isinstance(torch_compile, (bool, Mapping)):
+            raise TypeError(f"torch_compile: expected a bool or a dict of torch.compile options, got {torch_compile!r}.")
         super().__init__(*args, **kwargs)
         # By name, not isinstance: code loaded with trust_remote_code gives every file its own module, so a processor
         # loaded through AutoProcessor and the MuSEProcessor this file imports can be distinct classes.
@@ -175,6 +181,10 @@ class MuSEPipeline(Pipeline):
         # from_pretrained returns an eval-mode model, but a model object handed in may be training: dropout
         # and the training-only regularizer decoders must stay off.
         self.model.eval()
+        if torch_compile is not False:
+            from .compilation import compile_for_inference
+
+            compile_for_inference(self.model, None if torch_compile is True else torch_compile)
 
     def __call__(self, inputs: Mapping[str, Any] | list[Mapping[str, Any]], **kwargs: Any) -> Any:
         """Run the pipeline on one post ``{"text": ..., "image": ...}`` or a list of posts (see the module docs)."""

@@ -434,3 +434,35 @@ def test_sentiment_batches_and_reports_the_exchange(sentiment):
     assert result["prediction"] == sentiment(posts[1])
     assert result["exchange"]["tokens"] == ["[CLS]", "bad", "day", "[SEP]"]
     assert [layer["layer"] for layer in result["exchange"]["layers"]] == [2, 3]
+
+
+# ------------------------------------------------------------------------------------------- torch.compile
+
+
+@pytest.mark.slow
+def test_compiled_pipelines_give_the_eager_results(ner_folder, sentiment):
+    # backend="eager" runs the graphs that TorchDynamo captured (fullgraph=True, dynamic=True) without Inductor's
+    # code generation, which takes minutes on a CPU; bench/pipeline_speed.py measures the Inductor-compiled pipeline.
+    options = {"backend": "eager"}
+    posts = [
+        {"text": TEXT, "image": random_image(1)},
+        {"text": "rain", "image": random_image(2)},
+        {"text": "the mayor of London meets fans of the new team at the stadium", "image": random_image(3)},
+    ]
+    eager_ner = pipeline("multimodal-ner", model=ner_folder, device="cpu")
+    compiled_ner = pipeline("multimodal-ner", model=ner_folder, device="cpu", torch_compile=options)
+    assert compiled_ner.model.tagger.marginals is not type(compiled_ner.model.tagger).marginals
+    torch.compiler.reset()
+    for batch_size in (1, 2, 3):
+        expected = eager_ner(posts, batch_size=batch_size, aggregation_strategy="none")
+        assert compiled_ner(posts, batch_size=batch_size, aggregation_strategy="none") == expected
+        assert any(expected)
+    folder = save_checkpoint(sentiment.model, sentiment.processor, ner_folder + "-sentiment")
+    compiled_sentiment = pipeline("multimodal-sentiment", model=folder, device="cpu", torch_compile=options)
+    assert compiled_sentiment(posts, batch_size=2, top_k=None) == sentiment(posts, batch_size=2, top_k=None)
+    torch.compiler.reset()
+
+
+def test_torch_compile_takes_a_bool_or_options(ner_folder):
+    with pytest.raises(TypeError, match="torch_compile"):
+        pipeline("multimodal-ner", model=ner_folder, device="cpu", torch_compile="yes")
