@@ -28,9 +28,11 @@ from configuration_muse import ABLATION_VARIANTS, MuSEConfig
 from modeling_muse.configuration_muse import field_documentation, is_hub_id
 from datasets_scripts.mvsa import LABEL_FILE
 from datasets_scripts.umt import UMT_SPLIT_FILES
+from .lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, adapter_base_model
 
 __all__ = [
     "DATASET_TITLES",
+    "LORA_ARGUMENTS",
     "MNER_DATASETS",
     "MSA_DATASETS",
     "MUSE_ARGUMENTS",
@@ -41,6 +43,7 @@ __all__ = [
     "DataArguments",
     "ModelArguments",
     "MuSEArguments",
+    "PeftArguments",
     "RunArguments",
     "TaskInfo",
     "build_parser",
@@ -497,7 +500,45 @@ class RunArguments:
     )
 
 
-ARGUMENT_CLASSES = (DataArguments, ModelArguments, MuSEArguments, RunArguments)
+@dataclass
+class PeftArguments:
+    """LoRA adapters with peft (muse_training/lora.py): adapt a trained MuSE model (--model_name_or_path), saving a
+    small adapter instead of the whole model."""
+
+    _argument_group_name = "LoRA adapters (peft)"
+
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter on the --model_name_or_path model instead of all its weights: low-rank "
+            "updates of the CrossTransformer's and the text encoder's attention (and the CrossTransformer's "
+            "feed-forward), the task head and the fusion layer trained in full; the run saves the adapter "
+            "(adapter_config.json, adapter_model.safetensors). Needs the peft extra (pip install \"muse-hf[peft]\"). "
+            "An adapter folder given as --model_name_or_path continues or evaluates that adapter."
+        },
+    )
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank r. Default: 8."})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scaling alpha (updates are scaled by alpha / r). Default: 16."}
+    )
+    lora_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout on the input of the LoRA matrices. Default: 0.1."}
+    )
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The layers that get LoRA, instead of the default (the CrossTransformer's qkv, attention_output, "
+            "intermediate and output, and the text encoder's query and value): module names as peft matches them "
+            "(a name matches every module of that name, image tower included: qkv; or full paths: "
+            "muse.cross_transformer.layers.0.qkv), or one regular expression over full module paths.",
+            "nargs": "+",
+        },
+    )
+
+
+ARGUMENT_CLASSES = (DataArguments, ModelArguments, MuSEArguments, RunArguments, PeftArguments)
+# The LoRA hyperparameters, which an adapter folder (--model_name_or_path) brings with it.
+LORA_ARGUMENTS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 # Earlier names of arguments, accepted in argument files as on the command line.
 ARGUMENT_ALIASES = {"vision_model_name": "vision_model_name_or_path"}
 DATA_FILE_ARGUMENTS = ("train_file", "validation_file", "test_file")
@@ -685,6 +726,17 @@ def resolve_defaults(args: argparse.Namespace, task: TaskInfo) -> None:
         args.missing_images = "placeholder" if args.dataset_name in SAMPLES_WITHOUT_IMAGES else "error"
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).resolve().name
+    # An adapter folder as --model_name_or_path: its base model is what the towers, processor and configuration come
+    # from, and the run goes on with LoRA.
+    args.peft_base_model = adapter_base_model(args.model_name_or_path)
+    if args.peft_base_model is not None:
+        args.use_peft = True
+    elif args.use_peft:
+        for name, value in (("lora_r", DEFAULT_LORA_R), ("lora_alpha", DEFAULT_LORA_ALPHA),
+                            ("lora_dropout", DEFAULT_LORA_DROPOUT)):  # fmt: skip
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+                args.defaults_used[name] = value
 
 
 def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, task: TaskInfo) -> None:
@@ -737,6 +789,27 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def _check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    lora_given = [f"--{name}" for name in LORA_ARGUMENTS if getattr(args, name) is not None]
+    if lora_given and not args.use_peft:
+        parser.error(f"{', '.join(lora_given)} set LoRA adapters up: add --use_peft, or drop them.")
+    if args.use_peft and args.model_name_or_path is None:
+        parser.error(
+            "--use_peft adapts a trained MuSE model: give it as --model_name_or_path <folder or Hub id>. A fresh "
+            "MuSE's CrossTransformer, projections and fusion are newly initialised and are trained in full: train "
+            "one without --use_peft first."
+        )
+    base = args.peft_base_model or args.model_name_or_path
+    if args.use_peft and args.do_train is not False and Path(base).is_dir():
+        if Path(args.output_dir).resolve() == Path(base).resolve():
+            parser.error(
+                f"--output_dir {args.output_dir} is the base model's folder: a LoRA run saves its adapter in place of "
+                f"a full model there. Give another --output_dir."
+            )
+    if args.use_peft and args.peft_base_model is None:
+        if args.lora_r < 1:
+            parser.error(f"--lora_r is the LoRA rank and must be a positive integer, got {args.lora_r}.")
+        if not 0.0 <= args.lora_dropout < 1.0:
+            parser.error(f"--lora_dropout must lie in [0, 1), got {args.lora_dropout}.")
     if args.do_train is False and args.model_name_or_path is None:
         parser.error(
             "--do_train false needs --model_name_or_path: a fresh MuSE has newly initialised layers and must be "
@@ -813,6 +886,8 @@ def _check_checkpoint(
 ) -> dict[str, Any]:
     """--model_name_or_path: it must be a MuSE model, and nothing may set what it brings with it."""
     clashing = [f"--{name}" for name in (*CHECKPOINT_ARGUMENTS, *given) if name in explicit]
+    if args.peft_base_model is not None:
+        clashing += [f"--{name}" for name in LORA_ARGUMENTS if name in explicit]
     if args.variant != "full":
         clashing.append("--variant")
     if clashing:
@@ -821,12 +896,15 @@ def _check_checkpoint(
             f"drop {', '.join(clashing)} (to change the architecture, build a fresh model without "
             f"--model_name_or_path)."
         )
+    # An adapter's configuration is its base model's.
+    source = args.peft_base_model or args.model_name_or_path
     try:
-        config = AutoConfig.from_pretrained(args.model_name_or_path)
+        config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
+        of_adapter = f" (the base model of the adapter {args.model_name_or_path})" if args.peft_base_model else ""
         parser.error(
-            f"--model_name_or_path {args.model_name_or_path}: cannot load its configuration ({error}). Give a folder "
-            f"or Hub id of a MuSE model (what run_mner.py / run_msa.py save)."
+            f"--model_name_or_path {source}{of_adapter}: cannot load its configuration ({error}). Give a folder "
+            f"or Hub id of a MuSE model (what run_mner.py / run_msa.py save), or of a LoRA adapter of one."
         )
     if not isinstance(config, MuSEConfig):
         parser.error(

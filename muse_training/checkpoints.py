@@ -27,6 +27,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from modeling_muse.reporting import first_then_count
 from processing_muse import MuSEProcessor
 
+from .lora import is_adapter_model, load_adapter_weights, save_adapter
+
 __all__ = [
     "ARGUMENTS_FILE",
     "BEST_MODEL_MARKER",
@@ -336,9 +338,14 @@ def save_model(
     # get_state_dict gathers the full weights where they are sharded (FSDP, DeepSpeed); else it is the model's own.
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(
-        output_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process, save_function=accelerator.save
-    )
+    if is_adapter_model(unwrapped):
+        # A LoRA run (--use_peft) keeps its adapter, which loads onto the base model it names.
+        save_adapter(unwrapped, output_dir, state_dict, is_main_process=accelerator.is_main_process)
+    else:
+        unwrapped.save_pretrained(
+            output_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process,
+            save_function=accelerator.save,
+        )
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir)
         # Written last and atomically: a marker always describes complete model files.
@@ -353,6 +360,9 @@ def load_best_weights(accelerator: Accelerator, model: nn.Module, output_dir: st
     """Put the kept (best) model's weights from ``output_dir`` into the prepared ``model``."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
+    if is_adapter_model(unwrapped):
+        load_adapter_weights(unwrapped, output_dir)
+        return
     # from_pretrained undoes whatever save_pretrained did to the checkpoint (tied or renamed weights).
     best = type(unwrapped).from_pretrained(output_dir)
     if accelerator.is_fsdp2:

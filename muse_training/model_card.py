@@ -17,6 +17,7 @@ from modeling_muse.configuration_muse import is_hub_id, is_vision_model_id
 
 from .arguments import DATASET_TITLES, MUSE_ARGUMENTS, TaskInfo, text_encoder_hub_id
 from .checkpoints import MODEL_CARD_FILE, TrainingProgress
+from .lora import adapter_card_section, is_adapter_model
 
 __all__ = ["LICENSE", "write_model_card"]
 
@@ -63,10 +64,12 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
 def base_model_id(args: argparse.Namespace) -> str | None:
     """What the model card names as ``base_model``: the trained MuSE it started from (its Hub id, or the name of its
     folder), else the text encoder's Hub id; None for a text encoder from an unknown folder."""
-    if args.model_name_or_path is not None:
-        if is_hub_id(args.model_name_or_path):
-            return args.model_name_or_path
-        return Path(args.model_name_or_path).resolve().name
+    # A LoRA adapter's base is the MuSE model it loads onto, also when the run continued an adapter.
+    source = getattr(args, "peft_base_model", None) or args.model_name_or_path
+    if source is not None:
+        if is_hub_id(source):
+            return source
+        return Path(source).resolve().name
     return text_encoder_hub_id(args.text_model_name_or_path)
 
 
@@ -103,7 +106,7 @@ def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any]
         base_model=base_model_id(args),
         datasets=[name] if args.data_source == "paper" or is_hub_id(args.dataset_name) else None,
         license=LICENSE,
-        library_name="transformers",
+        library_name="peft" if getattr(args, "use_peft", False) else "transformers",
         pipeline_tag=task.pipeline_tag,
         tags=["muse", "multimodal", task.custom_pipeline, task.name],
         eval_results=eval_results,
@@ -149,6 +152,9 @@ def write_model_card(
     on_hub = bool(args.push_to_hub)
     location = args.hub_model_id if on_hub else Path(args.output_dir).resolve().name
     model_name = location.split("/")[-1]
+    adapter = model if is_adapter_model(model) else None
+    if adapter is not None:
+        model = adapter.get_base_model()
     config = model.config
     text_model = (
         text_encoder_hub_id(args.text_model_name_or_path or "")
@@ -225,6 +231,7 @@ def write_model_card(
         f"({results['train_samples_per_second']:.1f} training samples/s), "
         f"the whole run {results['wall_time_seconds']:.0f} s.",
         "",
+        *(adapter_card_section(adapter, task, location, base_model_id(args)) if adapter is not None else []),
         *_how_to_load(task, location, on_hub),
     ]
     card_data = _card_data(args, task, results, model_name)

@@ -55,11 +55,16 @@ def load_model(
     label_names: Sequence[str],
     head_modules: Sequence[str],
 ) -> MuSEPreTrainedModel:
-    """The run's model (`build_model`), with gradient checkpointing on for ``--gradient_checkpointing``."""
+    """The run's model (`build_model`), with gradient checkpointing on for ``--gradient_checkpointing``, and with LoRA
+    for ``--use_peft`` (`muse_training.lora.lora_model_for_run`, a `peft.PeftModel`)."""
     model = build_model(args, model_class, label_names, head_modules)
     if getattr(args, "gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
         logger.info("Gradient checkpointing: activations are recomputed in the backward pass.")
+    if getattr(args, "use_peft", False):
+        from .lora import lora_model_for_run
+
+        model = lora_model_for_run(args, model, head_modules)
     return model
 
 
@@ -96,10 +101,18 @@ def build_model(
                 label2id=label2id,
                 **args.muse_config,
             )
-    model = model_class.from_pretrained(args.model_name_or_path)
+    # An adapter folder's weights go onto its base model (`load_model`), which is loaded here.
+    source = getattr(args, "peft_base_model", None) or args.model_name_or_path
+    model = model_class.from_pretrained(source)
     old_names = model_label_names(model)
     if sorted(old_names) == sorted(label_names):
         return model
+    if getattr(args, "use_peft", False):
+        raise SystemExit(
+            f"--use_peft: the model {source} was trained for the labels {old_names}, the data has {list(label_names)}. "
+            f"A LoRA adapter keeps its base model's head, so its labels must be the data's (in any order); train "
+            f"without --use_peft to replace the head."
+        )
     logger.warning(
         "--model_name_or_path %s was trained for the labels %s, the data has %s: its head (%s) is replaced by a "
         "newly initialised one for the data's labels (the rest of the model is kept).",

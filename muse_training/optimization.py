@@ -35,6 +35,9 @@ def optimizer_parameter_groups(
     would be empty are dropped.
     """
     head_modules = tuple(head_modules)
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        # A LoRA model (peft.PeftModel): the heads are children of the MuSE model it wraps.
+        model = model.get_base_model()
     names = {name for name, _ in model.named_children()}
     unknown = [name for name in head_modules if name not in names]
     if unknown:
