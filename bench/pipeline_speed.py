@@ -11,13 +11,22 @@ Beside it, transformers' own ``pipeline("token-classification")`` (entities grou
 posts' text: posts per second of both pipelines, their ratio and the ratio of their FLOPs (counted as in
 cost_tools.py; MuSE's include the image backbone and the CrossTransformer, which a text-only tagger does not have).
 
+Beside eager PyTorch, in the same run: the pipeline with ``torch_compile=True`` (the model's evaluation forward and
+the CRF marginals compiled with ``fullgraph=True, dynamic=True``; Inductor unless ``--compile_backend`` says
+otherwise), the compiled model called directly, and the model exported with ``modeling_muse.export_onnx`` run by
+ONNX Runtime on the same prepared tensors (float32, CPU execution provider, ``--threads`` intra-op threads; CUDA's
+provider on ``--device cuda`` when onnxruntime has it). Compilation and export happen before the timing; on a CPU
+Inductor's compilation takes minutes.
+
     python bench/pipeline_speed.py [--posts 64] [--repeats 2] [--threads 1] [--device cuda --dtype bfloat16]
+                                   [--compile_backend inductor]
 
 ``--dtype bfloat16`` runs every measurement under ``torch.autocast`` (weights stay float32). Each measurement is
 the best of ``--repeats`` runs, because the machine is shared; the variants are interleaved. The last two lines are
 ``multimodal-ner / token-classification at batch 16: time X.XX, FLOPs Y.YY`` (time = token-classification throughput
 / multimodal-ner throughput) and ``pipeline overhead at batch 16: X.XX%``, where overhead = direct throughput /
-pipeline throughput - 1.
+pipeline throughput - 1. Before them, ``speed-up over eager at batch 16: compiled pipeline X.XXx, compiled model
+X.XXx, ONNX Runtime X.XXx``.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from transformers.utils import logging as transformers_logging
 from configuration_muse import MuSEConfig
 from cost_tools import add_device_arguments, autocast, count_flops, synchronize
 from modeling_muse import MuSEForTokenClassification
+from modeling_muse.export_onnx import MODEL_FILE, export_onnx, onnx_feed
 from processing_muse import MuSEProcessor
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
@@ -104,11 +114,26 @@ def best_time(run: Callable[[], object], repeats: int, device: str) -> float:
     return min(times)
 
 
+def onnx_session_for(folder: Path, device: str, threads: int):
+    """ONNX Runtime on the exported model: CUDA's provider on a CUDA device when onnxruntime has it, else the CPU's."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return onnxruntime.InferenceSession(str(folder / MODEL_FILE), options, providers=providers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--posts", type=int, default=64, help="posts per measurement")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--compile_backend", default="inductor", help="torch.compile backend of the compiled variants (default inductor)"
+    )
     add_device_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,9 +146,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:
         build_checkpoints(Path(muse_folder), Path(tagger_folder))
         ner = pipeline("multimodal-ner", model=muse_folder, device=args.device)
+        compiled_ner = pipeline(
+            "multimodal-ner", model=muse_folder, device=args.device, torch_compile={"backend": args.compile_backend}
+        )
         tagger = pipeline(
             "token-classification", model=tagger_folder, device=args.device, aggregation_strategy="simple"
         )
+        onnx_folder = Path(muse_folder) / "onnx"
+        export_onnx(muse_folder, onnx_folder)
+        session = onnx_session_for(onnx_folder, args.device, args.threads)
     model = ner.model
     encoded = ner.processor(
         images=[post["image"] for post in posts], text=[post["text"].split() for post in posts], return_tensors="pt"
@@ -139,17 +170,41 @@ def main() -> None:
             for start in range(0, args.posts, batch_size):
                 model(**{name: tensor[start : start + batch_size] for name, tensor in inputs.items()})
 
+    def direct_compiled(batch_size: int) -> None:
+        with torch.inference_mode(), autocast(args.device, args.dtype):
+            for start in range(0, args.posts, batch_size):
+                compiled_ner.model(**{name: tensor[start : start + batch_size] for name, tensor in inputs.items()})
+
+    feed = onnx_feed(session, {name: tensor.cpu() for name, tensor in inputs.items()})
+
+    def direct_onnx_runtime(batch_size: int) -> None:
+        for start in range(0, args.posts, batch_size):
+            session.run(None, {name: array[start : start + batch_size] for name, array in feed.items()})
+
     def through_pipeline(batch_size: int) -> None:
         with autocast(args.device, args.dtype):
             ner(posts, batch_size=batch_size)
+
+    def through_compiled_pipeline(batch_size: int) -> None:
+        with autocast(args.device, args.dtype):
+            compiled_ner(posts, batch_size=batch_size)
 
     def through_text_pipeline(batch_size: int) -> None:
         with autocast(args.device, args.dtype):
             tagger(texts, batch_size=batch_size)
 
-    variants = {"direct": direct, "multimodal-ner": through_pipeline, "token-classification": through_text_pipeline}
-    for run in variants.values():  # warm-up: first calls allocate and pick kernels
-        run(BATCH_SIZES[-1])
+    variants = {
+        "direct": direct,
+        "multimodal-ner": through_pipeline,
+        "token-classification": through_text_pipeline,
+        "direct compiled": direct_compiled,
+        "multimodal-ner compiled": through_compiled_pipeline,
+        "direct ONNX Runtime": direct_onnx_runtime,
+    }
+    # Warm-up: first calls allocate and pick kernels, and compile (a batch of one post is compiled on its own).
+    for batch_size in BATCH_SIZES:
+        for run in variants.values():
+            run(batch_size)
     flops = {name: count_flops(lambda: variants[name](BATCH_SIZES[-1])) / args.posts
              for name in ("multimodal-ner", "token-classification")}
     rates = {}
@@ -178,6 +233,20 @@ def main() -> None:
         time_ratios[batch_size] = text_rate / muse_rate
         print(f"{batch_size:>5} | {text_rate:>28.2f} | {muse_rate:>22.2f} | {time_ratios[batch_size]:>10.2f} | "
               f"{flop_ratio:>10.2f}")
+    print()
+    print(f"compiled (torch.compile backend {args.compile_backend}, fullgraph, dynamic) and ONNX Runtime "
+          f"({', '.join(session.get_providers()[:1])}, float32) beside eager")
+    print(f"{'batch':>5} | {'pipeline posts/s':>16} | {'compiled pipeline':>17} | {'direct posts/s':>14} | "
+          f"{'compiled direct':>15} | {'ONNX Runtime':>12}")
+    for batch_size in BATCH_SIZES:
+        print(f"{batch_size:>5} | {rates['multimodal-ner', batch_size]:>16.2f} | "
+              f"{rates['multimodal-ner compiled', batch_size]:>17.2f} | {rates['direct', batch_size]:>14.2f} | "
+              f"{rates['direct compiled', batch_size]:>15.2f} | {rates['direct ONNX Runtime', batch_size]:>12.2f}")
+    batch = BATCH_SIZES[-1]
+    print(f"speed-up over eager at batch {batch}: compiled pipeline "
+          f"{rates['multimodal-ner compiled', batch] / rates['multimodal-ner', batch]:.2f}x, compiled model "
+          f"{rates['direct compiled', batch] / rates['direct', batch]:.2f}x, ONNX Runtime "
+          f"{rates['direct ONNX Runtime', batch] / rates['direct', batch]:.2f}x")
     print(f"multimodal-ner / token-classification at batch 16: time {time_ratios[16]:.2f}, FLOPs {flop_ratio:.2f}")
     print(f"pipeline overhead at batch 16: {overheads[16] * 100:.2f}% (direct throughput / pipeline throughput - 1)")
 

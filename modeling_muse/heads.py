@@ -35,9 +35,8 @@ class WordPositions:
         self.width = width
         # 0-based word number of each sub-word position (that of the word it belongs to; -1 before the first word).
         self._word_number = starts.cumsum(dim=1) - 1
-        # Word w starts where a start has word number w. Found by comparison rather than by sorting, because
-        # ONNX's sort (TopK) does not promise a stable order among equal keys; words past a post's count point at
-        # position 0, which `mask` marks as padding.
+        # Word w starts where a start has word number w: found by comparison, not by a stable sort, which torch's
+        # ONNX exporter does not translate. Words past a post's count point at position 0; `mask` marks them.
         slots = torch.arange(width, device=starts.device)
         is_word_start = starts.unsqueeze(2) & (self._word_number.unsqueeze(2) == slots)
         positions = torch.arange(starts.shape[1], device=starts.device).view(1, -1, 1)
