@@ -316,6 +316,16 @@ def test_an_adapter_loads_onto_a_remote_code_base_where_the_project_cannot_be_im
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def test_without_peft_the_error_names_the_extra_and_the_model_package_does_not_need_it(monkeypatch):
+    from muse_training import lora
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match=re.escape('pip install "muse-hf[peft]"')):
+        lora.require_peft()
+    package = REPO_ROOT / "modeling_muse"
+    assert not [path.name for path in package.glob("*.py") if re.search(r"^\s*(import|from) peft", path.read_text(), re.M)]
+
+
 def test_use_peft_needs_a_trained_model_and_lora_options_need_use_peft(capsys):
     sys.path.insert(0, str(REPO_ROOT))
     import run_mner
@@ -384,7 +394,9 @@ def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_run_mner_with_use_peft_trains_resumes_and_continues_an_adapter(tiny_text_model, script_env, tmp_path):
+def test_run_mner_with_use_peft_trains_resumes_and_continues_an_adapter(
+    tiny_text_model, script_env, tmp_path, monkeypatch, capsys
+):
     """A --use_peft run saves an adapter (and its card) that loads onto the base; the same run resumed from its
     mid-epoch checkpoint ends with the same adapter; the adapter folder as --model_name_or_path is evaluated."""
     base = _save_base(tmp_path / "base", tiny_text_model, MuSEForTokenClassification, _sample_labels("twitter2017_sample"))
@@ -402,6 +414,15 @@ def test_run_mner_with_use_peft_trains_resumes_and_continues_an_adapter(tiny_tex
     assert "library_name: peft" in card and "base_model: base" in card and "## LoRA adapter" in card
     assert "PeftModel.from_pretrained(base, \"adapter\")" in card
     results = json.loads((output_dir / "all_results.json").read_text())
+    # The card's last snippet loads the adapter folder like a whole model (transformers' peft support) and tags a post.
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "photo.jpg")
+    code = card.split("```python\n")[-1].split("```")[0].replace('"photo.jpg"', repr(str(tmp_path / "photo.jpg")))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    exec(compile(code, "model card", "exec"), {})
+    assert capsys.readouterr().out.startswith("[")
 
     # The saved adapter, loaded onto the base here, scores the test posts as the run reported.
     from transformers import AutoProcessor
