@@ -122,6 +122,7 @@ def post_batch(batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["ner", "sentiment"])
 def test_evaluation_forward_compiles_into_one_graph_for_any_batch_and_length(task, monkeypatch):
     torch.manual_seed(0)
