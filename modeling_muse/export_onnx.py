@@ -21,7 +21,8 @@ Decoding is in the graph: `viterbi_decode` runs over a static number of steps on
 has no Python in it. After writing, the export runs ONNX Runtime on two batches of posts of other sizes and lengths
 than the traced one and checks its outputs against PyTorch's (tags equal, scores within 1e-4), unless asked not to.
 
-Needs ``onnx``, ``onnxscript`` and ``onnxruntime``: ``pip install "muse-hf[onnx]"``.
+Needs ``onnx``, ``onnxscript``, ``onnx-ir`` (the exporter's graph, whose axes are named here) and ``onnxruntime``:
+``pip install "muse-hf[onnx]"``.
 """
 
 from __future__ import annotations
