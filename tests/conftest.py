@@ -47,3 +47,17 @@ def no_proxy(monkeypatch):
     """Requests to the tests' local HTTP servers go direct, whatever proxy the environment sets."""
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="module")
+def script_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of the training scripts run as subprocesses: offline, a fresh datasets cache, one thread (the
+    machine is shared, and fixed single-threaded reductions keep runs bitwise comparable)."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("datasets-cache")),
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }

@@ -23,7 +23,6 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import NER_LABELS, SENTIMENT_LABELS, tiny_config, tiny_processor
 from torch import nn
-from transformers import BertConfig
 
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
 from muse_training.hub import files_to_upload
@@ -363,18 +362,6 @@ def _save_base(folder: Path, text_model: Path, model_class, labels: list[str]) -
         str(text_model), "test_resnet", max_length=16, label_names=labels, image_size=32
     ).save_pretrained(folder)
     return folder
-
-
-@pytest.fixture(scope="module")
-def script_env(tmp_path_factory) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("datasets-cache")),
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-    }
 
 
 def _peft_args(base: Path, output_dir: Path, *extra: str) -> list[str]:

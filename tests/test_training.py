@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -500,19 +499,6 @@ def test_push_to_hub_uploads_the_model_without_checkpoints_arguments_or_logs(tmp
 # ----------------------------------------------------------------------------------------------------------------
 # Slow: the scripts in subprocesses
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def script_env(tmp_path_factory) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("datasets-cache")),
-        "TOKENIZERS_PARALLELISM": "false",
-        # One thread: the machine is shared, and fixed single-threaded reductions keep runs bitwise comparable.
-        "OMP_NUM_THREADS": "1",
-    }
 
 
 def _tiny_args(text_model: Path, output_dir: Path, *extra: str) -> list[str]:
