@@ -454,6 +454,15 @@ class RunArguments:
         default=None,
         metadata={"help": "Keep only the newest N checkpoints of output_dir, deleting older ones (default: all)."},
     )
+    keep_regularizers: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the training-only decoders (image captioning, PixelCNN++ text-to-image) in the saved and "
+            "uploaded model. Without it that model leaves them out: predictions never use them (at the paper's size "
+            "they are about a fifth of the weights), and training from it again starts them newly initialised. "
+            "Checkpoints for resuming always keep them."
+        },
+    )
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata={

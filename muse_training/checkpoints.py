@@ -2,7 +2,8 @@
 
 A checkpoint folder appears atomically (written as ``<name>.incomplete``, then renamed), so a run killed while saving
 never leaves a half-written checkpoint behind for ``latest`` to pick. The best model by validation F1 is kept in
-``output_dir`` during training, with a ``best_model.json`` marker written last.
+``output_dir`` during training, with a ``best_model.json`` marker written last. That model is the one served, so it
+leaves out the training-only decoders unless ``--keep_regularizers`` asks for them; checkpoints keep everything.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ __all__ = [
     "is_checkpoint_name",
     "load_best_weights",
     "prepare_output_dir",
+    "regularizer_weights_prefix",
     "resume",
     "save_checkpoint",
     "save_model",
@@ -330,10 +334,43 @@ def resume(accelerator: Accelerator, checkpoint: Path, args: argparse.Namespace)
     return progress
 
 
+def regularizer_weights_prefix(model: nn.Module) -> str | None:
+    """The state-dict prefix of the model's training-only decoders (``"muse.regularizers."`` in a task model), or
+    ``None`` when it has none."""
+    regularizers = model.base_muse.regularizers
+    if regularizers is None:
+        return None
+    name = next(name for name, module in model.named_modules() if module is regularizers)
+    return f"{name}."
+
+
+@contextmanager
+def _config_without_regularizers(model: nn.Module, drop: bool) -> Iterator[None]:
+    """While saving: the written configuration says there are no decoder weights (``include_regularizers=False``),
+    so that every Auto class builds the model without them; the training model keeps its own configuration."""
+    kept = model.config.include_regularizers
+    if drop:
+        model.config.include_regularizers = False
+    try:
+        yield
+    finally:
+        model.config.include_regularizers = kept
+
+
 def save_model(
-    accelerator: Accelerator, model: nn.Module, processor: MuSEProcessor, output_dir: str, best: dict[str, Any]
+    accelerator: Accelerator,
+    model: nn.Module,
+    processor: MuSEProcessor,
+    output_dir: str,
+    best: dict[str, Any],
+    keep_regularizers: bool = False,
 ) -> None:
-    """Save the model (safetensors) and processor into ``output_dir``, then the marker describing them."""
+    """Save the model (safetensors) and processor into ``output_dir``, then the marker describing them.
+
+    The saved model is for serving and further training: without ``keep_regularizers`` it leaves out the caption
+    and PixelCNN++ decoders (with their noisy projections), which predictions never use; training from it again
+    starts them newly initialised (`muse_training.models.build_model`).
+    """
     accelerator.wait_for_everyone()
     # get_state_dict gathers the full weights where they are sharded (FSDP, DeepSpeed); else it is the model's own.
     state_dict = accelerator.get_state_dict(model)
@@ -342,10 +379,14 @@ def save_model(
         # A LoRA run (--use_peft) keeps its adapter, which loads onto the base model it names.
         save_adapter(unwrapped, output_dir, state_dict, is_main_process=accelerator.is_main_process)
     else:
-        unwrapped.save_pretrained(
-            output_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process,
-            save_function=accelerator.save,
-        )
+        dropped = None if keep_regularizers else regularizer_weights_prefix(unwrapped)
+        if dropped is not None and state_dict is not None:
+            state_dict = {name: value for name, value in state_dict.items() if not name.startswith(dropped)}
+        with _config_without_regularizers(unwrapped, drop=dropped is not None):
+            unwrapped.save_pretrained(
+                output_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process,
+                save_function=accelerator.save,
+            )
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir)
         # Written last and atomically: a marker always describes complete model files.
@@ -357,7 +398,11 @@ def save_model(
 
 
 def load_best_weights(accelerator: Accelerator, model: nn.Module, output_dir: str) -> None:
-    """Put the kept (best) model's weights from ``output_dir`` into the prepared ``model``."""
+    """Put the kept (best) model's weights from ``output_dir`` into the prepared ``model``.
+
+    A kept model saved without its decoders leaves the training model's own decoders as they are (predictions do
+    not use them); any other weight that does not match is an error.
+    """
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if is_adapter_model(unwrapped):
@@ -365,8 +410,19 @@ def load_best_weights(accelerator: Accelerator, model: nn.Module, output_dir: st
         return
     # from_pretrained undoes whatever save_pretrained did to the checkpoint (tied or renamed weights).
     best = type(unwrapped).from_pretrained(output_dir)
+    decoders = regularizer_weights_prefix(unwrapped)
+    strict = decoders is None or regularizer_weights_prefix(best) is not None
     if accelerator.is_fsdp2:
         # Parameters are shards (DTensors): torch's loader cuts each process's share out of the full weights.
-        set_model_state_dict(unwrapped, best.state_dict(), options=StateDictOptions(full_state_dict=True))
+        unmatched = set_model_state_dict(
+            unwrapped, best.state_dict(), options=StateDictOptions(full_state_dict=True, strict=strict)
+        )
     else:
-        unwrapped.load_state_dict(best.state_dict())
+        unmatched = unwrapped.load_state_dict(best.state_dict(), strict=strict)
+    if not strict:
+        stray = [name for name in unmatched.missing_keys if not name.startswith(decoders)]
+        if stray or unmatched.unexpected_keys:
+            raise RuntimeError(
+                f"The kept model in {output_dir} does not match the trained model: missing {stray}, unexpected "
+                f"{list(unmatched.unexpected_keys)}."
+            )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, parse_flag_from_env
+from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -25,13 +25,31 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from processing_muse import MuSEProcessor
 
-from .checkpoints import TrainingProgress, resume, save_checkpoint, save_model, training_arguments
+from .arguments import TaskInfo, parse_args
+from .checkpoints import (
+    TrainingProgress,
+    prepare_output_dir,
+    resume,
+    save_checkpoint,
+    save_model,
+    training_arguments,
+)
+from .data import load_splits
 from .evaluation import use_best_model
+from .hub import create_hub_repo
 from .logs import LossMeter, configure_logging, epoch_summary
 from .memory import keep_freed_memory_in_process
-from .optimization import Schedule, create_scheduler
+from .optimization import Schedule, create_optimizer, create_scheduler
 
-__all__ = ["RunOutcome", "create_accelerator", "fit", "train_evaluate_predict"]
+__all__ = [
+    "RunOutcome",
+    "RunStart",
+    "create_accelerator",
+    "fit",
+    "prepare_for_training",
+    "start_run",
+    "train_evaluate_predict",
+]
 
 logger = get_logger(__name__)
 
@@ -73,6 +91,46 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
             ", ".join(f"--{name} {value}" for name, value in args.defaults_used.items()),
         )
     return accelerator
+
+
+@dataclass
+class RunStart:
+    """What a run has before its model: the arguments, the Accelerator, the splits and the checkpoint to resume."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    raw_datasets: Any
+    checkpoint: Path | None
+    start_time: float
+
+
+def start_run(task: TaskInfo, argv: Sequence[str] | None) -> RunStart:
+    """Parse the command line (or an argument file with overrides; `arguments.parse_args`), create the Accelerator,
+    seed, create the Hub repository for ``--push_to_hub``, load the splits there are (which settles ``--do_train`` /
+    ``--do_eval`` / ``--do_predict``) and prepare the output folder (the checkpoint a resumed run continues)."""
+    start_time = time.perf_counter()
+    args = parse_args(task, argv)
+    accelerator = create_accelerator(args)
+    set_seed(args.seed)
+    if args.push_to_hub and accelerator.is_main_process:
+        args.hub_model_id = create_hub_repo(args.hub_model_id, args.hub_token)
+    raw_datasets = load_splits(args, accelerator)
+    checkpoint = prepare_output_dir(accelerator, args)
+    return RunStart(args, accelerator, raw_datasets, checkpoint, start_time)
+
+
+def prepare_for_training(
+    accelerator: Accelerator,
+    model: nn.Module,
+    dataloaders: dict[str, DataLoader],
+    task: TaskInfo,
+    args: argparse.Namespace,
+) -> tuple[nn.Module, torch.optim.Optimizer | None, dict[str, DataLoader]]:
+    """The optimizer (a separate learning rate for the task head; none without ``--do_train``), and the model,
+    optimizer and data loaders placed by ``accelerator.prepare`` on the devices and processes of the launch."""
+    optimizer = create_optimizer(model, task.head_modules, args) if args.do_train else None
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *dataloaders.values())
+    return model, optimizer, dict(zip(dataloaders, prepared, strict=True))
 
 
 def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,7 +247,9 @@ def fit(
             improved = not progress.best or metrics["f1"] > progress.best["metrics"]["f1"]
             if improved:
                 progress.best = {"epoch": epoch + 1, "step": progress.completed_steps, "metrics": metrics}
-                save_model(accelerator, model, processor, args.output_dir, progress.best)
+                save_model(
+                    accelerator, model, processor, args.output_dir, progress.best, args.keep_regularizers
+                )
             logger.info(
                 epoch_summary(
                     epoch + 1,

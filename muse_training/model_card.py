@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from modeling_muse.configuration_muse import is_hub_id, is_vision_model_id
 
 from .arguments import DATASET_TITLES, MUSE_ARGUMENTS, TaskInfo, text_encoder_hub_id
-from .checkpoints import MODEL_CARD_FILE, TrainingProgress
+from .checkpoints import MODEL_CARD_FILE, TrainingProgress, regularizer_weights_prefix
 from .lora import adapter_card_section, is_adapter_model
 
 __all__ = ["LICENSE", "write_model_card"]
@@ -113,6 +113,21 @@ def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any]
     )
 
 
+def _decoders_note(kept: bool) -> list[str]:
+    if kept:
+        return [
+            "This checkpoint also holds the training-only decoders (image captioning and PixelCNN++ text-to-image, "
+            "saved with `--keep_regularizers`): training from it continues them.",
+            "",
+        ]
+    return [
+        "This checkpoint holds what predictions need: the training-only decoders (image captioning and PixelCNN++ "
+        "text-to-image) were left out (`include_regularizers: false` in its configuration). Training from it again "
+        "starts them newly initialised; train with `--keep_regularizers` to keep them.",
+        "",
+    ]
+
+
 def _how_to_load(task: TaskInfo, location: str, on_hub: bool) -> list[str]:
     auto_class = _AUTO_CLASSES[task.name]
     where = "the Hub repository" if on_hub else "this folder (or its Hub id once uploaded)"
@@ -193,6 +208,7 @@ def write_model_card(
         f"exchanges tokens between the two streams. Model class `{type(model).__name__}`, variant `{args.variant}`.",
         "",
         *start,
+        *(_decoders_note(args.keep_regularizers) if adapter is None and regularizer_weights_prefix(model) else []),
         "## Results",
         "",
         f"This is the model of the best validation F1: epoch {results['best_epoch']} (step {results['best_step']}).",

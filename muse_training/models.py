@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import datasets
 from accelerate.logging import get_logger
 
-from modeling_muse import MuSEPreTrainedModel
+from modeling_muse import MuSEConfig, MuSEPreTrainedModel
 
 from .logs import silenced
 
@@ -103,7 +103,17 @@ def build_model(
             )
     # An adapter folder's weights go onto its base model (`load_model`), which is loaded here.
     source = getattr(args, "peft_base_model", None) or args.model_name_or_path
-    model = model_class.from_pretrained(source)
+    config = MuSEConfig.from_pretrained(source)
+    if args.do_train and not config.include_regularizers:
+        # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
+        config.include_regularizers = True
+        if config.has_caption_decoder or config.has_generation_decoder:
+            logger.warning(
+                "--model_name_or_path %s was saved without its training-only decoders (image captioning, "
+                "PixelCNN++): they start newly initialised (save with --keep_regularizers to continue them).",
+                source,
+            )
+    model = model_class.from_pretrained(source, config=config)
     old_names = model_label_names(model)
     if sorted(old_names) == sorted(label_names):
         return model

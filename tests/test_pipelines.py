@@ -11,7 +11,7 @@ import pytest
 from local_server import serving, serving_files
 import torch
 from PIL import Image
-from tiny_models import NER_LABELS, SENTIMENT_LABELS, tiny_config, tiny_processor
+from tiny_models import NER_LABELS, SENTIMENT_LABELS, TINY_DECODERS, tiny_config, tiny_processor
 from transformers import pipeline
 
 from modeling_muse import (
@@ -33,6 +33,8 @@ def random_image(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
 
 
 def save_checkpoint(model: torch.nn.Module, processor: MuSEProcessor, folder) -> str:
+    """The folder as the training scripts leave it for serving: without the training-only decoders."""
+    model.remove_regularizers()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
@@ -41,7 +43,7 @@ def save_checkpoint(model: torch.nn.Module, processor: MuSEProcessor, folder) ->
 @pytest.fixture(scope="module")
 def ner_folder(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    model = MuSEForTokenClassification(tiny_config())
+    model = MuSEForTokenClassification(tiny_config(**TINY_DECODERS))
     # Emissions of a freshly initialised head are ~0, which leaves the CRF tagging every word alike; larger
     # weights make the tags and their confidences depend on the post.
     torch.nn.init.normal_(model.tagger.classifier.weight, std=1.0)
@@ -56,7 +58,7 @@ def ner(ner_folder) -> MultimodalNERPipeline:
 @pytest.fixture(scope="module")
 def sentiment(tmp_path_factory) -> MultimodalSentimentPipeline:
     torch.manual_seed(1)
-    model = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS))
+    model = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS, **TINY_DECODERS))
     torch.nn.init.normal_(model.classifier.classifier.weight, std=1.0)
     folder = save_checkpoint(model, tiny_processor(label_names=None), tmp_path_factory.mktemp("sentiment"))
     return pipeline("multimodal-sentiment", model=folder, device="cpu")

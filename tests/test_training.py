@@ -44,6 +44,7 @@ from muse_training.evaluation import EvaluationOutput  # noqa: E402
 from muse_training.hub import files_to_upload, push_to_hub  # noqa: E402
 from muse_training.model_card import write_model_card  # noqa: E402
 from muse_training.optimization import create_optimizer, optimizer_parameter_groups  # noqa: E402
+from tests.tiny_models import tiny_script_arguments  # noqa: E402
 
 # Time-derived entries differ between two runs of the same training.
 TIMING_KEYS = ("train_runtime_seconds", "train_samples_per_second", "wall_time_seconds")
@@ -304,6 +305,80 @@ def test_save_total_limit_keeps_the_newest_checkpoints(accelerator, tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["epoch_2"]
 
 
+def _regularizer_weight_names(folder: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        return [name for name in weights.keys() if ".regularizers." in f".{name}"]
+
+
+@pytest.mark.parametrize("keep_regularizers", [False, True])
+def test_the_kept_model_leaves_out_the_decoders_unless_asked_and_reloads_into_training(
+    accelerator, tmp_path, keep_regularizers
+):
+    from transformers import AutoModelForTokenClassification
+
+    from modeling_muse import MuSEForTokenClassification
+    from muse_training.checkpoints import load_best_weights, save_model
+    from tests.tiny_models import TINY_DECODERS, tiny_config, tiny_processor
+
+    torch.manual_seed(0)
+    model = accelerator.prepare(MuSEForTokenClassification(tiny_config(**TINY_DECODERS)))
+    trained = {name: value.clone() for name, value in model.state_dict().items()}
+    save_model(accelerator, model, tiny_processor(), str(tmp_path), {"epoch": 1}, keep_regularizers)
+    # The training model keeps its decoders and its configuration; the folder has them only when asked for.
+    assert model.config.include_regularizers and model.muse.regularizers is not None
+    assert bool(_regularizer_weight_names(tmp_path)) == keep_regularizers
+    served = AutoModelForTokenClassification.from_pretrained(tmp_path)
+    assert served.config.include_regularizers == keep_regularizers
+    assert (served.muse.regularizers is not None) == keep_regularizers
+    for name, value in served.state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
+
+    # The end of training puts the kept weights back; decoders not in the folder stay as the training left them.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    moved = {name: value.clone() for name, value in model.state_dict().items()}
+    load_best_weights(accelerator, model, str(tmp_path))
+    for name, value in model.state_dict().items():
+        from_folder = keep_regularizers or not name.startswith("muse.regularizers.")
+        torch.testing.assert_close(value, trained[name] if from_folder else moved[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_kept_model_that_does_not_match_the_training_model_is_an_error(accelerator, tmp_path):
+    from modeling_muse import MuSEForTokenClassification
+    from muse_training.checkpoints import load_best_weights, save_model
+    from tests.tiny_models import TINY_DECODERS, tiny_config, tiny_processor
+
+    served = MuSEForTokenClassification(tiny_config(**TINY_DECODERS))
+    save_model(accelerator, served, tiny_processor(), str(tmp_path), {"epoch": 1})
+    model = accelerator.prepare(MuSEForTokenClassification(tiny_config(num_cross_layers=4, **TINY_DECODERS)))
+    with pytest.raises(RuntimeError, match=r"does not match the trained model: missing \['muse.cross_transformer"):
+        load_best_weights(accelerator, model, str(tmp_path))
+
+
+def test_training_from_a_served_model_starts_its_decoders_afresh(tmp_path, caplog):
+    from modeling_muse import MuSEForTokenClassification
+    from muse_training.models import build_model
+    from tests.tiny_models import NER_LABELS, TINY_DECODERS, tiny_config
+
+    torch.manual_seed(0)
+    served = MuSEForTokenClassification(tiny_config(**TINY_DECODERS))
+    served.remove_regularizers()
+    served.save_pretrained(tmp_path)
+    args = argparse.Namespace(model_name_or_path=str(tmp_path), do_train=True)
+    with caplog.at_level("WARNING"):
+        model = build_model(args, MuSEForTokenClassification, NER_LABELS, ["tagger"])
+    assert model.muse.regularizers is not None and model.config.include_regularizers
+    assert "was saved without its training-only decoders" in caplog.text and "--keep_regularizers" in caplog.text
+    for name, value in served.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    # Evaluating it needs no decoders.
+    args.do_train = False
+    assert build_model(args, MuSEForTokenClassification, NER_LABELS, ["tagger"]).muse.regularizers is None
+
+
 def test_each_split_is_reported_in_one_line_with_what_needs_acting_on(accelerator, caplog, tmp_path):
     import datasets
     from PIL import Image
@@ -395,7 +470,7 @@ def test_model_card_metadata_names_hub_ids_and_datasets_only(tmp_path, monkeypat
     from huggingface_hub import ModelCard
 
     from modeling_muse import MuSEForTokenClassification
-    from tests.tiny_models import tiny_config
+    from tests.tiny_models import TINY_DECODERS, tiny_config
 
     monkeypatch.chdir(tmp_path)
     if text_model == "a-local-folder":
@@ -410,7 +485,7 @@ def test_model_card_metadata_names_hub_ids_and_datasets_only(tmp_path, monkeypat
     for split in ("eval", "test"):
         results.update({f"{split}_precision": 0.5, f"{split}_recall": 0.25, f"{split}_f1": 1 / 3})
     progress = TrainingProgress(history=[{"epoch": 1, "step": 10, "precision": 0.1, "recall": 0.1, "f1": 0.1}])
-    model = MuSEForTokenClassification(tiny_config())
+    model = MuSEForTokenClassification(tiny_config(**TINY_DECODERS))
     path = write_model_card(args, run_mner.TASK, model, progress, results, "report", "`twitter2017`: 3 posts.", 1)
     card = ModelCard.load(path)
     assert card.data.base_model == base_model
@@ -427,6 +502,10 @@ def test_model_card_metadata_names_hub_ids_and_datasets_only(tmp_path, monkeypat
     text = path.read_text()
     for local in (str(tmp_path), offline_text_model_path()):
         assert local not in text
+    assert "the training-only decoders (image captioning and PixelCNN++ text-to-image) were left out" in card.text
+    args.keep_regularizers = True
+    kept = ModelCard.load(write_model_card(args, run_mner.TASK, model, progress, results, None, "x.", 1))
+    assert "also holds the training-only decoders" in kept.text and "left out" not in kept.text
     args.push_to_hub, args.hub_model_id = True, "someone/muse-twitter17"
     card = ModelCard.load(write_model_card(args, run_mner.TASK, model, progress, results, None, "x.", 1))
     assert 'model_id = "someone/muse-twitter17"' in card.text and card.data.model_name == "muse-twitter17"
@@ -502,51 +581,11 @@ def test_push_to_hub_uploads_the_model_without_checkpoints_arguments_or_logs(tmp
 
 
 def _tiny_args(text_model: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--text_model_name_or_path",
-        str(text_model),
-        "--vision_model_name",
-        "test_resnet",
-        "--image_size",
-        "32",
-        "--max_text_length",
-        "16",
-        "--image_grid_size",
-        "4",
-        "--num_cross_layers",
-        "2",
-        "--num_attention_heads",
-        "2",
-        "--exchange_start_layer",
-        "1",
-        "--exchange_end_layer",
-        "2",
-        "--caption_decoder_dim",
-        "16",
-        "--pixelcnn_filters",
-        "8",
-        "--pixelcnn_resnet_blocks",
-        "1",
-        "--per_device_train_batch_size",
-        "4",
-        "--per_device_eval_batch_size",
-        "4",
-        "--max_train_samples",
-        "24",
-        "--max_eval_samples",
-        "10",
-        "--num_train_epochs",
-        "2",
-        "--logging_steps",
-        "2",
-        "--learning_rate",
-        "1e-3",
-        "--head_learning_rate",
-        "1e-2",
-        "--output_dir",
-        str(output_dir),
-        *extra,
-    ]
+    return tiny_script_arguments(
+        text_model, output_dir, *extra, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        max_train_samples=24, max_eval_samples=10, num_train_epochs=2, logging_steps=2, learning_rate=1e-3,
+        head_learning_rate=1e-2,
+    )  # fmt: skip
 
 
 def _run(argv: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -627,6 +666,9 @@ def test_run_mner_end_to_end(tiny_text_model, script_env, tmp_path, monkeypatch,
     import modeling_muse  # noqa: F401
 
     assert type(AutoModel.from_pretrained(output_dir)).__name__ == "MuSEModel"
+    # The model kept for serving has no decoders; the training had them (its L_it and L_ti are on the console).
+    assert not _regularizer_weight_names(output_dir)
+    assert json.loads((output_dir / "config.json").read_text())["include_regularizers"] is False
     results = _results(output_dir)
     for key in (
         "test_f1",
@@ -678,7 +720,9 @@ def test_run_mner_end_to_end(tiny_text_model, script_env, tmp_path, monkeypatch,
 @pytest.mark.slow
 def test_run_msa_end_to_end(tiny_text_model, script_env, tmp_path):
     output_dir = tmp_path / "out"
-    result = _run([sys.executable, "run_msa.py", *_tiny_args(tiny_text_model, output_dir)], script_env)
+    result = _run(
+        [sys.executable, "run_msa.py", *_tiny_args(tiny_text_model, output_dir, "--keep_regularizers")], script_env
+    )
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     import modeling_muse  # noqa: F401
@@ -689,7 +733,9 @@ def test_run_msa_end_to_end(tiny_text_model, script_env, tmp_path):
     results = _results(output_dir)
     assert {"test_accuracy", "test_f1", "eval_accuracy", "eval_f1"} <= set(results)
     assert 0.0 <= results["test_accuracy"] <= 1.0 and 0.0 <= results["test_f1"] <= 1.0
-    assert "AutoModelForSequenceClassification" in (output_dir / "README.md").read_text()
+    card = (output_dir / "README.md").read_text()
+    assert "AutoModelForSequenceClassification" in card and "also holds the training-only decoders" in card
+    assert _regularizer_weight_names(output_dir) and model.muse.regularizers is not None
     assert "Test (mvsa_single_sample, best epoch" in result.stdout
 
 
@@ -759,6 +805,8 @@ def test_killed_run_resumes_to_the_same_result(tiny_text_model, script_env, tmp_
 
     _assert_same_weights(uninterrupted / "step_12" / "model.safetensors", interrupted / "step_12" / "model.safetensors")
     _assert_same_weights(uninterrupted / "model.safetensors", interrupted / "model.safetensors")
+    # A checkpoint holds everything the run trains, decoders included; the kept model leaves them out.
+    assert _regularizer_weight_names(interrupted / "step_12") and not _regularizer_weight_names(interrupted)
     expected, actual = _results(uninterrupted), _results(interrupted)
     for key in TIMING_KEYS:
         expected.pop(key), actual.pop(key)

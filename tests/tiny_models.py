@@ -39,6 +39,32 @@ def tiny_config(labels: list[str] = NER_LABELS, **overrides) -> MuSEConfig:
     return MuSEConfig(**settings)
 
 
+# Small training-only decoders, for tests of what is saved with and without them.
+TINY_DECODERS = dict(
+    caption_loss_weight=1e-4, generation_loss_weight=1e-4, caption_decoder_dim=16, pixelcnn_filters=8,
+    pixelcnn_resnet_blocks=1,
+)
+
+
+# The MuSE arguments of a tiny run of run_mner.py / run_msa.py (timm's test_resnet, n = 16 = 4 x 4, small decoders).
+TINY_SCRIPT_ARGUMENTS = dict(
+    vision_model_name_or_path="test_resnet", image_size=32, max_text_length=16, image_grid_size=4, num_cross_layers=2,
+    num_attention_heads=2, exchange_start_layer=1, exchange_end_layer=2, caption_decoder_dim=16, pixelcnn_filters=8,
+    pixelcnn_resnet_blocks=1,
+)
+
+
+def tiny_script_arguments(text_model: Path, output_dir: Path, *extra: str, **values: object) -> list[str]:
+    """The command line of a tiny training run: `TINY_SCRIPT_ARGUMENTS` with ``values`` over them (``--name value``
+    each), the text encoder, the output folder, then ``extra`` as given."""
+    settings = {"text_model_name_or_path": text_model, **TINY_SCRIPT_ARGUMENTS, **values, "output_dir": output_dir}
+    return [
+        "--no_pretrained_vision",
+        *(part for name, value in settings.items() for part in (f"--{name}", str(value))),
+        *extra,
+    ]
+
+
 def tiny_processor(
     label_names: list[str] | None = NER_LABELS, image_size: int = 32, max_length: int = TINY_LENGTH
 ) -> MuSEProcessor:
@@ -48,8 +74,9 @@ def tiny_processor(
 
 
 def save_tiny_checkpoints(root: Path) -> dict[str, Path]:
-    """Tiny NER and sentiment models (classifiers spread so that they predict more than one class) saved with their
-    processors under ``root/ner`` and ``root/sentiment``, and a random photo ``root/photo.png``."""
+    """Tiny NER and sentiment models (classifiers spread so that they predict more than one class) saved for serving
+    (trained with decoders, saved without them, as the training scripts save them) with their processors under
+    ``root/ner`` and ``root/sentiment``, and a random photo ``root/photo.png``."""
     import numpy as np
     import torch
     from PIL import Image
@@ -57,12 +84,14 @@ def save_tiny_checkpoints(root: Path) -> dict[str, Path]:
     from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
 
     torch.manual_seed(0)
-    ner = MuSEForTokenClassification(tiny_config()).eval()
+    ner = MuSEForTokenClassification(tiny_config(**TINY_DECODERS)).eval()
     torch.nn.init.normal_(ner.tagger.classifier.weight, std=1.0)
+    ner.remove_regularizers()
     ner.save_pretrained(root / "ner")
     tiny_processor().save_pretrained(root / "ner")
-    sentiment = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS)).eval()
+    sentiment = MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS, **TINY_DECODERS)).eval()
     torch.nn.init.normal_(sentiment.classifier.classifier.weight, std=1.0)
+    sentiment.remove_regularizers()
     sentiment.save_pretrained(root / "sentiment")
     tiny_processor(label_names=None).save_pretrained(root / "sentiment")
     pixels = np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)
