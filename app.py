@@ -330,23 +330,23 @@ def build_demo(models: Models) -> gr.Blocks:
             {"entities": analysis.entities, "sentiment": analysis.sentiment},
         )
 
-    def ner(text: str, image: FileData) -> list[dict]:
-        """The entities of a post (text, image file), as pipeline("multimodal-ner") returns them."""
-        if models.ner is None:
-            raise gr.Error("No NER model is loaded. " + " ".join(models.notes), print_exception=False)
+    def analyse_with(task: str, title: str, text: str, image: FileData) -> Analysis:
+        """One task's pipeline on a post, bad input and a missing model as `gr.Error` (the API's error reply)."""
+        model = getattr(models, task)
+        if model is None:
+            raise gr.Error(f"No {title} model is loaded. " + " ".join(models.notes), print_exception=False)
         try:
-            return analyse_post(Models(ner=models.ner), text, image).entities
+            return analyse_post(Models(**{task: model}), text, image)
         except InputError as error:
             raise gr.Error(str(error), print_exception=False) from error
 
+    def ner(text: str, image: FileData) -> list[dict]:
+        """The entities of a post (text, image file), as pipeline("multimodal-ner") returns them."""
+        return analyse_with("ner", "NER", text, image).entities
+
     def sentiment(text: str, image: FileData) -> list[dict]:
         """Every sentiment label of a post (text, image file) with its probability, best first."""
-        if models.sentiment is None:
-            raise gr.Error("No sentiment model is loaded. " + " ".join(models.notes), print_exception=False)
-        try:
-            return analyse_post(Models(sentiment=models.sentiment), text, image).sentiment
-        except InputError as error:
-            raise gr.Error(str(error), print_exception=False) from error
+        return analyse_with("sentiment", "sentiment", text, image).sentiment
 
     with gr.Blocks(
         title="MuSE demo", analytics_enabled=False, delete_cache=(UPLOAD_LIFETIME_SECONDS, UPLOAD_LIFETIME_SECONDS)

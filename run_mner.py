@@ -18,13 +18,11 @@ predictions (each word's tag and CRF confidence) go to ``predictions.jsonl``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from transformers import BatchFeature
 
@@ -32,14 +30,11 @@ import modeling_muse  # noqa: F401  (registers MuSE with the transformers Auto c
 from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForTokenClassification
 from modeling_muse.heads import WordPositions
-from muse_training.arguments import MNER_DATASETS, TaskInfo, parse_args
-from muse_training.checkpoints import prepare_output_dir
-from muse_training.data import build_processor, load_splits, make_dataloaders, report_splits
+from muse_training.arguments import MNER_DATASETS, TaskInfo
+from muse_training.data import build_processor, make_dataloaders, report_splits
 from muse_training.evaluation import EvaluationOutput, evaluate_model
-from muse_training.hub import create_hub_repo
-from muse_training.loop import create_accelerator, train_evaluate_predict
+from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
 from muse_training.models import align_labels, load_model, model_label_names
-from muse_training.optimization import create_optimizer
 from muse_training.predictions import write_predictions
 from muse_training.results import finish
 from processing_muse import MuSEProcessor
@@ -159,20 +154,11 @@ def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Seque
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train MuSE for MNER, keep the best model by validation F1, score it on test and write its predictions (or,
     with ``--model_name_or_path``, evaluate or fine-tune a trained one); returns ``all_results.json``."""
-    start_time = time.perf_counter()
-    # The command line, or an argument file (a recipe) followed by overrides; unset arguments take the quick-start
-    # values on the bundled sample and the paper's elsewhere (muse_training.arguments.resolve_defaults).
-    args = parse_args(TASK, argv)
-
-    # The Accelerator places everything on the devices and processes of `accelerate launch`.
-    accelerator = create_accelerator(args)
-    set_seed(args.seed)
-    if args.push_to_hub and accelerator.is_main_process:
-        args.hub_model_id = create_hub_repo(args.hub_model_id, args.hub_token)
-
-    # Data: the splits there are (which settles --do_train / --do_eval / --do_predict) and the tag set, O first.
-    raw_datasets = load_splits(args, accelerator)
-    checkpoint = prepare_output_dir(accelerator, args)
+    # The command line (or a recipe and overrides), the Accelerator, the data (which settles --do_train / --do_eval /
+    # --do_predict) and the output folder; unset arguments take the quick-start values on the bundled sample and the
+    # paper's elsewhere (muse_training.arguments.resolve_defaults).
+    run = start_run(TASK, argv)
+    args, accelerator, raw_datasets = run.args, run.accelerator, run.raw_datasets
     label_names = raw_datasets[next(iter(raw_datasets))].features["ner_tags"].feature.names
 
     # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new CRF for other tags).
@@ -186,9 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dataloaders = make_dataloaders(raw_datasets, COLUMNS, MNERCollator(processor), args)
 
     # Optimizer (separate learning rate for the CRF head), devices, schedule, and the state of a resumed run.
-    optimizer = create_optimizer(model, TASK.head_modules, args) if args.do_train else None
-    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *dataloaders.values())
-    dataloaders = dict(zip(dataloaders, prepared, strict=True))
+    model, optimizer, dataloaders = prepare_for_training(accelerator, model, dataloaders, TASK, args)
 
     def evaluate(split: str, with_confidences: bool) -> dict[str, Any]:
         unwrapped = accelerator.unwrap_model(model)
@@ -207,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
     outcome = train_evaluate_predict(
-        accelerator, model, optimizer, dataloaders, evaluate, TASK.metric_names, processor, checkpoint, args
+        accelerator, model, optimizer, dataloaders, evaluate, TASK.metric_names, processor, run.checkpoint, args
     )
-    return finish(accelerator, args, TASK, model, outcome, raw_datasets, start_time)
+    return finish(accelerator, args, TASK, model, outcome, raw_datasets, run.start_time)
 
 if __name__ == "__main__":
     main()

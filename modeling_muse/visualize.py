@@ -247,9 +247,7 @@ def draw_exchange(
     """Draw the CrossTransformer's exchanges of one post into a PNG (`exchange_figure`, saved).
 
     Args:
-        image: the post's image (PIL image, uint8 numpy array, path or URL).
-        tokens: one label per text position of ``exchange_info``, normally ``exchange_info["tokens"]``.
-        exchange_info: the ``"exchange"`` entry of a MuSE pipeline result with ``return_exchange=True``.
+        image, tokens, exchange_info: as for `exchange_figure`.
         path: where to write the PNG.
         dpi: resolution; the PNG is ``12 * dpi`` pixels wide and ``figure_height_inches(layers) * dpi`` high.
 

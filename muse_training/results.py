@@ -17,7 +17,7 @@ from torch import nn
 from .arguments import TaskInfo
 from .checkpoints import RESULTS_FILE
 from .loop import RunOutcome
-from .data import SPLITS, describe_data
+from .data import describe_data
 from .hub import push_to_hub
 from .model_card import dataset_id, write_model_card
 

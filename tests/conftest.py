@@ -42,6 +42,18 @@ def tiny_text_model(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def photo_path(tmp_path_factory) -> str:
+    """A 80 x 60 photo of random pixels, saved as PNG."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("images") / "photo.png"
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
 @pytest.fixture
 def no_proxy(monkeypatch):
     """Requests to the tests' local HTTP servers go direct, whatever proxy the environment sets."""

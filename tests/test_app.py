@@ -25,7 +25,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -187,14 +186,6 @@ def pipelines(checkpoints) -> dict:
         "ner": pipeline("multimodal-ner", model=checkpoints["ner"], device="cpu"),
         "sentiment": pipeline("multimodal-sentiment", model=checkpoints["sentiment"], device="cpu"),
     }
-
-
-@pytest.fixture(scope="module")
-def photo_path(tmp_path_factory) -> str:
-    pixels = np.random.default_rng(0).integers(0, 256, (40, 90, 3), dtype=np.uint8)
-    path = tmp_path_factory.mktemp("images") / "photo.png"
-    Image.fromarray(pixels).save(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module", autouse=True)

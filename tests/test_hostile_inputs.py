@@ -7,7 +7,6 @@ demo's own attacks are in tests/test_app.py, against the running app).
 from __future__ import annotations
 
 import gzip
-import json
 import subprocess
 import sys
 import time
@@ -16,10 +15,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import numpy as np
 import pytest
 from local_server import serving
-import torch
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +29,7 @@ from datasets_scripts.umt import read_umt_file  # noqa: E402
 from modeling_muse.image_input import MAX_REDIRECTS, download_image_bytes, load_post_image  # noqa: E402
 from muse_training.arguments import parse_args  # noqa: E402
 from processing_muse import UnreadableImageError  # noqa: E402
-from tests.tiny_models import tiny_processor  # noqa: E402
+from tests.tiny_models import tiny_processor, tiny_script_arguments  # noqa: E402
 
 # ------------------------------------------------------------------------------------------- downloads
 
@@ -204,15 +201,10 @@ def test_a_post_of_a_million_words_tokenises_only_what_the_model_can_read(monkey
 
 
 def _tiny_msa(text_model: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--text_model_name_or_path", str(text_model), "--vision_model_name_or_path", "test_resnet",
-        "--no_pretrained_vision", "--image_size", "32", "--max_text_length", "16", "--image_grid_size", "4",
-        "--num_cross_layers", "1", "--num_attention_heads", "2", "--exchange_start_layer", "1",
-        "--exchange_end_layer", "1", "--caption_decoder_dim", "16", "--pixelcnn_filters", "8",
-        "--pixelcnn_resnet_blocks", "1", "--per_device_train_batch_size", "4", "--max_train_samples", "16",
-        "--max_eval_samples", "4", "--num_train_epochs", "1", "--learning_rate", "1e-3",
-        "--checkpointing_steps", "2", "--output_dir", str(output_dir), *extra,
-    ]  # fmt: skip
+    return tiny_script_arguments(
+        text_model, output_dir, *extra, num_cross_layers=1, exchange_end_layer=1, per_device_train_batch_size=4,
+        max_train_samples=16, max_eval_samples=4, num_train_epochs=1, learning_rate=1e-3, checkpointing_steps=2,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from local_server import serving
 import torch
 from PIL import Image
-from tiny_models import MINILM_DIR, NER_LABELS, TINY_LENGTH, tiny_config, tiny_processor
+from tiny_models import MINILM_DIR, TINY_LENGTH, tiny_config, tiny_processor
 from transformers import pipeline
 
 from datasets_scripts import (

@@ -18,7 +18,7 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from tiny_models import MINILM_DIR, NER_LABELS, SENTIMENT_LABELS, save_tiny_checkpoints, tiny_config, tiny_processor
+from tiny_models import MINILM_DIR, NER_LABELS, SENTIMENT_LABELS, save_tiny_checkpoints
 from transformers import pipeline
 
 import configuration_muse

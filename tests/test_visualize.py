@@ -30,14 +30,6 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def photo_path(tmp_path_factory) -> str:
-    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
-    path = tmp_path_factory.mktemp("images") / "photo.png"
-    Image.fromarray(pixels).save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def exchange(checkpoint, photo_path) -> dict:
     ner = pipeline("multimodal-ner", model=checkpoint, device="cpu")
     return ner({"text": TEXT, "image": photo_path}, return_exchange=True)["exchange"]
