@@ -6,7 +6,8 @@
   reports, the processor and the data loaders.
 - `models`: a fresh MuSE around pretrained towers, or a trained one (``--model_name_or_path``) relabelled for the data.
 - `optimization`: AdamW with a separate learning rate for the task head, and the learning-rate schedule.
-- `loop`: the Accelerator and the training loop with validation after every epoch.
+- `loop`: the start of a run (arguments, Accelerator, seed, splits, output folder), the optimizer and devices, and
+  the training loop with validation after every epoch.
 - `logs`: logging set-up, the loss meter and the per-epoch summary line.
 - `checkpoints`: checkpoint/resume, the output folder, the best model kept in it.
 - `evaluation`: a split's predictions, labels and loss, gathered over processes without duplicates;

