@@ -73,3 +73,12 @@ def script_env(tmp_path_factory) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist (`-n 3`, `--dist loadfile`) a file runs whole on one worker, in collection order: the files
+    # with the most end-to-end (slow) tests go first, so that none of them is left to run alone at the end.
+    slow_tests = {}
+    for item in items:
+        slow_tests[item.path] = slow_tests.get(item.path, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_tests[item.path])
