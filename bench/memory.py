@@ -15,7 +15,8 @@ that nothing of an earlier one (allocator caches, the peak counters) is counted:
 The optimizer state (AdamW's two moments) is created before the measurement, so that "model + optimizer" is what a
 training process holds between steps and "step" is what one step adds on top: gradients, the activations kept for
 the backward pass, and temporaries. Gradient checkpointing shrinks the activations only; the table gives both the
-whole peak and the step's part.
+whole peak and the step's part, and the floor no activation saving can go below: model, optimizer state and one
+gradient per trainable parameter, all held at the optimizer step.
 
 ``--budget_gb G`` also searches, with and without checkpointing, the largest batch whose whole peak (tensors; on a CPU without the runtime, see below) fits in G GiB
 (doubling from ``--batch``, then bisecting to within an eighth; each probe is a fresh process, and a probe that runs out of memory does
@@ -184,6 +185,8 @@ def measure(batch: int, checkpointing: bool, device: str, dtype: str, task: str,
         "seconds": seconds,
         "text_length": int(inputs["input_ids"].shape[1]),
         "parameters": sum(p.numel() for p in model.parameters()),
+        # Gradients take their parameters' dtype (float32, also under autocast).
+        "gradients": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
         "peak_reset": peak_reset,
         "threads": torch.get_num_threads(),
     }
@@ -313,6 +316,7 @@ def main() -> None:
         ("peak of the step (GiB)", plain["peak"], checkpointed["peak"]),
         ("  model + optimizer state (GiB)", plain["held"], checkpointed["held"]),
         ("  step: grads + activations (GiB)", plain["step"], checkpointed["step"]),
+        ("    of which gradients (GiB)", plain["gradients"], checkpointed["gradients"]),
     ]
     for label, without, with_ in rows:
         print(f"{label:<34}{_gib(without):>10}{_gib(with_):>10}{with_ / without:>16.2f}")
@@ -328,6 +332,11 @@ def main() -> None:
         for name, probes in (("without", without_probes), ("with", with_probes)):
             shown = ", ".join(f"{batch}: {'out of memory' if peak is None else _gib(peak)}" for batch, peak in probes)
             print(f"  probes {name} checkpointing (batch: peak GiB): {shown}")
+    floor = plain["held"] + plain["gradients"]
+    print(
+        f"lowest possible peak, keeping no activation (model + optimizer state + gradients): {_gib(floor)} GiB, "
+        f"{floor / plain['peak']:.2f} of the plain peak"
+    )
     print(
         f"checkpointing peak / plain peak at batch {args.batch}: {checkpointed['peak'] / plain['peak']:.2f} "
         f"(goal <= 0.6); the step's own part: {checkpointed['step'] / plain['step']:.2f}"

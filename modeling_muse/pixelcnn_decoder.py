@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 # Below this bin probability the difference of two logistic CDFs loses all its float32 digits;
@@ -296,11 +297,15 @@ class DownRightShiftedConvTranspose2d(nn.Module):
         return self.deconv(x)
 
 
-class GatedResnet(nn.Module):
+class GatedResnet(GradientCheckpointingLayer):
     """PixelCNN++ gated resnet block, conditioned as in conditional PixelCNN.
 
     x + a * sigmoid(b), where [a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(skip)))))
     + W h, and W h is the projection of the condition vector h.
+
+    A `GradientCheckpointingLayer`, so that MuSE's ``gradient_checkpointing_enable`` checkpoints the decoder block
+    by block: its full-resolution feature maps are the largest activations of a training step. The callers pass
+    every tensor positionally, which reentrant checkpointing needs for their gradients.
     """
 
     def __init__(
@@ -410,7 +415,7 @@ class PixelCNNPlusPlusDecoder(nn.Module):
             u, ul = u_skips[-1], ul_skips[-1]
             for u_block, ul_block in zip(self.up_u[level], self.up_ul[level]):
                 u = u_block(u, condition)
-                ul = ul_block(ul, condition, skip=u)
+                ul = ul_block(ul, condition, u)
                 u_skips.append(u)
                 ul_skips.append(ul)
             if level < 2:
@@ -420,8 +425,8 @@ class PixelCNNPlusPlusDecoder(nn.Module):
         u, ul = u_skips.pop(), ul_skips.pop()
         for level in range(3):
             for u_block, ul_block in zip(self.down_u[level], self.down_ul[level]):
-                u = u_block(u, condition, skip=u_skips.pop())
-                ul = ul_block(ul, condition, skip=torch.cat([u, ul_skips.pop()], dim=1))
+                u = u_block(u, condition, u_skips.pop())
+                ul = ul_block(ul, condition, torch.cat([u, ul_skips.pop()], dim=1))
             if level < 2:
                 u = self.upsize_u[level](u)
                 ul = self.upsize_ul[level](ul)

@@ -1,5 +1,6 @@
-"""Gradient checkpointing (issue 21): the CrossTransformer layers, the text encoder and the image tower recompute
-their activations in the backward pass, with the gradients of a step without checkpointing."""
+"""Gradient checkpointing (issue 21): the CrossTransformer layers, the text encoder, the image tower and the PixelCNN++
+decoder's blocks recompute their activations in the backward pass, with the gradients of a step without
+checkpointing."""
 
 import copy
 import warnings
@@ -12,6 +13,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
 from modeling_muse.cross_transformer import CrossTransformerLayer
 from modeling_muse.exchange import exchange_least_attended_tokens
+from modeling_muse.pixelcnn_decoder import GatedResnet
 from tiny_models import NER_LABELS, SENTIMENT_LABELS, TINY_LENGTH, tiny_config
 
 TOWERS = {
@@ -65,11 +67,11 @@ def gradients(model, inputs) -> dict[str, torch.Tensor]:
     return {name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None}
 
 
-def enable(model) -> None:
+def enable(model, **checkpointing_kwargs) -> None:
     with warnings.catch_warnings():
         # transformers 5 calls gradient_checkpointing_enable a deprecated alias of activation_checkpointing_enable.
         warnings.simplefilter("ignore", FutureWarning)
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs or None)
 
 
 def disable(model) -> None:
@@ -154,6 +156,28 @@ def test_checkpointing_with_the_regularizers_of_eq_14():
     checkpointed = gradients(checkpointed_model, inputs)
     for name, gradient in plain.items():
         torch.testing.assert_close(checkpointed[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_the_pixelcnn_blocks_are_checkpointed_with_the_rest(use_reentrant):
+    model = build("ner", **REGULARIZERS)
+    inputs = batch("ner")
+    blocks = [module for module in model.modules() if isinstance(module, GatedResnet)]
+    assert blocks
+    plain = gradients(model, inputs)
+    first_block = Calls()
+    handle = blocks[0].conv_in.register_forward_pre_hook(first_block.hook)
+    enable(model, use_reentrant=use_reentrant)
+    assert all(block.gradient_checkpointing for block in blocks)
+    checkpointed = gradients(model, inputs)
+    # Once in the forward pass, once more when the backward pass recomputes it.
+    assert first_block.count == 2
+    handle.remove()
+    # Reentrant checkpointing passes gradients only to positional tensors: the skip inputs must be among them.
+    for name in (name for name in plain if ".generation_decoder." in name):
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    disable(model)
+    assert not any(block.gradient_checkpointing for block in blocks)
 
 
 @pytest.mark.parametrize("overrides", [dict(use_image=False), dict(use_cross_transformer=False)], ids=["only-T", "w/o-CT"])
