@@ -111,9 +111,10 @@ class MuSEPreTrainedModel(PreTrainedModel):
         Reached by ``gradient_checkpointing_enable`` / ``activation_checkpointing_enable`` and their ``_disable``.
         transformers sets the flag of every `GradientCheckpointingLayer` in the model: the CrossTransformer layers
         (each one unit over both streams and the exchange, eqs. 8-13), the PixelCNN++ decoder's gated resnet blocks,
-        the text encoder's layers and a transformers vision tower's. A timm backbone has its own switch (``set_grad_checkpointing``, which checkpoints its stages
-        with timm's ``checkpoint_seq``). Gradients are those without checkpointing; a batch-norm backbone (ResNet)
-        updates its running statistics once more per checkpointed step, in the recomputation.
+        the text encoder's layers and a transformers vision tower's. A timm backbone has its own switch
+        (``set_grad_checkpointing``, which checkpoints its stages with timm's ``checkpoint_seq``). Gradients are
+        those without checkpointing; a batch-norm backbone (ResNet) updates its running statistics once more per
+        checkpointed step, in the recomputation.
         """
         super()._set_gradient_checkpointing(
             enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs

@@ -408,8 +408,8 @@ class RunArguments:
         default=False,
         metadata={
             "help": "Recompute activations in the backward pass instead of keeping them (the CrossTransformer layers, "
-            "the text encoder's layers, the image tower's and the PixelCNN++ decoder's blocks): less memory for a larger batch, at the cost of "
-            "running those blocks' forward twice; the gradients are the same."
+            "the text encoder's layers, the image tower's and the PixelCNN++ decoder's blocks): less memory for a "
+            "larger batch, at the cost of running those blocks' forward twice; the gradients are the same."
         },
     )
     num_train_epochs: int | None = field(
