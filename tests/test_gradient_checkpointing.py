@@ -14,7 +14,7 @@ from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassificat
 from modeling_muse.cross_transformer import CrossTransformerLayer
 from modeling_muse.exchange import exchange_least_attended_tokens
 from modeling_muse.pixelcnn_decoder import GatedResnet
-from tiny_models import NER_LABELS, SENTIMENT_LABELS, TINY_LENGTH, tiny_config
+from tiny_models import NER_LABELS, SENTIMENT_LABELS, TINY_DECODER_SIZES, TINY_LENGTH, tiny_config
 
 TOWERS = {
     "timm resnet": dict(vision_model_name="test_resnet"),
@@ -26,8 +26,7 @@ TOWERS = {
     ),
 }
 # Small regularizer decoders, so that the full loss of eq. 14 runs.
-REGULARIZERS = dict(caption_loss_weight=0.5, generation_loss_weight=0.5, caption_decoder_dim=16, pixelcnn_filters=8,
-                    pixelcnn_resnet_blocks=1)
+REGULARIZERS = dict(caption_loss_weight=0.5, generation_loss_weight=0.5, **TINY_DECODER_SIZES)
 
 
 def batch(task: str, seed: int = 0) -> dict[str, torch.Tensor]:

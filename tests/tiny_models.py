@@ -39,18 +39,16 @@ def tiny_config(labels: list[str] = NER_LABELS, **overrides) -> MuSEConfig:
     return MuSEConfig(**settings)
 
 
+# The sizes of small training-only decoders (caption LSTM, PixelCNN++).
+TINY_DECODER_SIZES = dict(caption_decoder_dim=16, pixelcnn_filters=8, pixelcnn_resnet_blocks=1)
 # Small training-only decoders, for tests of what is saved with and without them.
-TINY_DECODERS = dict(
-    caption_loss_weight=1e-4, generation_loss_weight=1e-4, caption_decoder_dim=16, pixelcnn_filters=8,
-    pixelcnn_resnet_blocks=1,
-)
+TINY_DECODERS = dict(caption_loss_weight=1e-4, generation_loss_weight=1e-4, **TINY_DECODER_SIZES)
 
 
 # The MuSE arguments of a tiny run of run_mner.py / run_msa.py (timm's test_resnet, n = 16 = 4 x 4, small decoders).
 TINY_SCRIPT_ARGUMENTS = dict(
     vision_model_name_or_path="test_resnet", image_size=32, max_text_length=16, image_grid_size=4, num_cross_layers=2,
-    num_attention_heads=2, exchange_start_layer=1, exchange_end_layer=2, caption_decoder_dim=16, pixelcnn_filters=8,
-    pixelcnn_resnet_blocks=1,
+    num_attention_heads=2, exchange_start_layer=1, exchange_end_layer=2, **TINY_DECODER_SIZES,
 )
 
 
