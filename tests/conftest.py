@@ -18,6 +18,41 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def _torch_global_state() -> dict[str, object]:
+    import torch._dynamo.config
+    import torch._inductor.config
+
+    return {
+        "default dtype": torch.get_default_dtype(),
+        "intra-op threads": torch.get_num_threads(),
+        "grad mode": torch.is_grad_enabled(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "torch._dynamo.config": torch._dynamo.config.get_config_copy(),
+        "torch._inductor.config": torch._inductor.config.get_config_copy(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def torch_global_state_is_restored(request):
+    """Fail a test that leaves torch's process-wide settings changed (a later test in the same worker would run under
+    them), after putting them back."""
+    import torch._dynamo.config
+    import torch._inductor.config
+
+    before = _torch_global_state()
+    yield
+    after = _torch_global_state()
+    changed = sorted(name for name in before if before[name] != after[name])
+    if changed:
+        torch.set_default_dtype(before["default dtype"])
+        torch.set_num_threads(before["intra-op threads"])
+        torch.set_grad_enabled(before["grad mode"])
+        torch.use_deterministic_algorithms(before["deterministic algorithms"])
+        torch._dynamo.config.load_config(before["torch._dynamo.config"])
+        torch._inductor.config.load_config(before["torch._inductor.config"])
+        pytest.fail(f"{request.node.nodeid} left torch's global state changed: {', '.join(changed)}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory):
     """A tiny random BERT with the offline MiniLM tokenizer, saved like a pretrained text encoder."""
