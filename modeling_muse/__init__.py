@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForTokenClassification,
     AutoProcessor,
 )
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_muse import ABLATION_VARIANTS, MuSEConfig
@@ -45,6 +46,9 @@ MuSEProcessor.register_for_auto_class()
 for _auto_class, _model_class in AUTO_MODEL_CLASSES.items():
     _auto_class.register(MuSEConfig, _model_class, exist_ok=True)
     _model_class.register_for_auto_class(_auto_class.__name__)
+# transformers tells a bare model (hidden states, no head, no loss) from a task model by its Auto name table, as its
+# Trainer and its common model tests do; MuSEModel is MuSE's bare model.
+MODEL_MAPPING_NAMES.setdefault(MuSEConfig.model_type, MuSEModel.__name__)
 for _task, (_pipeline_class, _auto_model_class) in PIPELINE_TASKS.items():
     PIPELINE_REGISTRY.register_pipeline(_task, pipeline_class=_pipeline_class, pt_model=_auto_model_class, type="multimodal")
 

@@ -128,6 +128,15 @@ class CaptionDecoder(nn.Module):
             nn.init.uniform_(layer.weight, -0.1, 0.1)
         nn.init.zeros_(self.fc.bias)
 
+    def replace_vocabulary_layers(self, embedding: nn.Embedding, fc: nn.Linear) -> None:
+        """Use ``embedding`` and ``fc`` (a resized vocabulary: the text encoder's after
+        ``resize_token_embeddings``) as the word embeddings and output layer."""
+        if embedding.num_embeddings != fc.out_features:
+            raise ValueError(f"embedding has {embedding.num_embeddings} words but fc predicts {fc.out_features}.")
+        self.embedding, self.fc, self.vocab_size = embedding, fc, embedding.num_embeddings
+        for layer in (self.embedding, self.fc):
+            setattr(layer, UNIFORM_INIT_RANGE, 0.1)
+
     def forward(
         self,
         image_features: Tensor,

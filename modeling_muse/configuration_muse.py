@@ -1,3 +1,4 @@
+# Copyright 2026 The MuSE-HF contributors. Licensed under the Apache License, Version 2.0.
 """MuSE model configuration.
 
 `MuSEConfig` is the only home of MuSE's hyperparameters and of their validation. Field names follow

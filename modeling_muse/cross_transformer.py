@@ -25,15 +25,25 @@ __all__ = ["CrossTransformer", "CrossTransformerLayer", "CrossTransformerLayerOu
 
 # What one layer returns for its two streams (None for a stream the model does not have): the new text and image
 # states, their cls attention rows (None unless asked for or exchanging), their exchange masks (None outside exchange
-# layers). A flat tuple of tensors, so that checkpointing with either torch.utils.checkpoint mode sees every output.
-CrossTransformerLayerOutput = tuple[
-    torch.Tensor | None,
-    torch.Tensor | None,
-    torch.Tensor | None,
-    torch.Tensor | None,
-    torch.Tensor | None,
-    torch.Tensor | None,
-]
+# layers), their full attention maps (None unless asked for). A flat tuple of tensors, so that checkpointing with
+# either torch.utils.checkpoint mode sees every output.
+CrossTransformerLayerOutput = tuple[torch.Tensor | None, ...]
+
+
+def eager_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor, dropout_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(d_head)) V written out, returning the attention map too.
+
+    The same computation as `scaled_dot_product_attention` (boolean ``key_mask``: True where a key may be attended
+    to), with the softmax in float32 as transformers' eager attention does, so that half precision keeps its
+    normalisation. ``dropout_p`` drops attention weights (training only).
+    """
+    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+    scores = scores.masked_fill(~key_mask, float("-inf"))
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    context = F.dropout(weights, p=dropout_p) @ value
+    return context, weights
 
 
 class CrossTransformerLayer(GradientCheckpointingLayer):
@@ -41,10 +51,12 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
 
     ``forward`` runs one layer of the CrossTransformer on the text and the image stream: ``attend`` (multi-head
     self-attention, Add & LayerNorm) on each stream, the exchange of eqs. 10-11 between them in exchange layers, then
-    ``feed_forward`` (FFN 4d, ReLU, Add & LayerNorm; eqs. 12-13) on each. The attention runs on
-    ``scaled_dot_product_attention`` (its attention-weight dropout included); the cls row of the attention map, which
-    is all the exchange needs, is computed separately from the cls query alone (O(n) per head), so that the exchange
-    never needs the full n x n map.
+    ``feed_forward`` (FFN 4d, ReLU, Add & LayerNorm; eqs. 12-13) on each. The attention follows
+    ``config._attn_implementation``: ``"sdpa"`` (the default) runs ``scaled_dot_product_attention``, ``"eager"``
+    writes it out (`eager_attention`), and either gives the same outputs; the eager form also runs whenever the full
+    attention maps are asked for (``output_attentions``), since SDPA does not return them. The cls row of the
+    attention map, which is all the exchange needs, is computed separately from the cls query alone (O(n) per head),
+    so that the exchange never needs the full n x n map.
 
     As a `GradientCheckpointingLayer`, the whole layer (both streams and the exchange) is one activation-checkpointing
     unit when the model's gradient checkpointing is on (docs/design.md, "Memory"); it is also the unit that FSDP shards
@@ -54,6 +66,8 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: MuSEConfig):
         super().__init__()
+        # Read at each call, so that `set_attn_implementation` on the model switches the layers too.
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.dropout_p = config.cross_dropout
@@ -66,23 +80,34 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
         self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def attend(
-        self, hidden_states: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        hidden_states: torch.Tensor,
+        key_mask: torch.Tensor,
+        return_cls_attention: bool,
+        return_attention_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Self-attention sub-module.
 
         Args:
             hidden_states: ``(N, L, d)``.
             key_mask: ``(N, L)`` bool, True where a key may be attended to.
             return_cls_attention: also return row 0 of the attention map, averaged over heads, ``(N, L)``.
+            return_attention_weights: also return the attention map, ``(N, heads, L, L)``.
+
+        Returns:
+            The new states, the cls row (or None) and the attention map (or None).
         """
         batch, length, width = hidden_states.shape
         query, key, value = (
             self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
         attention_mask = key_mask[:, None, None, :]
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
+        dropout_p = self.dropout_p if self.training else 0.0
+        weights = None
+        if return_attention_weights or self.config._attn_implementation == "eager":
+            context, weights = eager_attention(query, key, value, attention_mask, dropout_p)
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout_p)
         context = context.transpose(1, 2).reshape(batch, length, width)
         attended = self.dropout(self.attention_output(context))
         hidden_states = self.attention_norm(hidden_states + attended)
@@ -94,7 +119,7 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
                 scores = query[:, :, :1] @ key.transpose(-1, -2) / math.sqrt(self.head_dim)
                 scores = scores.masked_fill(~attention_mask, float("-inf"))
                 cls_attention = scores.softmax(dim=-1).mean(dim=1)[:, 0]
-        return hidden_states, cls_attention
+        return hidden_states, cls_attention, weights if return_attention_weights else None
 
     def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Feed-forward sub-module (eqs. 12-13)."""
@@ -112,6 +137,7 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
         return_cls_attention: bool = False,
         exchange_ratio: float = 0.0,
         exchange_mode: str = "residual",
+        return_attention_weights: bool = False,
     ) -> CrossTransformerLayerOutput:
         """One CrossTransformer layer on both streams (eqs. 8-13 for layer l).
 
@@ -124,10 +150,11 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
                 present, theta > 0).
             return_cls_attention: return each stream's cls attention row even when not exchanging.
             exchange_ratio, exchange_mode: theta and the exchange rule (`exchange_least_attended_tokens`).
+            return_attention_weights: return each stream's attention map, ``(B, heads, 1 + n_m, 1 + n_m)``.
 
         Returns:
             ``(text_states, image_states, text_cls_attention, image_cls_attention, text_exchange_mask,
-            image_exchange_mask)``; see `CrossTransformerLayerOutput`.
+            image_exchange_mask, text_attention_map, image_attention_map)``; see `CrossTransformerLayerOutput`.
         """
         if exchange and (text_states is None or image_states is None):
             raise ValueError("exchange=True needs both streams: the exchange moves tokens between text and image.")
@@ -138,10 +165,15 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
         # The streams are attended, then both fed forward, in this order, so that dropout draws its random numbers in
         # the same sequence whatever the checkpointing.
         attended = [
-            self.attend(stream, F.pad(valid, (1, 0), value=True), return_cls_attention=exchange or return_cls_attention)
+            self.attend(
+                stream,
+                F.pad(valid, (1, 0), value=True),
+                return_cls_attention=exchange or return_cls_attention,
+                return_attention_weights=return_attention_weights,
+            )
             for stream, valid in zip(streams, valid_masks)
         ]
-        streams, cls_attentions = [states for states, _ in attended], [row for _, row in attended]
+        streams, cls_attentions, maps = (list(items) for items in zip(*attended))
         selected: list[torch.Tensor | None] = [None] * len(streams)
         if exchange:
             streams, selected = exchange_least_attended_tokens(
@@ -149,10 +181,10 @@ class CrossTransformerLayer(GradientCheckpointingLayer):
             )
         streams = [self.feed_forward(stream) for stream in streams]
         if text_states is None:
-            streams, cls_attentions, selected = [None, *streams], [None, *cls_attentions], [None, *selected]
+            streams, cls_attentions, selected, maps = ([None, *items] for items in (streams, cls_attentions, selected, maps))
         elif image_states is None:
-            streams, cls_attentions, selected = [*streams, None], [*cls_attentions, None], [*selected, None]
-        return (*streams, *cls_attentions, *selected)
+            streams, cls_attentions, selected, maps = ([*items, None] for items in (streams, cls_attentions, selected, maps))
+        return (*streams, *cls_attentions, *selected, *maps)
 
 
 @dataclass
@@ -161,6 +193,7 @@ class CrossTransformerOutput:
     diagnostics when asked for.
 
     ``*_hidden_states``: the stream entering the first layer (T(0), I(0)) and after each layer, L + 1 tensors.
+    ``*_attentions``: one ``(B, heads, 1 + n, 1 + n)`` attention map per layer.
     ``*_cls_attentions``: one ``(B, 1 + n)`` tensor per layer. ``*_exchange_masks``: one ``(B, n)`` bool tensor
     per exchange layer (mu..eta), True at the tokens that were exchanged.
     """
@@ -169,6 +202,8 @@ class CrossTransformerOutput:
     image_hidden_state: torch.Tensor | None
     text_hidden_states: tuple[torch.Tensor, ...] | None = None
     image_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_attentions: tuple[torch.Tensor, ...] | None = None
+    image_attentions: tuple[torch.Tensor, ...] | None = None
     text_cls_attentions: tuple[torch.Tensor, ...] | None = None
     image_cls_attentions: tuple[torch.Tensor, ...] | None = None
     text_exchange_masks: tuple[torch.Tensor, ...] | None = None
@@ -199,6 +234,7 @@ class CrossTransformer(nn.Module):
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> CrossTransformerOutput:
         """
         Args:
@@ -206,8 +242,8 @@ class CrossTransformer(nn.Module):
                 branch.
             image_embeddings: I_e, ``(B, P*P, d)``, or None without an image branch.
             text_mask: ``(B, n_t)``, 1 at real text tokens, 0 at padding.
-            output_cls_attentions, output_exchange_masks, output_hidden_states: return those per-layer diagnostics
-                (see `CrossTransformerOutput`).
+            output_cls_attentions, output_exchange_masks, output_hidden_states, output_attentions: return those
+                per-layer diagnostics (see `CrossTransformerOutput`).
         """
         # Each stream runs through the shared layers on its own length: the text stream is no longer than its
         # batch's longest post, while the image stream keeps its P*P tokens.
@@ -220,11 +256,14 @@ class CrossTransformer(nn.Module):
             image_valid = torch.ones(image_embeddings.shape[:2], dtype=torch.bool, device=image_embeddings.device)
         exchanging = text_states is not None and image_states is not None and self.exchange_ratio > 0
 
-        cls_attentions, exchange_masks, hidden_states = [], [], [(text_states, image_states)]
+        cls_attentions, exchange_masks, attention_maps, hidden_states = [], [], [], [(text_states, image_states)]
         for layer_number, layer in enumerate(self.layers, start=1):
             is_exchange_layer = layer_number in self.exchange_layers
             # The streams are positional so that reentrant checkpointing (use_reentrant=True) sees them as inputs.
-            text_states, image_states, text_attention, image_attention, text_selected, image_selected = layer(
+            (
+                text_states, image_states, text_attention, image_attention, text_selected, image_selected, text_map,
+                image_map,
+            ) = layer(
                 text_states,
                 image_states,
                 text_valid,
@@ -233,8 +272,10 @@ class CrossTransformer(nn.Module):
                 return_cls_attention=output_cls_attentions,
                 exchange_ratio=self.exchange_ratio,
                 exchange_mode=self.exchange_mode,
+                return_attention_weights=output_attentions,
             )
             cls_attentions.append((text_attention, image_attention))
+            attention_maps.append((text_map, image_map))
             hidden_states.append((text_states, image_states))
             if is_exchange_layer:
                 # Outside an exchange (one stream, theta = 0) nothing was exchanged: all-False masks.
@@ -256,6 +297,8 @@ class CrossTransformer(nn.Module):
             image_hidden_state=image_states,
             text_hidden_states=per_stream(hidden_states, text_index) if output_hidden_states else None,
             image_hidden_states=per_stream(hidden_states, image_index) if output_hidden_states else None,
+            text_attentions=per_stream(attention_maps, text_index) if output_attentions else None,
+            image_attentions=per_stream(attention_maps, image_index) if output_attentions else None,
             text_cls_attentions=per_stream(cls_attentions, text_index) if output_cls_attentions else None,
             image_cls_attentions=per_stream(cls_attentions, image_index) if output_cls_attentions else None,
             text_exchange_masks=per_stream(exchange_masks, text_index) if output_exchange_masks else None,

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 from .hub import offline_reason
+from .image_input import PLACEHOLDER_COLOR
 from .text_encoder import layer_classes
 
 logger = logging.getLogger(__name__)
@@ -225,6 +226,11 @@ def build_vision_backbone(config: Any) -> nn.Module:
     return timm.create_model(architecture, pretrained=False, num_classes=0, global_pool="", **config.vision_model_kwargs)
 
 
+# Set on every module of a timm backbone: timm initialises them (`ImageEncoder.timm_initial_state`), not transformers'
+# generic `_init_weights`.
+INITIALISED_BY_TIMM = "muse_initialised_by_timm"
+
+
 def _timm_pretrained(tower: VisionTower, model_kwargs: dict[str, Any]) -> nn.Module:
     """The timm tower with its pretrained weights: from a folder, the local Hugging Face cache, or the Hub."""
     kwargs = {"num_classes": 0, "global_pool": "", **model_kwargs}
@@ -329,10 +335,13 @@ class ImageEncoder(nn.Module):
         self.backbone = build_vision_backbone(config)
         self.is_timm = config.vision_config is None
         if self.is_timm:
-            # timm's own initialisation suits its architectures (Kaiming for convolutions); the flag keeps
-            # transformers' generic `_init_weights` from overwriting it.
+            # timm's own initialisation suits its architectures (Kaiming for convolutions, zero-initialised last
+            # batch norms of residual blocks, ...): `MuSEPreTrainedModel._init_weights` gives it to the whole backbone
+            # at once (also where the backbone was built on the meta device or its weights are missing from a
+            # checkpoint), and leaves its modules alone one by one.
+            self.timm_config = config
             for module in self.backbone.modules():
-                module._is_hf_initialized = True
+                setattr(module, INITIALISED_BY_TIMM, True)
             self.prefix_tokens = getattr(self.backbone, "num_prefix_tokens", 0)
             self.channels_last_output = getattr(self.backbone, "output_fmt", "NCHW") == "NHWC"
         else:
@@ -347,6 +356,15 @@ class ImageEncoder(nn.Module):
             self._no_split_modules = layer_classes(self.backbone)
         self.image_grid_size = config.image_grid_size
         self.projection = nn.Linear(_feature_width(self.backbone, config), config.hidden_size)
+        # The tower's own input size and normalisation, for the placeholder picture of a post without one.
+        if self.is_timm:
+            settings = getattr(self.backbone, "pretrained_cfg", None) or {}
+            self.input_size = tuple((settings.get("input_size") or (3, 224, 224))[1:])
+        else:
+            settings = {}
+            self.input_size = self.configured_size if self.configured_size[0] else (224, 224)
+        self.image_mean = tuple(settings.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
+        self.image_std = tuple(settings.get("std") or timm.data.IMAGENET_DEFAULT_STD)
         if config.vision_trainable_stages is not None:
             self.freeze_all_but_last_stages(config.vision_trainable_stages)
 
@@ -413,6 +431,20 @@ class ImageEncoder(nn.Module):
         if self.channels_last_output:
             return features.permute(0, 3, 1, 2)
         return features
+
+    def timm_initial_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of the timm backbone as timm initialises them: those of a newly created model of
+        the same architecture (built on the CPU, whatever device the model is being built on)."""
+        with torch.device("cpu"):
+            return build_vision_backbone(self.timm_config).state_dict()
+
+    def placeholder_pixel_values(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The ``pixel_values`` of the placeholder picture (the mid-grey stand-in that the processor, the dataset
+        builders and the pipelines use for a missing image) for ``batch_size`` posts, at the tower's input size and
+        normalised with its mean and std (timm's pretrained configuration; ImageNet's for a transformers tower)."""
+        grey = torch.tensor(PLACEHOLDER_COLOR, dtype=torch.float32) / 255
+        normalised = (grey - torch.tensor(self.image_mean)) / torch.tensor(self.image_std)
+        return normalised.to(device=device, dtype=dtype)[None, :, None, None].expand(batch_size, 3, *self.input_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         grid = F.adaptive_avg_pool2d(self.feature_map(pixel_values), self.image_grid_size)

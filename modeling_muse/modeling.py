@@ -18,11 +18,13 @@ so the fused cls slot is the fusion of the two mean-pooled embeddings.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 from torchcrf import CRF
 from transformers import (
@@ -40,7 +42,7 @@ from .configuration_muse import MuSEConfig
 from .caption_decoder import UNIFORM_INIT_RANGE
 from .cross_transformer import CrossTransformer, with_mean_summary
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
-from .image_encoder import ImageEncoder
+from .image_encoder import INITIALISED_BY_TIMM, ImageEncoder
 from .outputs import (
     MuSEModelOutput,
     MuSESequenceClassifierOutput,
@@ -79,6 +81,26 @@ class MuSEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CrossTransformerLayer", "CaptionDecoder", "PixelCNNPlusPlusDecoder"]
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Every parameter and buffer gets the initialisation its own library gives it: transformers' for the text
+        encoder and a transformers vision tower (their own `_init_weights`), timm's for a timm tower, torch's for the
+        PixelCNN++ decoder's weight-normalised convolutions, pytorch-crf's for the CRF, and transformers' generic one
+        with MuSE's choices (docs/design.md) for the rest. Also what `from_pretrained` runs on weights a checkpoint
+        lacks (a served model's decoders, a tower left out), and `init_weights` after building on the meta device."""
+        if getattr(module, INITIALISED_BY_TIMM, False):
+            # Given by `initialize_weights`, for the whole backbone at once.
+            return
+        if parametrize.is_parametrized(module, "weight"):
+            # torch.nn.utils.parametrizations.weight_norm (the PixelCNN++ decoder): torch's default initialisation of
+            # the direction v, and the magnitude g = ||v|| that weight_norm starts from, so that weight = v at first.
+            weight_norm = module.parametrizations.weight
+            direction, magnitude = weight_norm.original1, weight_norm.original0
+            init.kaiming_uniform_(direction, a=math.sqrt(5))
+            init.copy_(magnitude, torch.norm_except_dim(direction, 2, weight_norm[0].dim))
+            if getattr(module, "bias", None) is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(direction)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(module.bias, -bound, bound)
+            return
         uniform_range = getattr(module, UNIFORM_INIT_RANGE, None)
         if uniform_range is not None:
             # Layers that ask for a small uniform initialisation (the caption decoder's word embeddings and output
@@ -102,6 +124,19 @@ class MuSEPreTrainedModel(PreTrainedModel):
             init.uniform_(module.start_transitions, -0.1, 0.1)
             init.uniform_(module.end_transitions, -0.1, 0.1)
             init.uniform_(module.transitions, -0.1, 0.1)
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """transformers' `initialize_weights` (every module through `_init_weights`), then timm's initialisation of a
+        timm image tower's parameters and buffers that were not loaded: the tower's modules are skipped one by one by
+        `_init_weights` because timm initialises an architecture as a whole (zero-initialised last batch norms of
+        residual blocks, a ViT's position embeddings)."""
+        super().initialize_weights()
+        for module in self.modules():
+            if isinstance(module, ImageEncoder) and module.is_timm:
+                initial = module.timm_initial_state()
+                for name, tensor in module.backbone.state_dict(keep_vars=True).items():
+                    init.copy_(tensor, initial[name])
 
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs
@@ -178,6 +213,37 @@ class MuSEPreTrainedModel(PreTrainedModel):
             **config_kwargs,
         )
 
+    def get_input_embeddings(self) -> nn.Module | None:
+        """The text encoder's token embeddings (None without a text branch, the only-I ablation, which
+        transformers' embedding hooks skip)."""
+        text_encoder = self.base_muse.text_encoder
+        return None if text_encoder is None else text_encoder.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        text_encoder = self.base_muse.text_encoder
+        if text_encoder is None:
+            raise ValueError("This MuSE model has no text branch (use_text=False): it has no input embeddings to set.")
+        text_encoder.backbone.set_input_embeddings(value)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings` of the text encoder, e.g. after adding tokens to the tokenizer.
+
+        The image-captioning decoder predicts the same vocabulary (eq. 6), so its word embeddings and output layer
+        are resized with it (new rows initialised as transformers initialises new embedding rows); the configured
+        ``text_config.vocab_size`` follows.
+        """
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        regularizers = self.base_muse.regularizers
+        decoder = None if regularizers is None else regularizers.caption_decoder
+        if decoder is not None and decoder.embedding.num_embeddings != embeddings.num_embeddings:
+            decoder.replace_vocabulary_layers(
+                self._get_resized_embeddings(decoder.embedding, embeddings.num_embeddings, mean_resizing=mean_resizing),
+                self._get_resized_lm_head(decoder.fc, embeddings.num_embeddings, mean_resizing=mean_resizing),
+            )
+        return embeddings
+
     @property
     def base_muse(self) -> MuSEModel:
         """The bare `MuSEModel` inside this model (the model itself for `MuSEModel`)."""
@@ -232,10 +298,6 @@ class MuSEModel(MuSEPreTrainedModel):
         self.fusion = nn.Linear(num_streams * config.hidden_size, config.hidden_size)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module | None:
-        # None without a text branch (the only-I ablation), which transformers' embedding hooks skip.
-        return None if self.text_encoder is None else self.text_encoder.backbone.get_input_embeddings()
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -247,8 +309,9 @@ class MuSEModel(MuSEPreTrainedModel):
         output_cls_attentions: bool = False,
         output_exchange_masks: bool = False,
         compute_regularizer_losses: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_attentions: bool | list[int] | None = None,
+        output_hidden_states: bool | list[int] | None = None,
+        output_image_stream: bool = False,
         return_dict: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MuSEModelOutput | tuple:
@@ -256,7 +319,10 @@ class MuSEModel(MuSEPreTrainedModel):
         Args:
             input_ids: `(batch, n)` token ids, n at most `config.max_text_length` (MuSEProcessor pads to the batch's
                 longest post; padding changes nothing at real positions).
-            pixel_values: `(batch, 3, H, W)` normalised images for the image encoder.
+            pixel_values: `(batch, 3, H, W)` normalised images for the image encoder. Without them (a post whose
+                picture is gone, a text-only call) every post gets the placeholder picture: the mid-grey image that
+                MuSEProcessor, the dataset builders and the pipelines' ``allow_missing_image`` use, at the tower's
+                input size (`ImageEncoder.placeholder_pixel_values`).
             attention_mask: `(batch, n)`, 1 at real tokens; defaults to all ones.
             token_type_ids: passed to the text encoder when given.
             decoder_pixel_values: `(batch, 3, 32, 32)` images in [-1, 1], the text-to-image regularizer's
@@ -267,10 +333,14 @@ class MuSEModel(MuSEPreTrainedModel):
             output_exchange_masks: return each exchange layer's boolean exchange masks per modality.
             compute_regularizer_losses: run the regularizer decoders (eqs. 3-6); defaults to `self.training`.
                 Never runs without decoder weights.
-            output_attentions: as ``output_cls_attentions`` (MuSE keeps the cls row of each attention map, all the
-                exchange reads); defaults to ``config.output_attentions``.
-            output_hidden_states: return each CrossTransformer stream before and after every layer; defaults to
-                ``config.output_hidden_states``.
+            output_attentions: return the CrossTransformer's attention maps as ``attentions`` (the text stream's;
+                see `MuSEModelOutput`); defaults to ``config.output_attentions``. A list of layer indices keeps those
+                maps only (None at the others), as transformers' models take it.
+            output_hidden_states: return the CrossTransformer's text stream before and after every layer as
+                ``hidden_states``; defaults to ``config.output_hidden_states``. A list of indices into
+                ``hidden_states`` (negative ones count from the end) keeps those only (None at the others).
+            output_image_stream: with ``output_hidden_states`` / ``output_attentions``, also return the image
+                stream's as ``image_hidden_states`` / ``image_attentions``.
             return_dict: a `ModelOutput` (default, ``config.return_dict``) or a plain tuple of its non-None fields.
             kwargs: passed on to the text encoder (transformers' `TransformersKwargs`).
         """
@@ -280,11 +350,16 @@ class MuSEModel(MuSEPreTrainedModel):
                 f"{type(self).__name__}.forward got unexpected arguments {unknown}; besides its own it takes "
                 f"transformers' {sorted(TransformersKwargs.__annotations__)}."
             )
-        output_cls_attentions = output_cls_attentions or bool(
-            self.config.output_attentions if output_attentions is None else output_attentions
-        )
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if self.image_encoder is not None and pixel_values is None:
+            reference = input_ids if input_ids is not None else attention_mask
+            if reference is None:
+                raise ValueError("MuSEModel needs input_ids or pixel_values: it got neither.")
+            parameter = self.fusion.weight
+            pixel_values = self.image_encoder.placeholder_pixel_values(len(reference), parameter.device, parameter.dtype)
         check_inputs(self.config, input_ids, attention_mask, pixel_values)
         if self.config.use_text and attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -310,12 +385,21 @@ class MuSEModel(MuSEPreTrainedModel):
                 attention_mask,
                 output_cls_attentions=output_cls_attentions,
                 output_exchange_masks=output_exchange_masks,
-                output_hidden_states=output_hidden_states,
+                output_hidden_states=bool(output_hidden_states),
+                output_attentions=bool(output_attentions),
             )
             text_states, image_states = cross.text_hidden_state, cross.image_hidden_state
+            for name, selection in (("hidden_states", output_hidden_states), ("attentions", output_attentions)):
+                for stream in ("text", "image"):
+                    field = f"{stream}_{name}"
+                    setattr(cross, field, layers_selected(getattr(cross, field), selection))
+            # The standard fields carry the text stream, or the image stream where there is no text branch.
+            has_text = self.text_encoder is not None
             diagnostics = {
-                "text_hidden_states": cross.text_hidden_states,
-                "image_hidden_states": cross.image_hidden_states,
+                "hidden_states": cross.text_hidden_states if has_text else cross.image_hidden_states,
+                "attentions": cross.text_attentions if has_text else cross.image_attentions,
+                "image_hidden_states": cross.image_hidden_states if has_text and output_image_stream else None,
+                "image_attentions": cross.image_attentions if has_text and output_image_stream else None,
                 "text_cls_attentions": cross.text_cls_attentions,
                 "image_cls_attentions": cross.image_cls_attentions,
                 "text_exchange_masks": cross.text_exchange_masks,
@@ -347,6 +431,17 @@ class MuSEModel(MuSEPreTrainedModel):
         return as_returned(self.config, outputs, return_dict)
 
 
+def layers_selected(
+    per_layer: tuple[torch.Tensor, ...] | None, selection: bool | list[int] | tuple[int, ...]
+) -> tuple[torch.Tensor | None, ...] | None:
+    """``per_layer`` with only the entries at the indices of ``selection`` (None at the others) when it is a list of
+    indices, as `output_hidden_states=[0, 2, -1]` asks; unchanged when it is a bool."""
+    if per_layer is None or isinstance(selection, bool) or selection is None:
+        return per_layer
+    kept = {index % len(per_layer) for index in selection}
+    return tuple(item if index in kept else None for index, item in enumerate(per_layer))
+
+
 class MuSEForTokenClassification(MuSEPreTrainedModel):
     """MuSE for multimodal named entity recognition: fusion embeddings -> emissions -> CRF over words."""
 
@@ -374,25 +469,29 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
         output_exchange_masks: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_image_stream: bool = False,
         return_dict: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MuSETokenClassifierOutput | tuple:
         r"""
         Args:
             word_start_mask: `(batch, n)`, 1 at each word's first sub-token (MuSEProcessor returns it). The CRF
-                runs over these positions. Derived from `labels != -100` when only labels are given.
+                runs over these positions. Derived from `labels != -100` when only labels are given; without
+                either, every real token (``attention_mask``) is tagged, as in transformers' token classifiers.
             labels: `(batch, n)` tag ids at word-first sub-tokens, -100 elsewhere. In training, the regularizer
                 decoders run only when labels are given.
 
             Other arguments as in [`MuSEModel.forward`].
         """
         if word_start_mask is None:
-            if labels is None:
-                raise ValueError(
-                    "word_start_mask is required to know where words start (MuSEProcessor returns it); "
-                    "alternatively pass labels with -100 at every position that is not a word's first sub-token."
-                )
-            word_start_mask = labels != -100
+            # Without word boundaries every real token is tagged, as transformers' token-classification models tag
+            # every token; labels mark the word starts they score (-100 elsewhere).
+            if labels is not None:
+                word_start_mask = labels != -100
+            elif attention_mask is not None:
+                word_start_mask = attention_mask.bool()
+            else:
+                word_start_mask = torch.ones_like(input_ids, dtype=torch.bool)
         if word_start_mask.shape != input_ids.shape:
             raise ValueError(
                 f"word_start_mask has shape {tuple(word_start_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
@@ -413,6 +512,7 @@ class MuSEForTokenClassification(MuSEPreTrainedModel):
             compute_regularizer_losses=self.training and labels is not None,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            output_image_stream=output_image_stream,
             return_dict=True,
             **kwargs,
         )
@@ -453,13 +553,19 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
         output_exchange_masks: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_image_stream: bool = False,
         return_dict: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MuSESequenceClassifierOutput | tuple:
         r"""
         Args:
-            labels: `(batch,)` class ids in `[0, num_labels)`. In training, the regularizer decoders run only when
-                labels are given.
+            labels: what ``config.problem_type`` asks for, as in transformers' sequence-classification heads:
+                ``"single_label_classification"``: `(batch,)` class ids in `[0, num_labels)` (cross-entropy);
+                ``"regression"``: `(batch,)` (num_labels 1) or `(batch, num_labels)` float targets, e.g. sentiment
+                intensity (mean squared error); ``"multi_label_classification"``: `(batch, num_labels)` multi-hot
+                targets (binary cross-entropy with logits). Unset, it is inferred from the first labels seen
+                (num_labels 1: regression; integer labels: single-label; else multi-label) and stored in the
+                config. In training, the regularizer decoders run only when labels are given.
 
             Other arguments as in [`MuSEModel.forward`].
         """
@@ -474,20 +580,52 @@ class MuSEForSequenceClassification(MuSEPreTrainedModel):
             compute_regularizer_losses=self.training and labels is not None,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            output_image_stream=output_image_stream,
             return_dict=True,
             **kwargs,
         )
         logits = self.classifier(outputs.pooler_output)
         task_loss = loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:1]:
-                raise ValueError(
-                    f"labels must be a (batch={logits.shape[0]},) tensor of class ids, got shape {tuple(labels.shape)}."
-                )
-            task_loss = nn.functional.cross_entropy(logits, labels)
+            task_loss = self.task_loss(logits, labels)
             loss = total_loss(self.config, task_loss, outputs)
         result = MuSESequenceClassifierOutput(loss=loss, task_loss=task_loss, logits=logits, **passed_through(outputs))
         return as_returned(self.config, result, return_dict)
+
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """L_task for ``config.problem_type`` (see `forward`'s ``labels``)."""
+        if self.config.problem_type is None:
+            if self.config.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        batch, num_labels = logits.shape
+        problem = self.config.problem_type
+        if problem == "single_label_classification":
+            if labels.shape != (batch,) or labels.is_floating_point():
+                raise ValueError(
+                    f"labels must be a (batch={batch},) tensor of class ids for problem_type={problem!r}, got "
+                    f"{labels.dtype} of shape {tuple(labels.shape)}."
+                )
+            return nn.functional.cross_entropy(logits, labels)
+        if problem == "regression":
+            if num_labels == 1 and labels.shape == (batch,):
+                labels = labels[:, None]
+            if labels.shape != (batch, num_labels):
+                raise ValueError(
+                    f"labels must be a (batch={batch},) or (batch, num_labels={num_labels}) tensor of target values "
+                    f"for problem_type='regression', got shape {tuple(labels.shape)}."
+                )
+            return nn.functional.mse_loss(logits, labels.to(logits.dtype))
+        if labels.shape != (batch, num_labels):
+            raise ValueError(
+                f"labels must be a (batch={batch}, num_labels={num_labels}) multi-hot tensor for "
+                f"problem_type='multi_label_classification', got shape {tuple(labels.shape)}."
+            )
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 # The Auto class of each MuSE model: `modeling_muse` registers them, and every saved checkpoint names all of them in

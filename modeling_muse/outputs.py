@@ -18,8 +18,10 @@ __all__ = [
 
 # What the task models pass on from the bare model's output.
 _PASSED_THROUGH_FIELDS = (
-    "text_hidden_states",
+    "hidden_states",
+    "attentions",
     "image_hidden_states",
+    "image_attentions",
     "text_cls_attentions",
     "image_cls_attentions",
     "text_exchange_masks",
@@ -42,13 +44,21 @@ class MuSEModelOutput(ModelOutput):
         T(L), the text stream after the last CrossTransformer layer, cls first.
     image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + P*P, d)`):
         I(L), the image stream after the last CrossTransformer layer, cls first.
-    text_hidden_states, image_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        With `output_hidden_states=True`: each stream entering the CrossTransformer (T(0) and I(0), eqs. 8-9) and
-        after each of its L layers: L + 1 tensors of shape `(batch_size, 1 + n, d)` and `(batch_size, 1 + P*P, d)`.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True`: the CrossTransformer's text stream (the image stream in a model without a
+        text branch) entering its first layer (T(0), eq. 8) and after each of its L layers: L + 1 tensors of shape
+        `(batch_size, 1 + n, d)`, the stream's cls slot first. This is the field transformers' tools read.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_attentions=True`: the same stream's self-attention map in each CrossTransformer layer, L
+        tensors of shape `(batch_size, num_attention_heads, 1 + n, 1 + n)`.
+    image_hidden_states, image_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_image_stream=True`, the image stream's counterparts of `hidden_states` (with
+        `output_hidden_states`) and `attentions` (with `output_attentions`): `(batch_size, 1 + P*P, d)` and
+        `(batch_size, num_attention_heads, 1 + P*P, 1 + P*P)`.
     text_cls_attentions, image_cls_attentions (`tuple(torch.FloatTensor)`, *optional*):
-        With `output_cls_attentions=True` or `output_attentions=True`: per layer, the cls row of the attention map
-        averaged over heads, `(batch_size, 1 + n)` for text and `(batch_size, 1 + P*P)` for the image. That row is
-        all the exchange reads; MuSE never forms the full attention maps.
+        With `output_cls_attentions=True`: per layer, the cls row of the attention map averaged over heads,
+        `(batch_size, 1 + n)` for text and `(batch_size, 1 + P*P)` for the image. That row is all the exchange
+        reads; without `output_attentions` MuSE never forms the full attention maps.
     text_exchange_masks, image_exchange_masks (`tuple(torch.BoolTensor)`, *optional*):
         With `output_exchange_masks=True`: per exchange layer (mu..eta), `(batch_size, n)` for text and
         `(batch_size, P*P)` for the image, True at the tokens that were exchanged.
@@ -65,8 +75,10 @@ class MuSEModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     text_last_hidden_state: torch.FloatTensor | None = None
     image_last_hidden_state: torch.FloatTensor | None = None
-    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None
@@ -85,20 +97,25 @@ class MuSESequenceClassifierOutput(ModelOutput):
     task_loss (`torch.FloatTensor` of shape `()`, *optional*):
         With `labels`: L_task, the cross-entropy of the sentiment logits.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-        Sentiment scores before softmax.
-    caption_loss, generation_loss, generation_bits_per_dim, text_hidden_states, image_hidden_states,
-    text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
+        Sentiment scores before softmax (with ``problem_type="regression"``, the predicted values).
+    caption_loss, generation_loss, generation_bits_per_dim, hidden_states, attentions, image_hidden_states,
+    image_attentions, text_cls_attentions, image_cls_attentions, text_exchange_masks, image_exchange_masks:
         As in [`MuSEModelOutput`].
+
+    ``logits`` comes right after ``loss``, as in every transformers head, so that tools reading the outputs by
+    position (`Trainer`'s predictions) find them first.
     """
 
     loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
     task_loss: torch.FloatTensor | None = None
     caption_loss: torch.FloatTensor | None = None
     generation_loss: torch.FloatTensor | None = None
     generation_bits_per_dim: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_cls_attentions: tuple[torch.FloatTensor, ...] | None = None
     text_exchange_masks: tuple[torch.BoolTensor, ...] | None = None

@@ -24,13 +24,13 @@ def test_without_dropout_training_and_inference_agree_and_cls_attention_ignores_
     hidden_states = torch.randn(3, 6, 32)
     key_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 1]], dtype=torch.bool)
     layer = _layer(0.0)
-    trained, trained_cls = layer.train().attend(hidden_states, key_mask, return_cls_attention=True)
-    inferred, inferred_cls = layer.eval().attend(hidden_states, key_mask, return_cls_attention=True)
+    trained, trained_cls, _ = layer.train().attend(hidden_states, key_mask, return_cls_attention=True)
+    inferred, inferred_cls, _ = layer.eval().attend(hidden_states, key_mask, return_cls_attention=True)
     torch.testing.assert_close(trained, inferred)
     torch.testing.assert_close(trained_cls, inferred_cls)
     # The cls row that selects the exchanged tokens comes before any dropout: the same with dropout on.
     dropped = _layer(0.5).train()
-    _, dropped_cls = dropped.attend(hidden_states, key_mask, return_cls_attention=True)
+    _, dropped_cls, _ = dropped.attend(hidden_states, key_mask, return_cls_attention=True)
     torch.testing.assert_close(dropped_cls, dropped.eval().attend(hidden_states, key_mask, True)[1])
     assert torch.all(dropped_cls[~key_mask] == 0)
 

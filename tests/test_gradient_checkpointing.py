@@ -254,7 +254,8 @@ def test_the_layer_forward_is_attend_exchange_feed_forward():
     by_hand = [layer.attend(text, torch.nn.functional.pad(text_valid, (1, 0), value=True), True),
                layer.attend(image, torch.nn.functional.pad(image_valid, (1, 0), value=True), True)]
     streams, masks = exchange_least_attended_tokens(
-        [states for states, _ in by_hand], [row for _, row in by_hand], [text_valid, image_valid], 0.25, "residual"
+        [states for states, _, _ in by_hand], [row for _, row, _ in by_hand], [text_valid, image_valid], 0.25,
+        "residual",
     )
     streams = [layer.feed_forward(stream) for stream in streams]
 

@@ -157,10 +157,8 @@ def test_token_classification_loss_trains(ner_model):
         ({"input_ids": torch.zeros(2, 12, dtype=torch.long)}, "input_ids"),
         ({"pixel_values": torch.zeros(2, 1, 32, 32)}, "pixel_values"),
         ({"pixel_values": torch.zeros(3, 3, 32, 32)}, "pixel_values"),
-        ({"pixel_values": None}, "pixel_values"),
         ({"attention_mask": torch.ones(2, 15, dtype=torch.long)}, "attention_mask"),
         ({"word_start_mask": torch.ones(2, 15, dtype=torch.long)}, "word_start_mask"),
-        ({"word_start_mask": None}, "word_start_mask"),
         ({"labels": torch.zeros(2, 15, dtype=torch.long)}, "labels"),
     ],
 )
@@ -367,11 +365,29 @@ def test_forwards_take_the_transformers_output_switches():
         "pixel_values": torch.randn(2, 3, 32, 32),
     }
     plain = model(**inputs)
-    assert plain.text_hidden_states is None and plain.text_cls_attentions is None
-    detailed = model(**inputs, output_hidden_states=True, output_attentions=True)
-    assert len(detailed.text_hidden_states) == config.num_cross_layers + 1
+    assert plain.hidden_states is None and plain.attentions is None and plain.text_cls_attentions is None
+    detailed = model(**inputs, output_hidden_states=True, output_attentions=True, output_cls_attentions=True)
+    # The standard fields hold the CrossTransformer's text stream: L + 1 states and L attention maps.
+    assert len(detailed.hidden_states) == config.num_cross_layers + 1
+    layers = config.num_cross_layers
+    assert [tuple(state.shape) for state in detailed.hidden_states] == [(2, 8, config.hidden_size)] * (layers + 1)
+    assert [tuple(map_.shape) for map_ in detailed.attentions] == [(2, config.num_attention_heads, 8, 8)] * layers
+    assert detailed.image_hidden_states is None and detailed.image_attentions is None
     assert len(detailed.image_cls_attentions) == config.num_cross_layers
-    assert torch.equal(detailed.text_hidden_states[-1], model.muse(**inputs).text_last_hidden_state)
+    # Asking for the maps runs the eager attention, equal to SDPA's up to rounding.
+    torch.testing.assert_close(detailed.hidden_states[-1], model.muse(**inputs).text_last_hidden_state)
+    # Rows of an attention map are distributions; the cls row averaged over heads is the one the exchange reads.
+    assert torch.allclose(detailed.attentions[0].sum(-1), torch.ones(2, config.num_attention_heads, 8))
+    assert torch.allclose(detailed.attentions[0].mean(1)[:, 0], detailed.text_cls_attentions[0], atol=1e-6)
+    both = model(**inputs, output_hidden_states=True, output_attentions=True, output_image_stream=True)
+    image_tokens = config.image_grid_size**2 + 1
+    assert [tuple(state.shape) for state in both.image_hidden_states] == [(2, image_tokens, config.hidden_size)] * (
+        layers + 1
+    )
+    assert tuple(both.image_attentions[-1].shape) == (2, config.num_attention_heads, image_tokens, image_tokens)
+    torch.testing.assert_close(both.image_hidden_states[-1], model.muse(**inputs).image_last_hidden_state)
+    selected = model(**inputs, output_hidden_states=[0, -1])
+    assert selected.hidden_states[1] is None and torch.equal(selected.hidden_states[-1], detailed.hidden_states[-1])
     as_tuple = model(**inputs, return_dict=False)
     assert isinstance(as_tuple, tuple)
     assert torch.equal(as_tuple[0], plain.logits) and torch.equal(as_tuple[1], plain.predicted_tag_ids)
