@@ -102,7 +102,14 @@ def viterbi_decode(
 
 
 class CRFTaggingHead(nn.Module):
-    """Emission layer and linear-chain CRF (pytorch-crf) over the words of each post."""
+    """Emission layer and linear-chain CRF (pytorch-crf) over the words of each post.
+
+    The CRF takes its emissions in float32 whatever the model's dtype, and `MuSEForTokenClassification` keeps the
+    CRF's transition scores in float32 when loaded with ``dtype=torch.bfloat16`` or ``torch.float16``, so that such
+    a model decodes, scores (`marginals`) and trains its CRF in float32. Its recursions add scores over every word of
+    a post and take log-sum-exps of them, which bf16's 8 significant bits would round enough to change tags and
+    confidences.
+    """
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float):
         super().__init__()
@@ -133,7 +140,7 @@ class CRFTaggingHead(nn.Module):
             )
         has_words = words.counts > 0
         log_likelihood = self.crf(
-            words.gather(emissions), word_labels.clamp(min=0), mask=self._crf_mask(words), reduction="none"
+            words.gather(emissions).float(), word_labels.clamp(min=0), mask=self._crf_mask(words), reduction="none"
         )
         return -(log_likelihood * has_words).sum() / has_words.sum().clamp(min=1)
 
@@ -141,7 +148,11 @@ class CRFTaggingHead(nn.Module):
         """Viterbi paths, ``(B, n)``: the tag at each word's first sub-token, -100 elsewhere (`viterbi_decode`)."""
         crf = self.crf
         paths = viterbi_decode(
-            words.gather(emissions), words.mask, crf.start_transitions, crf.transitions, crf.end_transitions
+            words.gather(emissions).float(),
+            words.mask,
+            crf.start_transitions.float(),
+            crf.transitions.float(),
+            crf.end_transitions.float(),
         )
         return words.scatter(paths, fill_value=-100)
 

@@ -447,6 +447,9 @@ class ImageEncoder(nn.Module):
         return normalised.to(device=device, dtype=dtype)[None, :, None, None].expand(batch_size, 3, *self.input_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # The processor's float32 pixels enter a tower loaded with dtype= (bf16, fp16) in its own dtype, as
+        # transformers' ViT and CLIP embeddings take them.
+        pixel_values = pixel_values.to(next(self.backbone.parameters()).dtype)
         grid = F.adaptive_avg_pool2d(self.feature_map(pixel_values), self.image_grid_size)
         tokens = grid.flatten(2).transpose(1, 2)
         return self.projection(tokens)

@@ -443,7 +443,15 @@ def layers_selected(
 
 
 class MuSEForTokenClassification(MuSEPreTrainedModel):
-    """MuSE for multimodal named entity recognition: fusion embeddings -> emissions -> CRF over words."""
+    """MuSE for multimodal named entity recognition: fusion embeddings -> emissions -> CRF over words.
+
+    Loaded with ``dtype=torch.bfloat16`` (or float16), everything runs in that dtype except the CRF, whose transition
+    scores stay float32 and which takes its emissions in float32 (see `CRFTaggingHead`).
+    """
+
+    # from_pretrained keeps these parameters float32 under dtype=torch.bfloat16 or float16 (the non-strict
+    # `_keep_in_fp32_modules` would do so under float16 only).
+    _keep_in_fp32_modules_strict = ["tagger.crf"]
 
     def __init__(self, config: MuSEConfig):
         if not config.use_text:

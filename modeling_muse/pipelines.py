@@ -42,6 +42,7 @@ call for a list or a single post, and per post for a generator or dataset, whose
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from abc import abstractmethod
 from collections.abc import Mapping
@@ -186,6 +187,17 @@ class MuSEPipeline(Pipeline):
 
             compile_for_inference(self.model, None if torch_compile is True else torch_compile)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """`Pipeline.save_pretrained` (the model, its code and the pipelines' entries), plus the `MuSEProcessor`,
+        whose ``max_length`` and ``label_names`` transformers' own method leaves out (it saves only the tokenizer
+        and the image processor), so that ``pipeline(task, model=save_directory)`` rebuilds this pipeline."""
+        if os.path.isfile(save_directory):
+            raise NotADirectoryError(
+                f"save_directory: {save_directory} is a file; pass a folder to save the pipeline in."
+            )
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory, **kwargs)
+
     def __call__(self, inputs: Mapping[str, Any] | list[Mapping[str, Any]], **kwargs: Any) -> Any:
         """Run the pipeline on one post ``{"text": ..., "image": ...}`` or a list of posts (see the module docs)."""
         if isinstance(inputs, list):
@@ -284,6 +296,9 @@ class MuSEPipeline(Pipeline):
         )
         self._note(_TextNote(position, post, report))
         model_inputs: dict[str, Any] = {name: encoded[name] for name in _MODEL_INPUT_NAMES if name in encoded}
+        # In the model's dtype (bf16 or fp16 when loaded with dtype=), as transformers' image pipelines send them:
+        # half the bytes to copy to the device.
+        model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)
         model_inputs["post"] = post
         return model_inputs
 

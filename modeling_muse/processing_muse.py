@@ -108,6 +108,18 @@ class MuSEProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> MuSEProcessor:
+        """`ProcessorMixin.from_pretrained`, without the model's ``dtype`` (``torch_dtype``).
+
+        ``pipeline(task, model=folder, dtype=...)`` passes the model's arguments on to the processor; the tokenizer
+        would keep a ``dtype`` among its settings, and then fail to save them (a `torch.dtype` is no JSON value).
+        transformers drops it in the same way for the tokenizers its pipelines load themselves.
+        """
+        for model_argument in ("dtype", "torch_dtype"):
+            kwargs.pop(model_argument, None)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def from_text_vision_pretrained(
         cls,
         text_model_name_or_path: str,

@@ -110,6 +110,52 @@ def test_direct_construction_puts_the_model_in_eval_mode_and_checks_the_processo
         MultimodalNERPipeline(model=model, processor=wrong_length, device="cpu")
 
 
+@pytest.mark.parametrize("pipe_fixture", ["ner", "sentiment"])
+def test_a_saved_pipeline_reloads_into_the_same_pipeline(pipe_fixture, request, tmp_path):
+    original = request.getfixturevalue(pipe_fixture)
+    # The fixtures' models read 16 sub-word tokens, not the processor's default 64: a folder without the saved
+    # MuSEProcessor does not load.
+    assert original.processor.max_length == original.model.config.max_text_length == 16
+    original.save_pretrained(tmp_path)
+    reloaded = pipeline(original.task, model=str(tmp_path), device="cpu")
+    assert type(reloaded) is type(original)
+
+    def settings(processor: MuSEProcessor) -> dict:
+        # auto_map names the processor's code for AutoProcessor; save_pretrained writes it, so only a processor that
+        # has been saved carries it.
+        return {name: value for name, value in processor.to_dict().items() if name != "auto_map"}
+
+    assert settings(reloaded.processor) == settings(original.processor)
+    assert reloaded.processor.label_names == original.processor.label_names
+    assert reloaded.processor.tokenizer.get_vocab() == original.processor.tokenizer.get_vocab()
+    posts = [
+        {"text": TEXT, "image": random_image(0)},
+        {"text": " ".join(f"w{index}" for index in range(30)), "image": random_image(1)},  # cut at 16 tokens
+        {"text": "New York is big", "image": random_image(2)},
+    ]
+    options = {"aggregation_strategy": "none"} if pipe_fixture == "ner" else {"top_k": None}
+    assert reloaded(posts, batch_size=2, return_exchange=True, **options) == original(
+        posts, batch_size=2, return_exchange=True, **options
+    )
+
+
+def test_saving_a_pipeline_into_a_file_is_an_error(ner, tmp_path):
+    target = tmp_path / "pipeline.bin"
+    target.write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="save_directory: .*pipeline.bin is a file"):
+        ner.save_pretrained(target)
+
+
+def test_a_bf16_pipeline_saves_and_reloads_in_bf16(ner_folder, tmp_path):
+    original = pipeline("multimodal-ner", model=ner_folder, device="cpu", dtype=torch.bfloat16)
+    original.save_pretrained(tmp_path)
+    reloaded = pipeline("multimodal-ner", model=str(tmp_path), device="cpu")
+    assert reloaded.model.dtype == torch.bfloat16
+    assert reloaded.model.tagger.crf.transitions.dtype == torch.float32
+    post = {"text": TEXT, "image": random_image(0)}
+    assert reloaded(post, aggregation_strategy="none") == original(post, aggregation_strategy="none")
+
+
 # ----------------------------------------------------------------------------------------- input forms
 
 
