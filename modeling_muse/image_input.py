@@ -310,7 +310,7 @@ def load_rgb_image(image: ImageInput, argument: str = "images", max_decoded_byte
             f"{argument}: expected a PIL image, a uint8 numpy array or a local file path, got {type(image).__name__}."
         )
     described = f"{argument}: the PIL image"
-    if image.tile:  # opened from a file and not decoded yet
+    if getattr(image, "tile", None):  # opened from a file and not decoded yet
         _check_decoded_size(image, max_decoded_bytes, described)
     try:
         image.load()
