@@ -341,7 +341,7 @@ class _Canonical:
                 decode_image(io.BytesIO(data), image)
             except UnreadableImageError as error:
                 return self._missing(f"unreadable ({error.reason}): {quoted(image)}")
-            except (ConnectionError, TimeoutError) as error:
+            except ConnectionError as error:
                 return self._missing(f"not fetched ({str(error)[:200]})")
             return {"bytes": data, "path": image}, None
         if "\x00" in image:
