@@ -147,11 +147,10 @@ class EndpointHandler:
             posts = [self._post(post, f"inputs[{position}]") for position, post in enumerate(inputs)]
         else:
             posts = self._post(inputs, "inputs")
-        # One deadline for all the downloads of the request, however many posts name a URL.
-        deadline = parameters.get("timeout", self.request_timeout)
-        return self.pipeline(
-            posts, **parameters, total_timeout=deadline, allow_private_urls=self.allow_private_urls
-        )
+        # One deadline for all the downloads of the request, however many posts name a URL; one download may use all
+        # of it.
+        deadline = parameters.setdefault("timeout", self.request_timeout)
+        return self.pipeline(posts, **parameters, total_timeout=deadline, allow_private_urls=self.allow_private_urls)
 
     def _parameters(self, parameters: Any) -> dict[str, Any]:
         if not isinstance(parameters, dict):

@@ -440,11 +440,13 @@ def test_a_request_has_one_deadline_for_all_its_downloads(folders, silent_server
 def test_the_pipeline_s_total_timeout_bounds_a_call_s_downloads(folders, silent_server):
     from transformers import pipeline
 
-    ner = pipeline("multimodal-ner", model=str(folders["ner"]))
+    # Given when the pipeline is made, the opt-in holds for every call.
+    ner = pipeline("multimodal-ner", model=str(folders["ner"]), allow_private_urls=True)
     posts = [{"text": TEXT, "image": f"{silent_server}/{index}.png"} for index in range(4)]
     started = time.monotonic()
-    ner(posts, timeout=5, total_timeout=1.0, allow_missing_image=True, allow_private_urls=True)
-    assert time.monotonic() - started < 3.0
+    ner(posts, timeout=5, total_timeout=1.0, allow_missing_image=True)
+    # The first download waits out the whole 1 s (its address is fetched), the others find no time left.
+    assert 0.9 < time.monotonic() - started < 3.0
     with pytest.raises(ValueError, match="total_timeout: expected a positive number of seconds"):
         ner(posts, total_timeout=0)
 
