@@ -27,7 +27,12 @@ import reproduce  # noqa: E402
 import run_msa  # noqa: E402
 from datasets_scripts import MVSAFormatError, UMTFormatError, load_muse_dataset  # noqa: E402
 from datasets_scripts.umt import read_umt_file  # noqa: E402
-from modeling_muse.image_input import MAX_REDIRECTS, ImageFetchError, download_image_bytes, load_post_image  # noqa: E402
+from modeling_muse.image_input import (  # noqa: E402
+    MAX_REDIRECTS,
+    ImageFetchError,
+    download_image_bytes,
+    load_post_image,
+)
 from modeling_muse.url_fetch import is_usable_address  # noqa: E402
 from muse_training.arguments import parse_args  # noqa: E402
 from processing_muse import UnreadableImageError  # noqa: E402
@@ -104,7 +109,8 @@ def test_a_compressed_body_is_refused_without_being_inflated(hostile_server, no_
 
 def test_redirects_are_bounded_and_kept_to_http(hostile_server, no_proxy, caplog):
     assert "more than 5 redirects" in refused_with_cause(caplog, f"{hostile_server}/loop")
-    assert "'ftp://127.0.0.1/secret.png' is not an http(s) URL" in refused_with_cause(caplog, f"{hostile_server}/to-ftp")
+    to_ftp = refused_with_cause(caplog, f"{hostile_server}/to-ftp")
+    assert "'ftp://127.0.0.1/secret.png' is not an http(s) URL" in to_ftp
     assert MAX_REDIRECTS <= 5
     started = time.monotonic()
     assert "TimeoutError" in refused_with_cause(caplog, f"{hostile_server}/hop3", timeout=2.0)
