@@ -258,7 +258,7 @@ class _Canonical:
     trusted_folders: tuple[str, ...]
     timeout: float
     max_image_bytes: int
-    allow_private_urls: bool
+    allow_private_urls: bool = False
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         text_column, label_column, image_column = self.columns
