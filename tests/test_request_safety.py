@@ -608,6 +608,19 @@ def test_the_refusal_names_the_picture_the_size_and_the_way_out(sixteen_bit_bomb
     assert any("refused before decoding" in message for message in caplog.messages)
 
 
+def test_the_demo_refuses_the_upload_before_decoding_it(sixteen_bit_bomb, tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from test_app import load_app_module
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    upload = tmp_path / "uploads" / "0123abcd" / "deep.png"
+    upload.parent.mkdir(parents=True)
+    shutil.copy(sixteen_bit_bomb, upload)
+    app = load_app_module()
+    with pytest.raises(app.InputError, match=r"not a readable image \(refused before decoding: 9400x9400 pixels"):
+        app._read_image({"path": str(upload)})
+
+
 def test_max_decoded_bytes_is_a_pipeline_argument(folders):
     from transformers import pipeline
 
