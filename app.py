@@ -52,7 +52,7 @@ import modeling_muse  # noqa: E402,F401  (registers the multimodal-ner and multi
 from datasets_scripts import SAMPLE_DIR  # noqa: E402
 from datasets_scripts.mvsa import read_mvsa_text  # noqa: E402
 from datasets_scripts.umt import read_umt_file  # noqa: E402
-from modeling_muse.image_input import load_post_image  # noqa: E402
+from modeling_muse.image_input import DEFAULT_MAX_DECODED_BYTES, load_post_image  # noqa: E402
 from modeling_muse.entities import WordAggregation  # noqa: E402
 from processing_muse import UnreadableImageError  # noqa: E402
 from modeling_muse.visualize import exchange_figure  # noqa: E402
@@ -68,7 +68,7 @@ NUM_TWITTER_EXAMPLES = 3
 NUM_MVSA_EXAMPLES = 2
 # What a visitor may send: posts of at most this many characters (a tweet has at most 280; the models read their
 # first max_text_length sub-word tokens), uploads of at most MAX_UPLOAD_SIZE, pictures of at most PIL's
-# decompression-bomb limit; uploads are deleted an hour after they arrive.
+# decompression-bomb limit and the pipelines' max_decoded_bytes; uploads are deleted an hour after they arrive.
 MAX_TEXT_CHARACTERS = 2000
 MAX_UPLOAD_SIZE = "10mb"
 UPLOAD_LIFETIME_SECONDS = 3600
@@ -201,7 +201,7 @@ def _read_image(image: Any) -> Image.Image:
     except UnreadableImageError as error:
         raise InputError(
             f"image: the uploaded file is not a readable image ({error.reason}); upload a JPEG, PNG, GIF or WebP "
-            f"picture of at most {MAX_IMAGE_PIXELS} pixels."
+            f"picture of at most {MAX_IMAGE_PIXELS} pixels and {DEFAULT_MAX_DECODED_BYTES // 2**20} MiB decoded."
         ) from error
     except (ValueError, TypeError, OSError) as error:
         raise InputError("image: the uploaded file is not a readable image; upload another picture.") from error

@@ -15,7 +15,8 @@ for sentiment the sorted values.
 An image may be a ``datasets.Image`` value (bytes or path), a path (a relative one resolves against ``image_dir``
 when given, else against the data file's folder, or the dataset folder, and may not climb out of it with ``..``), or
 an ``http(s)://`` URL, fetched once here
-with the pipelines' limits (``timeout`` for the whole download, ``max_image_bytes``) and stored as bytes. Each image is
+with the pipelines' limits (``timeout`` for the whole download, ``max_image_bytes``, public addresses only unless
+``allow_private_urls``) and stored as bytes. Each image is
 decoded completely once; missing or unreadable ones follow ``missing_images`` as in the paper's builders
 (:mod:`datasets_scripts.images`): ``"error"`` lists them, ``"placeholder"`` stores the grey placeholder, counted.
 A Hub dataset's image paths are not read (they would name files of this machine that the dataset's author chose).
@@ -41,6 +42,7 @@ from modeling_muse.image_input import (
     decode_image,
     download_image_bytes,
 )
+from modeling_muse.url_fetch import is_public_address, is_usable_address
 from modeling_muse.reporting import LISTED, first_then_count
 
 from .errors import quoted
@@ -256,6 +258,7 @@ class _Canonical:
     trusted_folders: tuple[str, ...]
     timeout: float
     max_image_bytes: int
+    allow_private_urls: bool = False
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         text_column, label_column, image_column = self.columns
@@ -333,11 +336,12 @@ class _Canonical:
             return self._missing(f"not an image, a path or a URL: {quoted(image)}")
         if _URL.match(image):
             try:
-                data = download_image_bytes(image, self.timeout, self.max_image_bytes)
+                policy = is_usable_address if self.allow_private_urls else is_public_address
+                data = download_image_bytes(image, self.timeout, self.max_image_bytes, address_allowed=policy)
                 decode_image(io.BytesIO(data), image)
             except UnreadableImageError as error:
                 return self._missing(f"unreadable ({error.reason}): {quoted(image)}")
-            except (ConnectionError, TimeoutError) as error:
+            except ConnectionError as error:
                 return self._missing(f"not fetched ({str(error)[:200]})")
             return {"bytes": data, "path": image}, None
         if "\x00" in image:
@@ -431,6 +435,7 @@ def load_user_dataset(
     cache_dir: str | os.PathLike | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    allow_private_urls: bool = False,
 ) -> datasets.DatasetDict:
     """Load a dataset of the user's as the training scripts' splits (see the module docstring).
 
@@ -446,6 +451,8 @@ def load_user_dataset(
             ``seed``) becomes it.
         cache_dir: the `datasets` cache; the converted splits (images fetched and checked) are cached there too.
         timeout, max_image_bytes: limits of each image URL's download.
+        allow_private_urls: also fetch image URLs of private, loopback and link-local addresses (pictures served on
+            your own network); by default only public addresses are fetched (see `modeling_muse.url_fetch`).
 
     Returns:
         A ``DatasetDict`` with the splits the data has (``validation`` cut from train when asked).
@@ -495,6 +502,7 @@ def load_user_dataset(
             trusted_folders=_download_caches(cache_dir),
             timeout=timeout,
             max_image_bytes=max_image_bytes,
+            allow_private_urls=allow_private_urls,
         )
         canonical[split] = dataset.map(
             convert,

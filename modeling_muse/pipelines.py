@@ -19,9 +19,14 @@ the model calls; results do not depend on it). An empty list gives an empty list
 
 - ``text``: the raw post (`str`, split on whitespace, as the datasets are) or its words (`list[str]`).
 - ``image``: a PIL image, a uint8 numpy array, a local file path, an image file's bytes, or an ``http(s)://`` URL.
-  Pictures are read as `load_rgb_image` reads them (16-bit and [0, 1] float greyscale scaled to 8 bits, EXIF orientation applied). A
-  URL is fetched within ``timeout`` seconds all told (10 by default: a deadline for the whole download, not per
-  read) and at most ``max_image_bytes`` bytes (20 MiB by default); other URL schemes are refused.
+  Pictures are read as `load_rgb_image` reads them (16-bit and [0, 1] float greyscale scaled to 8 bits, EXIF
+  orientation applied), and refused before decoding if they would take more than ``max_decoded_bytes`` (128 MiB by
+  default, see `decode_image`). A URL is fetched within ``timeout`` seconds all told (10 by default: a deadline for
+  the whole download, not per read) and at most ``max_image_bytes`` bytes (20 MiB by default), from public addresses
+  only (see `modeling_muse.url_fetch`): ``allow_private_urls=True`` also fetches from private, loopback and
+  link-local addresses, for pictures served on your own network. ``total_timeout`` bounds the time all the URL images
+  of one call take together (default: no bound beyond each one's ``timeout``; for a generator or dataset input, or
+  with DataLoader workers, it applies per post). Other URL schemes are refused.
 
 MuSE fuses text with an image, so a post without a usable image is an error unless the caller passes
 ``allow_missing_image=True``: then a post with no image, or with one that cannot be obtained or read (a missing
@@ -44,6 +49,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +66,7 @@ from .image_input import (
     DEFAULT_TIMEOUT,
     PLACEHOLDER_SIZE,
     UnreadableImageError,
+    is_http_url,
     load_post_image,
     placeholder_image,
 )
@@ -72,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 # What allow_missing_image=True replaces by the placeholder: an image that names a picture which cannot be obtained
 # or read. Malformed posts (wrong types, unsupported URL schemes) stay errors.
-_IMAGE_NOT_OBTAINED = (FileNotFoundError, ConnectionError, TimeoutError, UnreadableImageError)
+_IMAGE_NOT_OBTAINED = (FileNotFoundError, ConnectionError, UnreadableImageError)
 # The notes of the calls running in each thread, by pipeline: per thread, so that concurrent calls (a web server's
 # request threads) keep their counts apart; module-level, so that a pipeline stays picklable for DataLoader workers.
 _notes_of_calls = threading.local()
@@ -113,6 +120,8 @@ class _CallNotes:
     posts: int
     placeholders: list[_Placeholder] = field(default_factory=list)
     texts: list[_TextNote] = field(default_factory=list)
+    # What is left of total_timeout for the call's URL images; None until the first one.
+    download_seconds_left: float | None = None
 
     @classmethod
     def of(cls, record: _Placeholder | _TextNote) -> _CallNotes:
@@ -217,21 +226,45 @@ class MuSEPipeline(Pipeline):
             logger.warning(message)
         return results
 
-    def _note(self, record: _Placeholder | _TextNote) -> None:
-        """Keep what a post reports for its call's single warning of each kind. Outside a call on a list or a single
-        post (a stream, or a DataLoader worker process, whose notes would not come back), log it now."""
+    def _call_notes(self) -> _CallNotes | None:
+        """The notes of the call on a list or a single post that runs in this thread; None in a stream, or in a
+        DataLoader worker process, whose notes would not come back."""
         notes = getattr(_notes_of_calls, "by_pipeline", {}).get(id(self))
-        if notes is None or get_worker_info() is not None:
+        return None if get_worker_info() is not None else notes
+
+    def _note(self, record: _Placeholder | _TextNote) -> None:
+        """Keep what a post reports for its call's single warning of each kind; outside a call on a list or a single
+        post, log it now."""
+        notes = self._call_notes()
+        if notes is None:
             for message in _CallNotes.of(record).warnings(self.processor):
                 logger.warning(message)
         else:
             notes.add(record)
 
+    def _load_image(self, image: Any, argument: str, timeout: float, total_timeout: float | None, **limits: Any) -> Any:
+        """`load_post_image`, with a URL's download held to what is left of the call's ``total_timeout``."""
+        notes = self._call_notes()
+        if total_timeout is None or not is_http_url(image):
+            return load_post_image(image, timeout, argument=argument, **limits)
+        if notes is None:
+            return load_post_image(image, min(timeout, total_timeout), argument=argument, **limits)
+        if notes.download_seconds_left is None:
+            notes.download_seconds_left = total_timeout
+        started = time.monotonic()
+        try:
+            return load_post_image(image, min(timeout, notes.download_seconds_left), argument=argument, **limits)
+        finally:
+            notes.download_seconds_left -= time.monotonic() - started
+
     def _sanitize_common(
         self,
         allow_missing_image: bool | None = None,
         timeout: float | None = None,
+        total_timeout: float | None = None,
         max_image_bytes: int | None = None,
+        max_decoded_bytes: int | None = None,
+        allow_private_urls: bool | None = None,
         return_exchange: bool | None = None,
     ) -> tuple[dict, dict, dict]:
         """The call arguments both tasks take (see the module docs)."""
@@ -240,14 +273,20 @@ class MuSEPipeline(Pipeline):
         postprocess_params: dict[str, Any] = {}
         if allow_missing_image is not None:
             preprocess_params["allow_missing_image"] = bool(allow_missing_image)
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-                raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}.")
-            preprocess_params["timeout"] = float(timeout)
-        if max_image_bytes is not None:
-            if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
-                raise ValueError(f"max_image_bytes: expected a positive int, got {max_image_bytes!r}.")
-            preprocess_params["max_image_bytes"] = max_image_bytes
+        for name, value in (("timeout", timeout), ("total_timeout", total_timeout)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}.")
+                preprocess_params[name] = float(value)
+        for name, value in (("max_image_bytes", max_image_bytes), ("max_decoded_bytes", max_decoded_bytes)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+                preprocess_params[name] = value
+        if allow_private_urls is not None:
+            if not isinstance(allow_private_urls, bool):
+                raise ValueError(f"allow_private_urls: expected True or False, got {allow_private_urls!r}.")
+            preprocess_params["allow_private_urls"] = allow_private_urls
         if return_exchange is not None:
             forward_params["return_exchange"] = bool(return_exchange)
             postprocess_params["return_exchange"] = bool(return_exchange)
@@ -258,7 +297,10 @@ class MuSEPipeline(Pipeline):
         inputs: Mapping[str, Any] | _ListedPost,
         allow_missing_image: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
+        total_timeout: float | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_decoded_bytes: int | None = None,
+        allow_private_urls: bool = False,
     ) -> dict[str, Any]:
         position = None
         if isinstance(inputs, _ListedPost):
@@ -285,7 +327,15 @@ class MuSEPipeline(Pipeline):
             image = placeholder_image()
         else:
             try:
-                image = load_post_image(image, timeout, max_image_bytes, argument=f"{where}image")
+                image = self._load_image(
+                    image,
+                    f"{where}image",
+                    timeout,
+                    total_timeout,
+                    max_image_bytes=max_image_bytes,
+                    max_decoded_bytes=max_decoded_bytes,
+                    allow_private_urls=allow_private_urls,
+                )
             except _IMAGE_NOT_OBTAINED as error:
                 if not allow_missing_image:
                     raise
@@ -387,8 +437,9 @@ class MultimodalNERPipeline(MuSEPipeline):
             `aggregate_word_tags`.
         return_exchange (`bool`, defaults to `False`): return ``{"entities": [...], "exchange": {...}}`` per post
             instead of the entity list (see `MuSEPipeline._exchange_info`).
-        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), max_image_bytes (`int`,
-            defaults to 20 MiB): see the module docs.
+        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), total_timeout
+            (`float`, defaults to none), max_image_bytes (`int`, defaults to 20 MiB), max_decoded_bytes (`int`,
+            defaults to 128 MiB), allow_private_urls (`bool`, defaults to `False`): see the module docs.
 
     Returns, per post, a list of entities as `TokenClassificationPipeline` does: ``entity_group`` (``entity`` with
     ``"none"``), ``score``, ``word``, ``start``, ``end``. ``start``/``end`` are character offsets into the post's
@@ -437,8 +488,9 @@ class MultimodalSentimentPipeline(MuSEPipeline):
         top_k (`int` or `None`): not given, each post gets its best ``{"label", "score"}``; an int gives the k best
             as a list, sorted by score; `None` gives all labels, sorted. Scores are softmax probabilities.
         return_exchange (`bool`, defaults to `False`): return ``{"prediction": ..., "exchange": {...}}`` per post.
-        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), max_image_bytes (`int`,
-            defaults to 20 MiB): see the module docs.
+        allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), total_timeout
+            (`float`, defaults to none), max_image_bytes (`int`, defaults to 20 MiB), max_decoded_bytes (`int`,
+            defaults to 128 MiB), allow_private_urls (`bool`, defaults to `False`): see the module docs.
     """
 
     def _sanitize_parameters(self, top_k: int | None | str = "", **common: Any) -> tuple[dict, dict, dict]:

@@ -230,6 +230,11 @@ class DataArguments:
         default=None,
         metadata={"help": "Column of the images (datasets.Image, a path or an http(s) URL). Default: image."},
     )
+    allow_private_urls: bool = field(
+        default=False,
+        metadata={"help": "Also fetch image URLs of private, loopback and link-local addresses (your own network); "
+                  "by default only public addresses are fetched."},
+    )
     validation_split_percentage: int = field(
         default=10,
         metadata={"help": "When your data has no validation split, this percentage of train (seeded) becomes it."},

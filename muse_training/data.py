@@ -65,6 +65,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
                     validation_split_percentage=None if args.do_train is False else args.validation_split_percentage,
                     seed=args.seed,
                     cache_dir=args.dataset_cache_dir,
+                    allow_private_urls=args.allow_private_urls,
                 )
     except (UserDataError, MissingImagesError) as error:
         raise SystemExit(str(error)) from error

@@ -1,8 +1,10 @@
-"""Local HTTP servers for the tests that fetch images (no network beyond 127.0.0.1)."""
+"""Local HTTP servers for the tests that fetch images (no network beyond 127.0.0.1 and ::1)."""
 
 from __future__ import annotations
 
 import functools
+import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -31,14 +33,24 @@ class _TestServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class _TestServerV6(_TestServer):
+    address_family = socket.AF_INET6
+
+
 @contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Run ``handler`` on a free port of 127.0.0.1 in a thread; yields the server's base URL."""
-    server = _TestServer(("127.0.0.1", 0), handler)
+def serving(
+    handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+) -> Iterator[str]:
+    """Run ``handler`` on a free port of ``host`` (127.0.0.1 or ::1) in a thread, over TLS with the server context
+    ``tls`` if given; yields the server's base URL."""
+    server = (_TestServerV6 if ":" in host else _TestServer)((host, 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        scheme = "https" if tls is not None else "http"
+        yield f"{scheme}://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -243,7 +243,7 @@ def test_image_urls_are_fetched_once_with_the_pipeline_s_limits(tmp_path, monkey
         rows = [{"text": "x", "label": "a", "image": f"{base}/{name}"} for name in ("ok.png", "big.png", "404.png")]
         path = _write_jsonl(tmp_path / "train.jsonl", rows)
         loaded = load_user_dataset("msa", data_files={"train": path}, missing_images="placeholder",
-                                   max_image_bytes=1024)
+                                   max_image_bytes=1024, allow_private_urls=True)
     finally:
         server.shutdown()
     images = loaded["train"].cast_column("image", datasets.Image(decode=False))["image"]
