@@ -218,12 +218,47 @@ def _transformers_backbone(vision_config: PreTrainedConfig) -> nn.Module:
     return AutoModel.from_config(vision_config, **_drop_pooler_kwargs(model_class))
 
 
-def build_vision_backbone(config: Any) -> nn.Module:
-    """A randomly initialised image backbone for a `MuSEConfig` (no classifier, no global pooling, no download)."""
-    if config.vision_config is not None:
-        return _transformers_backbone(config.vision_config)
+# timm.create_model arguments that read or fetch weights or configurations: a configuration (which a downloaded
+# checkpoint brings) may not name them, since building a model from its configuration reads nothing else.
+_TIMM_LOADING_ARGUMENTS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
+
+
+def _timm_architecture_of(config: Any) -> str:
+    """The timm architecture a `MuSEConfig` names, refused unless it is one of timm's own architecture names: a
+    ``hf-hub:`` or ``local-dir:`` name would make timm download or read a configuration when the model is built."""
     architecture = config.vision_timm_architecture or config.vision_model_name_or_path
-    return timm.create_model(architecture, pretrained=False, num_classes=0, global_pool="", **config.vision_model_kwargs)
+    if not timm.is_model(architecture):
+        raise ValueError(
+            f"This MuSE configuration builds its image tower from {architecture!r}, which is not a timm architecture "
+            f"name ({', '.join(timm.list_models()[:3])}, ...): building a model from its configuration downloads and "
+            f"reads nothing, so a tower given by Hub id or folder is stored by its architecture in "
+            f"`vision_timm_architecture` (from_text_vision_pretrained does this). Set vision_timm_architecture to the "
+            f"tower's timm architecture."
+        )
+    loading = sorted(set(config.vision_model_kwargs) & set(_TIMM_LOADING_ARGUMENTS))
+    if loading:
+        raise ValueError(
+            f"vision_model_kwargs names {loading}, which make timm read or download weights or configurations: a "
+            f"MuSE configuration builds its tower from the architecture alone. Remove them (load pretrained towers "
+            f"with from_text_vision_pretrained)."
+        )
+    return architecture
+
+
+def build_vision_backbone(config: Any) -> nn.Module:
+    """A randomly initialised image backbone for a `MuSEConfig` (no classifier, no global pooling), built from the
+    configuration alone: nothing is downloaded or read (a ``timm_wrapper`` vision_config or a timm name with a
+    ``hf-hub:`` / ``local-dir:`` prefix is refused, see `_timm_architecture_of`)."""
+    if config.vision_config is not None:
+        if config.vision_config.model_type == "timm_wrapper" and not timm.is_model(config.vision_config.architecture):
+            raise ValueError(
+                f"vision_config is a timm_wrapper of {config.vision_config.architecture!r}, not a timm architecture "
+                f"name: building it would make timm download or read a configuration. Name the architecture."
+            )
+        return _transformers_backbone(config.vision_config)
+    return timm.create_model(
+        _timm_architecture_of(config), pretrained=False, num_classes=0, global_pool="", **config.vision_model_kwargs
+    )
 
 
 # Set on every module of a timm backbone: timm initialises them (`ImageEncoder.timm_initial_state`), not transformers'

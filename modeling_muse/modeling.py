@@ -17,10 +17,12 @@ so the fused cls slot is the fusion of the two mean-pooled embeddings.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    PreTrainedConfig,
     PreTrainedModel,
 )
 from transformers import initialization as init
@@ -244,6 +247,26 @@ class MuSEPreTrainedModel(PreTrainedModel):
             )
         return embeddings
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, first holding a local folder's configuration against its weight files.
+
+        The model is built on the meta device (no memory) from the configuration that loading would use, and the
+        shapes it asks for are compared with the tensors' shapes in the folder's safetensors headers (no weights are
+        read), so that a ``config.json`` claiming sizes its weights do not have is refused before anything is
+        allocated (`check_configuration_against_weights`).
+        """
+        folder = None if pretrained_model_name_or_path is None else Path(pretrained_model_name_or_path)
+        if folder is not None and folder.is_dir() and "state_dict" not in kwargs:
+            config = kwargs.get("config")
+            if not isinstance(config, PreTrainedConfig):
+                overrides = {key: value for key, value in kwargs.items() if key not in _LOADING_ARGUMENTS}
+                config = cls.config_class.from_pretrained(folder, **overrides)
+            check_configuration_against_weights(
+                cls, config, folder, kwargs.get("subfolder", ""), kwargs.get("ignore_mismatched_sizes", False)
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     @property
     def base_muse(self) -> MuSEModel:
         """The bare `MuSEModel` inside this model (the model itself for `MuSEModel`)."""
@@ -429,6 +452,80 @@ class MuSEModel(MuSEPreTrainedModel):
             **diagnostics,
         )
         return as_returned(self.config, outputs, return_dict)
+
+
+# from_pretrained arguments that are not configuration fields.
+_LOADING_ARGUMENTS = frozenset({
+    "config", "cache_dir", "ignore_mismatched_sizes", "force_download", "local_files_only", "token", "revision",
+    "use_safetensors", "weights_only", "subfolder", "trust_remote_code", "device_map", "dtype", "torch_dtype",
+    "low_cpu_mem_usage", "output_loading_info", "attn_implementation", "quantization_config", "max_memory",
+    "offload_folder", "offload_state_dict", "offload_buffers", "key_mapping", "tp_plan", "tp_size", "device_mesh",
+    "distributed_config", "adapter_name", "adapter_kwargs", "use_kernels", "kernel_config", "proxies",
+    "_from_auto", "_from_pipeline", "_commit_hash", "from_tf", "from_flax", "state_dict", "gguf_file",
+    "experts_implementation", "generation_config",
+})
+
+
+class ConfigurationWeightsMismatchError(RuntimeError):
+    """A folder's configuration asks for weights its weight files do not hold (a RuntimeError, as transformers' own
+    size-mismatch error is)."""
+
+
+def check_configuration_against_weights(
+    model_class: type[PreTrainedModel],
+    config: PreTrainedConfig,
+    folder: Path,
+    subfolder: str = "",
+    ignore_mismatched_sizes: bool = False,
+) -> None:
+    """Refuse, before any memory is allocated, a configuration whose sizes disagree with the folder's weights.
+
+    ``model_class(config)`` is built on the meta device; each tensor of the folder's ``*.safetensors`` files is read
+    from the file header only. A tensor whose shape differs from the model's is refused (unless
+    ``ignore_mismatched_sizes``), and so is a configuration that asks for more bytes of weights that the files lack
+    (new decoders, heads, towers, and resized tensors) than the files hold: every legitimate addition to a saved
+    MuSE (decoders for training on, a new head) is smaller than the model it is added to.
+    """
+    weight_files = sorted((folder / subfolder).glob("*.safetensors"))
+    if not weight_files:
+        return
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        expected = {
+            name: (tuple(tensor.shape), tensor.element_size())
+            for name, tensor in model_class(copy.deepcopy(config)).state_dict().items()
+        }
+    prefix = f"{model_class.base_model_prefix}."
+    found, held_bytes = {}, 0
+    for weight_file in weight_files:
+        with safe_open(weight_file, framework="pt") as weights:
+            for key in weights.keys():
+                shape = tuple(weights.get_slice(key).get_shape())
+                held_bytes += math.prod(shape) * expected.get(key, ((), 4))[1]
+                name = key if key in expected else prefix + key if prefix + key in expected else key.removeprefix(prefix)
+                found[name] = (shape, weight_file.name)
+    new_bytes = 0
+    for name, (shape, element_size) in expected.items():
+        if name not in found:
+            new_bytes += math.prod(shape) * element_size
+            continue
+        file_shape, file_name = found[name]
+        if file_shape != shape:
+            if not ignore_mismatched_sizes:
+                raise ConfigurationWeightsMismatchError(
+                    f"{folder / 'config.json'} asks for {name} of shape {list(shape)}, but {file_name} holds "
+                    f"{list(file_shape)}: the configuration and the weights disagree. Use the configuration saved "
+                    f"with these weights, or pass ignore_mismatched_sizes=True to start the mismatched tensors afresh."
+                )
+            new_bytes += math.prod(shape) * element_size
+    if new_bytes > held_bytes:
+        raise ConfigurationWeightsMismatchError(
+            f"{folder / 'config.json'} asks for {new_bytes / 2**20:.1f} MiB of weights that the folder's weight files "
+            f"({', '.join(file.name for file in weight_files)}) do not hold, more than the "
+            f"{held_bytes / 2**20:.1f} MiB they do hold: the configuration does not describe these weights. Use the "
+            f"configuration saved with them."
+        )
 
 
 def layers_selected(
