@@ -5,7 +5,7 @@ least-attended tokens are moved towards the other modality's mean token:
 
 1. a = the attention of the cls query to every token, averaged over heads, before attention dropout.
 2. Per sample, among the valid non-cls tokens, the k = ceil(theta * n_valid) tokens with the smallest a are
-   selected; padding is never selected.
+   selected, of tokens with equal a the earlier positions first; padding is never selected.
 3. A selected token x becomes x + mean(other modality's valid non-cls tokens) (``mode="residual"``, eqs.
    10-11) or that mean alone (``mode="replace"``). Both means are taken before any token of the layer
    changes.
