@@ -189,7 +189,9 @@ def selection(cls_rows, valid, ratio, dtype=torch.float32):
     valid = torch.as_tensor(valid, dtype=torch.bool)
     states = torch.zeros(*cls_rows.shape[:1], 1 + cls_rows.shape[1], 4, dtype=dtype)
     rows = F.pad(cls_rows, (1, 0), value=0.5)
-    _, (text_selected, image_selected) = exchange_least_attended_tokens([states, states], [rows, rows], [valid, valid], ratio)
+    _, (text_selected, image_selected) = exchange_least_attended_tokens(
+        [states, states], [rows, rows], [valid, valid], ratio
+    )
     assert torch.equal(text_selected, image_selected)
     return text_selected
 
