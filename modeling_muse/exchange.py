@@ -5,7 +5,7 @@ least-attended tokens are moved towards the other modality's mean token:
 
 1. a = the attention of the cls query to every token, averaged over heads, before attention dropout.
 2. Per sample, among the valid non-cls tokens, the k = ceil(theta * n_valid) tokens with the smallest a are
-   selected; padding is never selected.
+   selected, of tokens with equal a the earlier positions first; padding is never selected.
 3. A selected token x becomes x + mean(other modality's valid non-cls tokens) (``mode="residual"``, eqs.
    10-11) or that mean alone (``mode="replace"``). Both means are taken before any token of the layer
    changes.
@@ -39,14 +39,20 @@ def num_tokens_to_exchange(exchange_ratio: float, num_valid: torch.Tensor) -> to
 def _least_attended(cls_attention: torch.Tensor, valid_mask: torch.Tensor, exchange_ratio: float) -> torch.Tensor:
     """The k = ceil(theta * n_valid) valid tokens of each sample with the smallest cls attention, ``(B, n)`` bool.
 
-    ``cls_attention`` is ``(B, n)`` without the cls position; ties go to the earlier position (stable sort).
+    ``cls_attention`` is ``(B, n)`` without the cls position. Of tokens with equal attention the earlier positions
+    are taken first (docs/design.md, section 3). `torch.topk` leaves the order of equal values unspecified (backends
+    and exporters differ), so only its values are used: the k-th smallest attention is the same whichever tied token
+    a backend puts first. Every token below it is selected, and of the tokens equal to it the earliest ones, up to k.
     """
-    num_selected = num_tokens_to_exchange(exchange_ratio, valid_mask.sum(dim=-1))
+    num_selected = num_tokens_to_exchange(exchange_ratio, valid_mask.sum(dim=-1)).unsqueeze(-1)
     scores = cls_attention.masked_fill(~valid_mask, float("inf"))
-    order = scores.argsort(dim=-1, stable=True)
-    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
-    ranks = torch.empty_like(order).scatter_(-1, order, positions)
-    return ranks < num_selected.unsqueeze(-1)
+    ascending = scores.topk(scores.shape[-1], dim=-1, largest=False).values
+    # With k = 0 the smallest score serves: nothing lies below it and no tied token fits the quota of 0.
+    kth_smallest = ascending.gather(-1, (num_selected - 1).clamp(min=0))
+    below = scores < kth_smallest
+    tied = scores == kth_smallest
+    tied_quota = num_selected - below.sum(dim=-1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=-1) <= tied_quota))
 
 
 def _valid_mean(tokens: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:

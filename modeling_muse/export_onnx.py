@@ -127,17 +127,6 @@ def _sample_posts(processor: MuSEProcessor, lengths: Sequence[int], seed: int) -
     return dict(processor(images=images, text=words, return_tensors="pt", warn=False))
 
 
-def _stable_sort(self: Any, stable: bool | None = None, dim: int = -1, descending: bool = False) -> Any:
-    """ONNX for ``aten.sort.stable`` (the exchange's stable argsort, eqs. 10-11), which torch's exporter lacks.
-
-    ONNX's TopK breaks ties by the lower index, so a full-length sorted TopK is a stable sort.
-    """
-    from onnxscript import opset18 as op
-
-    size = op.Gather(op.Shape(self), op.Constant(value_ints=[dim]), axis=0)
-    return op.TopK(self, size, axis=dim, largest=1 if descending else 0, sorted=1)
-
-
 def _name_dynamic_axes(onnx_program: Any, input_names: Sequence[str]) -> None:
     """Call the traced symbols of the first text input's axes ``batch`` and ``length`` throughout the graph."""
     from onnx_ir import SymbolicDim
@@ -268,7 +257,6 @@ def export_onnx(
         output_names=forward.output_names,
         opset_version=opset_version,
         dynamo=True,
-        custom_translation_table={torch.ops.aten.sort.stable: _stable_sort},
     )
     _name_dynamic_axes(onnx_program, input_names)
     output.mkdir(parents=True, exist_ok=True)

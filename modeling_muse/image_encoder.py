@@ -390,6 +390,7 @@ class ImageEncoder(nn.Module):
             # The tower's own unsplittable layers (ViTLayer, ...), collected by MuSE's `post_init`.
             self._no_split_modules = layer_classes(self.backbone)
         self.image_grid_size = config.image_grid_size
+        self._warned_of_repeated_cells = False
         self.projection = nn.Linear(_feature_width(self.backbone, config), config.hidden_size)
         # The tower's own input size and normalisation, for the placeholder picture of a post without one.
         if self.is_timm:
@@ -481,10 +482,35 @@ class ImageEncoder(nn.Module):
         normalised = (grey - torch.tensor(self.image_mean)) / torch.tensor(self.image_std)
         return normalised.to(device=device, dtype=dtype)[None, :, None, None].expand(batch_size, 3, *self.input_size)
 
+    def _warn_if_grid_repeats_cells(self, feature_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+        """Warn once when the P x P grid is finer than the feature map, whose cells the pooling then repeats.
+
+        Repeated cells give exact copies of a token, which tie in the cls attention; the exchange then takes the
+        earliest copies (docs/design.md, section 3). Deterministic, but the copies carry no information of their own.
+        """
+        (height, width), grid = feature_size, self.image_grid_size
+        if self._warned_of_repeated_cells or (height >= grid and width >= grid):
+            return
+        self._warned_of_repeated_cells = True
+        needed_height = math.ceil(grid * image_size[0] / height)
+        needed_width = math.ceil(grid * image_size[1] / width)
+        logger.warning(
+            "image_grid_size=%d is finer than the image tower's %dx%d feature map (for %dx%d images): the average "
+            "pooling repeats feature-map cells, so several of the %d image tokens are exact copies, which tie in the "
+            "cls attention (the exchange takes the earliest of tied tokens). Give the tower images of at least "
+            "%dx%d pixels (the processor's image_size; --image_size in the training scripts), or choose a smaller "
+            "image_grid_size (with max_text_length = image_grid_size**2).",
+            grid, height, width, image_size[0], image_size[1], grid * grid, needed_height, needed_width,
+        )
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # The processor's float32 pixels enter a tower loaded with dtype= (bf16, fp16) in its own dtype, as
         # transformers' ViT and CLIP embeddings take them.
         pixel_values = pixel_values.to(next(self.backbone.parameters()).dtype)
-        grid = F.adaptive_avg_pool2d(self.feature_map(pixel_values), self.image_grid_size)
+        features = self.feature_map(pixel_values)
+        if not torch.compiler.is_compiling():
+            # Logging inside a compiled or exported graph would break it; eager forwards give the warning.
+            self._warn_if_grid_repeats_cells(tuple(features.shape[-2:]), tuple(pixel_values.shape[-2:]))
+        grid = F.adaptive_avg_pool2d(features, self.image_grid_size)
         tokens = grid.flatten(2).transpose(1, 2)
         return self.projection(tokens)

@@ -7,13 +7,16 @@ implements spec section 3 literally. It shares only the parameters with the modu
 import math
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
+from modeling_muse import MuSEForTokenClassification
 from modeling_muse.cross_transformer import CrossTransformer
-from modeling_muse.exchange import num_tokens_to_exchange
-from tiny_models import tiny_config
+from modeling_muse.exchange import exchange_least_attended_tokens, num_tokens_to_exchange
+from tiny_models import tiny_config, tiny_processor
 
 
 def naive_layer_attention(layer, x, key_valid):
@@ -178,3 +181,87 @@ def test_cls_attention_rows_are_distributions_that_ignore_padding():
         torch.testing.assert_close(rows.sum(-1), torch.ones(2))
     assert (output.text_cls_attentions[0][1, 6:] == 0).all()
     assert (output.text_cls_attentions[0][1, :6] > 0).all()
+
+
+def selection(cls_rows, valid, ratio, dtype=torch.float32):
+    """The exchange's selection for cls attention rows given without the cls position (the same for both streams)."""
+    cls_rows = torch.as_tensor(cls_rows, dtype=dtype)
+    valid = torch.as_tensor(valid, dtype=torch.bool)
+    states = torch.zeros(*cls_rows.shape[:1], 1 + cls_rows.shape[1], 4, dtype=dtype)
+    rows = F.pad(cls_rows, (1, 0), value=0.5)
+    _, (text_selected, image_selected) = exchange_least_attended_tokens(
+        [states, states], [rows, rows], [valid, valid], ratio
+    )
+    assert torch.equal(text_selected, image_selected)
+    return text_selected
+
+
+def test_tied_attention_goes_to_the_earlier_position():
+    selected = selection(
+        [
+            [0.2, 0.1, 0.05, 0.1, 0.2, 0.1, 0.1, 0.15],  # the 0.05, then the first two of four tied 0.1s
+            [0.125] * 8,  # all tied: the first three
+            [0.3, 0.1, 0.3, 0.3, 0.3, 0.0, 0.0, 0.0],  # five valid, k = 2: the 0.1 and the first 0.3, never padding
+            [0.2, 0.2, 0.1, 0.1, 0.1, 0.2, 0.2, 0.2],  # a tied group of exactly k
+        ],
+        valid=[[True] * 8, [True] * 8, [True] * 5 + [False] * 3, [True] * 8],
+        ratio=0.375,  # k = 3 of 8 valid tokens
+    )
+    assert [row.nonzero().flatten().tolist() for row in selected] == [[1, 2, 3], [0, 1, 2], [0, 1], [2, 3, 4]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.25, 0.5, 1.0])
+def test_selection_on_heavily_tied_rows_follows_attention_then_position(ratio, dtype):
+    generator = torch.Generator().manual_seed(0)
+    # Three attention values only, so that most tokens tie; padding anywhere, some rows all padding.
+    rows = torch.randint(0, 3, (300, 12), generator=generator).to(dtype) / 10
+    valid = torch.rand(300, 12, generator=generator) < torch.rand(300, 1, generator=generator)
+    selected = selection(rows, valid, ratio, dtype)
+    for row, row_valid, row_selected in zip(rows.tolist(), valid.tolist(), selected.tolist()):
+        candidates = [i for i in range(12) if row_valid[i]]
+        k = math.ceil(Fraction(str(ratio)) * len(candidates))
+        expected = sorted(sorted(candidates, key=lambda i: (row[i], i))[:k])
+        assert [i for i in range(12) if row_selected[i]] == expected
+
+
+def test_a_posts_outputs_do_not_depend_on_its_batch_when_the_grid_repeats_feature_cells():
+    # timm's test_resnet turns 64 px into a 2 x 2 feature map, which the 4 x 4 grid repeats: the image tokens come in
+    # groups of four exact copies (grid cell (r, c) copies feature cell (r // 2, c // 2)), and theta = 0.1 (k = 2 of
+    # 16) takes part of a group.
+    torch.manual_seed(0)
+    model = MuSEForTokenClassification(tiny_config(exchange_ratio=0.1)).eval()
+    torch.nn.init.normal_(model.tagger.classifier.weight, std=1.0)
+    processor = tiny_processor(image_size=64)
+    posts = ["Lionel Messi arrives in Paris tonight", "rain", "the mayor of London meets fans", "great game"]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for _ in posts]
+    diagnostics = dict(output_cls_attentions=True, output_exchange_masks=True)
+    with torch.no_grad():
+        together = model(**processor(images=images, text=posts, return_tensors="pt"), **diagnostics)
+
+    copy_group = torch.tensor([row // 2 * 2 + column // 2 for row in range(4) for column in range(4)])
+    first_layer_attention = together.image_cls_attentions[0][:, 1:]
+    for group in range(4):
+        members = first_layer_attention[:, copy_group == group]
+        assert torch.equal(members, members[:, :1].expand_as(members)), "copies should tie exactly"
+    first_exchange = together.image_exchange_masks[0]
+    split_groups = 0
+    for post_selected in first_exchange:
+        for group in range(4):
+            members = post_selected[copy_group == group]
+            if 0 < members.sum() < len(members):
+                split_groups += 1
+                # The first exchange layer's copies still tie: the earliest of them are taken.
+                assert members.tolist() == sorted(members.tolist(), reverse=True)
+    assert split_groups > 0, "the test needs a tie that k cuts through"
+
+    for index, (image, post) in enumerate(zip(images, posts)):
+        with torch.no_grad():
+            alone = model(**processor(images=[image], text=[post], return_tensors="pt"), **diagnostics)
+        length = alone.logits.shape[1]
+        for layer, (image_mask, text_mask) in enumerate(zip(alone.image_exchange_masks, alone.text_exchange_masks)):
+            assert torch.equal(image_mask[0], together.image_exchange_masks[layer][index]), (index, layer)
+            assert torch.equal(text_mask[0], together.text_exchange_masks[layer][index, :length]), (index, layer)
+        torch.testing.assert_close(alone.logits[0], together.logits[index, :length], atol=1e-5, rtol=0)
+        assert torch.equal(alone.predicted_tag_ids[0], together.predicted_tag_ids[index, :length])

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification, MuSEModel, MuSEProcessor
 from modeling_muse.export_onnx import MODEL_FILE, export_onnx, onnx_feed, onnx_session
-from tiny_models import save_tiny_checkpoints, tiny_config
+from tiny_models import NER_LABELS, SENTIMENT_LABELS, save_tiny_checkpoints, tiny_config, tiny_processor
 
 REPO = Path(__file__).resolve().parents[1]
 POSTS = [
@@ -60,6 +61,82 @@ def assert_onnx_runtime_matches_pytorch(onnx_folder: Path, model: torch.nn.Modul
             np.testing.assert_allclose(produced["logits"], expected.logits.numpy(), atol=1e-4, rtol=0)
     # Two batch sizes and two text lengths ran through the one graph.
     assert len({shape[0] for shape in lengths}) == 2 and len({shape[1] for shape in lengths}) == 2
+
+
+# timm's test_resnet turns 64 px into a 2 x 2 feature map, which the 4 x 4 grid repeats: the image tokens come in groups
+# of four exact copies, which tie in the cls attention, and theta = 0.1 (k = 2 of 16) takes part of a group.
+TIE_IMAGE_SIZE = 64
+TIE_COPY_GROUPS = torch.tensor([row // 2 * 2 + column // 2 for row in range(4) for column in range(4)])
+
+
+def tie_prone_model(model_class: type) -> torch.nn.Module:
+    labels = NER_LABELS if model_class is MuSEForTokenClassification else SENTIMENT_LABELS
+    torch.manual_seed(0)
+    model = model_class(tiny_config(labels, exchange_ratio=0.1)).eval()
+    head = model.tagger if model_class is MuSEForTokenClassification else model.classifier
+    torch.nn.init.normal_(head.classifier.weight, std=1.0)
+    return model
+
+
+def tie_prone_posts(model_class: type) -> dict[str, torch.Tensor]:
+    processor = tiny_processor(
+        NER_LABELS if model_class is MuSEForTokenClassification else None, image_size=TIE_IMAGE_SIZE
+    )
+    return dict(processor(images=images(len(POSTS), seed=0), text=POSTS, return_tensors="pt"))
+
+
+def assert_the_exchange_cuts_tied_copies(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    """The posts exercise the tie rule: some exchange takes part of a group of tied copies."""
+    with torch.no_grad():
+        masks = model(**inputs, output_exchange_masks=True).image_exchange_masks
+    counts = torch.stack([mask.long() @ F.one_hot(TIE_COPY_GROUPS).long() for mask in masks])
+    assert ((counts > 0) & (counts < 4)).any()
+
+
+@pytest.mark.parametrize("model_class", [MuSEForTokenClassification, MuSEForSequenceClassification])
+def test_torch_export_of_the_evaluation_forward_gives_eager_outputs_without_a_sort(model_class):
+    model, inputs = tie_prone_model(model_class), tie_prone_posts(model_class)
+    assert_the_exchange_cuts_tied_copies(model, inputs)
+    with torch.no_grad():
+        program = torch.export.export(model, (), kwargs=inputs)
+        expected, produced = model(**inputs), program.module()(**inputs)
+    # ONNX has no stable sort, and other exporters lack one too: the exchange must not need it.
+    assert not [node.target for node in program.graph.nodes if "sort" in str(node.target)]
+    assert list(produced.keys()) == list(expected.keys())
+    for name in expected.keys():
+        torch.testing.assert_close(produced[name], expected[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_class", [MuSEForTokenClassification, MuSEForSequenceClassification])
+def test_torch_onnx_export_with_dynamo_runs_in_onnx_runtime_like_pytorch(model_class, tmp_path):
+    import onnxruntime
+
+    model, inputs = tie_prone_model(model_class), tie_prone_posts(model_class)
+    assert_the_exchange_cuts_tied_copies(model, inputs)
+    with torch.no_grad():
+        expected = model(**inputs)
+    onnx_program = torch.onnx.export(model, (), kwargs=inputs, dynamo=True)
+    onnx_program.save(str(tmp_path / MODEL_FILE))
+    session = onnxruntime.InferenceSession(str(tmp_path / MODEL_FILE), providers=["CPUExecutionProvider"])
+    produced = session.run(None, onnx_feed(session, inputs))
+    assert len(produced) == len(expected)
+    for name, got in zip(expected.keys(), produced):
+        want = expected[name].numpy()
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.slow
+def test_export_onnx_passes_its_check_when_the_grid_repeats_feature_cells(tmp_path):
+    model = tie_prone_model(MuSEForTokenClassification)
+    model.save_pretrained(tmp_path / "ner")
+    tiny_processor(image_size=TIE_IMAGE_SIZE).save_pretrained(tmp_path / "ner")
+    assert_the_exchange_cuts_tied_copies(model, tie_prone_posts(MuSEForTokenClassification))
+    export_onnx(tmp_path / "ner", tmp_path / "onnx")  # its own check: ONNX Runtime against PyTorch, tags equal
+    assert_onnx_runtime_matches_pytorch(tmp_path / "onnx", model, is_tagger=True)
 
 
 @pytest.mark.slow

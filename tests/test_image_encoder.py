@@ -7,6 +7,7 @@ then built into MuSE through `from_text_vision_pretrained`, trained a step, save
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,21 @@ def test_a_transformers_tower_cannot_freeze_timm_stages(tmp_path):
     with pytest.raises(Exception, match="vision_trainable_stages"):
         MuSEForSequenceClassification.from_text_vision_pretrained(str(MINILM_DIR), str(tower), num_labels=2,
                                                                   vision_trainable_stages=1, **TINY_MUSE)
+
+
+def test_a_grid_finer_than_the_feature_map_warns_once_with_the_image_size_that_avoids_it(caplog):
+    # timm's test_resnet has stride 32: 64 px give a 2 x 2 feature map, which a 4 x 4 grid repeats; 128 px give 4 x 4.
+    torch.manual_seed(0)
+    encoder = ImageEncoder(tiny_config()).eval()
+    with caplog.at_level(logging.WARNING, logger="modeling_muse.image_encoder"), torch.no_grad():
+        encoder(torch.randn(2, 3, 64, 64))
+        encoder(torch.randn(1, 3, 64, 64))
+    messages = [record.getMessage() for record in caplog.records if "image_grid_size" in record.getMessage()]
+    assert len(messages) == 1, messages
+    assert "image_grid_size=4" in messages[0] and "2x2 feature map" in messages[0]
+    assert "at least 128x128 pixels" in messages[0] and "image_size" in messages[0]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modeling_muse.image_encoder"), torch.no_grad():
+        ImageEncoder(tiny_config()).eval()(torch.randn(1, 3, 128, 128))
+    assert not [record for record in caplog.records if "image_grid_size" in record.getMessage()]
