@@ -40,7 +40,7 @@ from .checkpoint_files import (
     weights_only_loading,
 )
 from .lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, is_adapter_model, load_adapter_weights, save_adapter
-from .predictions import PREDICTIONS_FILE
+from .predictions import PARTIAL_SUFFIX, PREDICTIONS_FILE
 
 __all__ = [
     "ARGUMENTS_FILE",
@@ -246,7 +246,9 @@ def run_files(output_dir: str | os.PathLike, task: str) -> tuple[list[Path], lis
                 entry.name.endswith(_INCOMPLETE_SUFFIX) or (entry / PROGRESS_FILE).is_file()
             )
         else:
-            is_own = entry.name in RUN_FILES or entry.name in listed or bool(_MODEL_WEIGHTS.match(entry.name))
+            # A file being written when a run was killed keeps its final name with a suffix.
+            name = entry.name.removesuffix(_INCOMPLETE_SUFFIX).removesuffix(PARTIAL_SUFFIX)
+            is_own = name in RUN_FILES or name in listed or bool(_MODEL_WEIGHTS.match(name))
         (own if is_own else foreign).append(entry)
     return own, foreign
 
@@ -293,9 +295,9 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
             what = f"files these scripts did not write ({names})" if foreign else f"an earlier run ({names})"
             raise SystemExit(
                 f"--output_dir {output_dir} already holds {what}, and a new run starts in an empty folder: give a new "
-                f"--output_dir, pass --resume_from_checkpoint latest to continue the run whose checkpoints it holds, "
-                f"or --overwrite_output_dir to start over there (which deletes only a run's own files: "
-                f"checkpoints, model, processor, {MODEL_CARD_FILE}, {RESULTS_FILE}, {PREDICTIONS_FILE})."
+                f"--output_dir; --resume_from_checkpoint (a checkpoint folder, or latest) continues an interrupted run "
+                f"from its checkpoint; --overwrite_output_dir starts over there, deleting only a run's own files "
+                f"(checkpoints, model, processor, {MODEL_CARD_FILE}, {RESULTS_FILE}, {PREDICTIONS_FILE})."
             )
         if own:
             logger.warning(

@@ -280,7 +280,8 @@ def test_a_fresh_run_replaces_an_earlier_run_only_when_told_and_keeps_other_file
     earlier = tmp_path / "out"
     (earlier / "step_2").mkdir(parents=True)
     TrainingProgress(completed_steps=2).save(earlier / "step_2")
-    for name in ("all_results.json", "README.md", "config.json", "model.safetensors", "vocab.txt", "args.yaml"):
+    for name in ("all_results.json", "README.md", "config.json", "model.safetensors", "vocab.txt", "args.yaml",
+                 "predictions.jsonl.partial"):  # fmt: skip
         (earlier / name).write_text("{}")
     (earlier / BEST_MODEL_MARKER).write_text(json.dumps({"files": ["config.json", "vocab.txt", "../outside.txt"]}))
     (tmp_path / "outside.txt").write_text("not the run's")
