@@ -48,15 +48,15 @@ import yaml
 
 from modeling_muse.configuration_muse import is_hub_id
 from muse_training.arguments import DATASET_TITLES, MNER_DATASETS, offline_text_model_path
-from muse_training.checkpoints import RESULTS_FILE, checkpoint_folders
+from muse_training.checkpoints import LAUNCH_FILES, RESULTS_FILE, checkpoint_folders
 from muse_training.paper import DATASETS, MNER_RESULTS, MSA_RESULTS, SWEEPS, TABLE3_F1, VARIANT_TITLES
 
 REPO_ROOT = Path(__file__).resolve().parent
 RECIPES = REPO_ROOT / "recipes"
 TABLES = ("table1", "table2", "table3", "sensitivity")
 FIRST_SEED = 42  # docs/design.md section 6; further seeds count up from it
-ARGS_FILE = "args.yaml"
-LOG_FILE = "train.log"
+# A run's argument file and console log in its folder, beside what the script writes there (muse_training.checkpoints).
+ARGS_FILE, LOG_FILE = LAUNCH_FILES
 
 # --smoke: what replaces a recipe's data, towers and sizes (see the module docstring).
 SMOKE_SAMPLES = {"mner": "twitter2017_sample", "msa": "mvsa_single_sample"}

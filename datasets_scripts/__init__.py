@@ -10,6 +10,7 @@ the Parquet export (``python -m datasets_scripts.export``). Your own data (a Hub
 folder, CSV / JSON lines / Parquet files) goes through :func:`load_user_dataset`.
 """
 
+from .errors import OutsideFolderError
 from .images import MissingImagesError, count_placeholder_images, placeholder_image
 from .loading import DATASET_NAMES, SAMPLE_DIR, load_muse_dataset, muse_dataset_builder
 from .mvsa import MVSA_LABELS, MVSABuilder, MVSAConfig, MVSAFormatError
@@ -34,6 +35,7 @@ __all__ = [
     "MVSAConfig",
     "MVSAFormatError",
     "MissingImagesError",
+    "OutsideFolderError",
     "UMTFormatError",
     "UMTNerBuilder",
     "UMTNerConfig",

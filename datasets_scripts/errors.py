@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["DataFormatError", "file_id_problem", "quoted"]
+__all__ = ["DataFormatError", "OutsideFolderError", "check_inside_folder", "file_id_problem", "leaves_folder", "quoted"]
 
 # How much of an offending line or value a message quotes: enough to recognise it, never a 10 MB line.
 QUOTED_CHARACTERS = 100
@@ -35,6 +35,27 @@ def file_id_problem(file_id: str) -> str | None:
     if os.path.isabs(file_id) or os.path.splitdrive(file_id)[0]:
         return "it is an absolute path"
     return None
+
+
+def leaves_folder(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path``, named inside ``folder``, resolves to a place outside it: it is a symbolic link, or lies
+    behind one (a linked folder), that leads out. The rule that keeps ids from climbing out with ``..``, applied to
+    where the path actually leads."""
+    real_folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), real_folder]) != real_folder
+
+
+class OutsideFolderError(ValueError):
+    """A file a dataset's folder names that leads outside the folder (`leaves_folder`); the message names it."""
+
+
+def check_inside_folder(path: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Raise `OutsideFolderError` naming ``path`` if it leads outside ``folder`` (`leaves_folder`)."""
+    if leaves_folder(path, folder):
+        raise OutsideFolderError(
+            f"{path} is a symbolic link, or lies behind one, that leads outside {folder}: a dataset's files are read "
+            f"from inside its folder only. Put the file itself there instead of a link to it."
+        )
 
 
 class DataFormatError(ValueError):

@@ -36,7 +36,7 @@ from modeling_muse.image_input import (
 )
 from modeling_muse.reporting import first_then_count
 
-from .errors import file_id_problem, quoted
+from .errors import file_id_problem, leaves_folder, quoted
 
 __all__ = [
     "MISSING_IMAGE_POLICIES",
@@ -116,8 +116,11 @@ def resolve_images(
     policy: str,
     dataset_name: str,
     suffix: str = ".jpg",
+    root: str | os.PathLike | None = None,
 ) -> dict[str, list[str | bytes]]:
     """Look up ``<image_dir>/<image_id><suffix>`` for every post of every split and apply ``policy``.
+
+    An image file that is a symbolic link leading outside ``root`` is not read: it counts as unreadable.
 
     Args:
         image_ids: split name -> the image id of each post, in post order.
@@ -125,6 +128,8 @@ def resolve_images(
         policy: ``"error"`` or ``"placeholder"`` (see the module docstring).
         dataset_name: used in messages only.
         suffix: file name extension of the images.
+        root: the folder the images must stay inside, where they lie: the dataset's folder when ``image_dir`` is one
+            of its subfolders (which may itself not be a link out); ``None`` means ``image_dir``.
 
     Returns:
         split name -> one value per post for the :class:`datasets.Image` feature: the absolute
@@ -148,7 +153,12 @@ def resolve_images(
         for ids in image_ids.values():
             for image_id in ids:
                 if image_id not in problems:
-                    problems[image_id] = check_image_file(directory / f"{image_id}{suffix}")
+                    path = directory / f"{image_id}{suffix}"
+                    if leaves_folder(path, root if root is not None else directory):
+                        where = "image_dir" if root is None else str(root)
+                        problems[image_id] = f"unreadable (a symbolic link that leads outside {where})"
+                    else:
+                        problems[image_id] = check_image_file(path)
 
     bad_per_split = {
         split: [image_id for image_id in ids if directory is None or problems[image_id] is not None]

@@ -16,7 +16,9 @@ Zhu et al., 2022), in this order, each dropped post counted by reason and logged
 2. Text and image labels agree: that label. One neutral and one positive/negative: the
    positive/negative label. Positive against negative: dropped (``positive_vs_negative``).
 3. A post whose ``data/<ID>.txt`` does not exist is dropped (``missing_text``); images are handled
-   by the ``missing_images`` policy instead, see :mod:`datasets_scripts.images`.
+   by the ``missing_images`` policy instead, see :mod:`datasets_scripts.images`. Every file is read
+   from inside the data folder: one that is a symbolic link leading out (or lies behind one, such as
+   a linked ``data/``) is an error naming it, an image one counts as unreadable.
 4. Seeded random 8/1/1 split of the ``n`` remaining posts (:func:`split_8_1_1`): the post order of
    ``labelResultAll.txt`` is shuffled with ``random.Random(seed).shuffle``; the first
    ``n * 8 // 10`` posts are train, the next ``n // 10`` validation, the remaining
@@ -44,7 +46,7 @@ from typing import Any
 import datasets
 
 from ._splits import check_builder_config, make_split_generators
-from .errors import DataFormatError, file_id_problem, quoted
+from .errors import DataFormatError, check_inside_folder, file_id_problem, quoted
 from .images import resolve_images
 
 __all__ = [
@@ -183,6 +185,7 @@ def preprocess_mvsa(data_dir: str | os.PathLike, annotators: int) -> tuple[list[
     data_dir = Path(data_dir)
     dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
     kept: list[MVSAPost] = []
+    check_inside_folder(data_dir / LABEL_FILE, data_dir)
     for post_id, votes in read_label_file(data_dir / LABEL_FILE, annotators):
         text_label = majority_label([text for text, _ in votes])
         image_label = majority_label([image for _, image in votes])
@@ -194,9 +197,11 @@ def preprocess_mvsa(data_dir: str | os.PathLike, annotators: int) -> tuple[list[
         if label is None:
             dropped["positive_vs_negative"] += 1
             continue
-        if not (data_dir / "data" / f"{post_id}.txt").is_file():
+        text_file = data_dir / "data" / f"{post_id}.txt"
+        if not text_file.is_file():
             dropped["missing_text"] += 1
             continue
+        check_inside_folder(text_file, data_dir)
         kept.append(MVSAPost(post_id, label, text_label, image_label))
     return kept, dropped
 
@@ -293,12 +298,13 @@ class MVSABuilder(datasets.GeneratorBasedBuilder):
         logger.warning("%s", summary)
         # Kept in the dataset info too, because a later load from the cache does not log it again.
         self.info.description = f"{self.info.description}\n{summary}".strip()
-        image_dir = self.config.image_dir if self.config.image_dir is not None else data_dir / "data"
+        own_images = self.config.image_dir is None
         images = resolve_images(
             {split: [post.id for post in split_posts] for split, split_posts in splits.items()},
-            image_dir,
+            data_dir / "data" if own_images else self.config.image_dir,
             self.config.missing_images,
             dataset_name=self.config.name,
+            root=data_dir if own_images else None,
         )
         examples = {
             split: [

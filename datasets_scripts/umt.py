@@ -44,7 +44,7 @@ from typing import Any
 import datasets
 
 from ._splits import check_builder_config, make_split_generators
-from .errors import DataFormatError, file_id_problem, quoted
+from .errors import DataFormatError, check_inside_folder, file_id_problem, quoted
 from .images import resolve_images
 
 __all__ = [
@@ -268,6 +268,9 @@ class UMTNerBuilder(datasets.GeneratorBasedBuilder):
             raise ValueError(f"The '{self.config.name}' configuration needs data_dir=<folder with train.txt, ...>.")
         data_dir = Path(self.config.data_dir)
         paths = {split: data_dir / file_name for split, file_name in UMT_SPLIT_FILES.items()}
+        for path in paths.values():
+            if path.is_symlink() or path.exists():
+                check_inside_folder(path, data_dir)
         if self.config.name == "umt":
             paths = {split: path for split, path in paths.items() if path.is_file()}
             if not paths:

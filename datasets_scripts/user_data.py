@@ -13,13 +13,15 @@ label list is built over all splits: for NER ``O`` first, then each entity type'
 for sentiment the sorted values.
 
 An image may be a ``datasets.Image`` value (bytes or path), a path (a relative one resolves against ``image_dir``
-when given, else against the data file's folder, or the dataset folder, and may not climb out of it with ``..``), or
+when given, else against the data file's folder, or the dataset folder, and may not climb out of it with ``..``, nor
+lead out of it through a symbolic link: a path inside that folder must resolve inside it), or
 an ``http(s)://`` URL, fetched once here
 with the pipelines' limits (``timeout`` for the whole download, ``max_image_bytes``, public addresses only unless
 ``allow_private_urls``) and stored as bytes. Each image is
 decoded completely once; missing or unreadable ones follow ``missing_images`` as in the paper's builders
 (:mod:`datasets_scripts.images`): ``"error"`` lists them, ``"placeholder"`` stores the grey placeholder, counted.
 A Hub dataset's image paths are not read (they would name files of this machine that the dataset's author chose).
+A local dataset folder holding a symbolic link that leads outside it is refused, naming the link.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from modeling_muse.image_input import (
 from modeling_muse.url_fetch import is_public_address, is_usable_address
 from modeling_muse.reporting import LISTED, first_then_count
 
-from .errors import quoted
+from .errors import leaves_folder, quoted
 from .images import MissingImagesError, check_image_file, check_missing_images_policy, placeholder_image_bytes
 
 __all__ = ["DATA_FILE_LOADERS", "DEFAULT_COLUMNS", "UserDataError", "load_user_dataset", "ner_label_list"]
@@ -128,9 +130,24 @@ def _source(
         )
     folder = Path(dataset_name)
     if folder.is_dir():
+        _check_no_links_out(folder)
         base = override or folder.resolve()
         return _Source(str(dataset_name), (str(folder),), {"name": dataset_config_name}, {"*": base}, False)
     return _Source(str(dataset_name), (str(dataset_name),), {"name": dataset_config_name}, {"*": override}, True)
+
+
+def _check_no_links_out(folder: Path) -> None:
+    """Refuse a dataset folder with a symbolic link (to a file or a folder) that leads outside it: `datasets` would
+    read a data file, and the conversion an image, from wherever it leads."""
+    for parent, folders, files in os.walk(folder):
+        for name in (*folders, *files):
+            path = Path(parent, name)
+            if path.is_symlink() and leaves_folder(path, folder):
+                raise UserDataError(
+                    f"{path} is a symbolic link that leads outside the dataset folder {folder}: a dataset's files are "
+                    f"read from inside its folder only. Put the file itself there, or name data files elsewhere with "
+                    f"--train_file etc."
+                )
 
 
 def _load_raw(source: _Source, cache_dir: str | os.PathLike | None) -> datasets.DatasetDict:
@@ -362,6 +379,11 @@ class _Canonical:
             if not path.is_relative_to(self.base_folder):
                 # A data file names pictures beside it; one that climbs out could make training read any file.
                 return self._missing(f"a relative path that leaves the data's folder: {quoted(image)}")
+        path = Path(os.path.normpath(path))
+        base = self.base_folder
+        if base is not None and path.is_relative_to(base) and leaves_folder(path, base):
+            # The same rule for where the path leads: a link in the data's folder may not lead out of it.
+            return self._missing(f"a symbolic link that leads outside the data's folder: {quoted(image)}")
         problem = check_image_file(path)
         if problem is not None:
             return self._missing(f"{problem}: {path}")

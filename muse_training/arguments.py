@@ -442,7 +442,10 @@ class RunArguments:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start afresh even if output_dir holds checkpoints of an earlier run (they are deleted)."},
+        metadata={
+            "help": "Train into an output_dir that is not empty: an earlier run's files there (checkpoints, model, "
+            "card, results, predictions) are deleted, any other file stays."
+        },
     )
     logging_steps: int = field(
         default=10,
@@ -499,7 +502,21 @@ class RunArguments:
         },
     )
     push_to_hub: bool = field(
-        default=False, metadata={"help": "Upload output_dir (model, processor, card) at the end."}
+        default=False,
+        metadata={"help": "Upload the run's model, processor, card and results to the Hub at the end (no other file)."},
+    )
+    push_predictions: bool = field(
+        default=False,
+        metadata={
+            "help": "With --push_to_hub, upload predictions.jsonl too (the test posts' text, under their license)."
+        },
+    )
+    hub_private_repo: bool | None = field(
+        default=None,
+        metadata={
+            "help": "true creates the Hub repository private, false public; default: the Hub's default for its owner "
+            "(public for a user). An existing repository keeps its visibility, and one that differs is refused."
+        },
     )
     hub_model_id: str | None = field(
         default=None,

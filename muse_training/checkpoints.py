@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -27,25 +28,38 @@ from accelerate.utils import RNG_STATE_NAME
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+from datasets_scripts.errors import file_id_problem
 from modeling_muse.reporting import first_then_count
 from processing_muse import MuSEProcessor
 
-from .lora import is_adapter_model, load_adapter_weights, save_adapter
+from .checkpoint_files import (
+    READ_ONLY_PLAIN_VALUES,
+    UnsafeCheckpointFile,
+    check_pickled_files,
+    load_weights_only,
+    weights_only_loading,
+)
+from .lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, is_adapter_model, load_adapter_weights, save_adapter
+from .predictions import PARTIAL_SUFFIX, PREDICTIONS_FILE
 
 __all__ = [
     "ARGUMENTS_FILE",
     "BEST_MODEL_MARKER",
+    "LAUNCH_FILES",
     "MODEL_CARD_FILE",
     "PROGRESS_FILE",
     "RESULTS_FILE",
+    "RUN_FILES",
     "TrainingProgress",
     "checkpoint_folders",
     "find_latest_checkpoint",
     "is_checkpoint_name",
     "load_best_weights",
+    "marker_files",
     "prepare_output_dir",
     "regularizer_weights_prefix",
     "resume",
+    "run_files",
     "save_checkpoint",
     "save_model",
     "training_arguments",
@@ -61,7 +75,8 @@ ARGUMENTS_FILE = "training_arguments.json"
 RESUME_FREE_ARGUMENTS = frozenset(
     {
         "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "logging_steps", "with_tracking", "report_to",
-        "push_to_hub", "hub_model_id", "hub_token", "checkpointing_steps", "save_total_limit",
+        "push_to_hub", "push_predictions", "hub_model_id", "hub_token", "hub_private_repo", "checkpointing_steps",
+        "save_total_limit",
         "dataloader_num_workers", "dataset_cache_dir", "do_eval", "do_predict", "per_device_eval_batch_size",
         "max_eval_samples", "ignore_changed_arguments", "keep_freed_memory", "gradient_checkpointing",
         "defaults_used",
@@ -69,11 +84,17 @@ RESUME_FREE_ARGUMENTS = frozenset(
 )  # fmt: skip
 _CHECKPOINT_NAME = re.compile(r"^(step|epoch)_(\d+)$")
 _INCOMPLETE_SUFFIX = ".incomplete"
-# What a finished run leaves beside its model; a fresh run into the same folder removes them first, so that they
-# never describe a model they did not come from.
 RESULTS_FILE = "all_results.json"
 MODEL_CARD_FILE = "README.md"
-EARLIER_RUN_FILES = (RESULTS_FILE, MODEL_CARD_FILE)
+# A run's own files in output_dir, the only ones a run ever deletes or uploads: the checkpoint folders, the files
+# named here, and those the best-model marker lists (what `save_model` wrote: processor, tokenizer and code files).
+RUN_FILES = (
+    RESULTS_FILE, MODEL_CARD_FILE, PREDICTIONS_FILE, BEST_MODEL_MARKER, "config.json", "model.safetensors.index.json",
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+)  # fmt: skip
+_MODEL_WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
+# What the launch puts beside them, never deleted: reproduce.py's argument file and console log of a run.
+LAUNCH_FILES = ("args.yaml", "train.log")
 
 
 def is_checkpoint_name(name: str) -> bool:
@@ -193,17 +214,64 @@ def save_checkpoint(
     return final
 
 
+def marker_files(output_dir: str | os.PathLike) -> list[str]:
+    """The files the best-model marker of ``output_dir`` lists as written with the kept model (`save_model`): plain
+    names of files in that folder; none when there is no readable marker."""
+    try:
+        listed = json.loads(Path(output_dir, BEST_MODEL_MARKER).read_text(encoding="utf-8")).get("files")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return []
+    if not isinstance(listed, list):
+        return []
+    # The marker is a file in a folder anyone may have edited: a name that leaves the folder is never taken.
+    return [name for name in listed if isinstance(name, str) and file_id_problem(name) is None]
+
+
+def run_files(output_dir: str | os.PathLike, task: str) -> tuple[list[Path], list[Path]]:
+    """The entries of ``output_dir`` that are a run's own (`RUN_FILES`, model weights, checkpoint folders, the files
+    the marker lists), and all the others, which these scripts did not write; `LAUNCH_FILES` and the trackers'
+    folder (``run_<task>``) are neither. A symbolic link is never a run's own."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return [], []
+    listed = set(marker_files(folder))
+    own, foreign = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in LAUNCH_FILES or entry.name == f"run_{task}":
+            continue
+        if entry.is_symlink():
+            is_own = False
+        elif entry.is_dir():
+            is_own = is_checkpoint_name(entry.name) and (
+                entry.name.endswith(_INCOMPLETE_SUFFIX) or (entry / PROGRESS_FILE).is_file()
+            )
+        else:
+            # A file being written when a run was killed keeps its final name with a suffix.
+            name = entry.name.removesuffix(_INCOMPLETE_SUFFIX).removesuffix(PARTIAL_SUFFIX)
+            is_own = name in RUN_FILES or name in listed or bool(_MODEL_WEIGHTS.match(name))
+        (own if is_own else foreign).append(entry)
+    return own, foreign
+
+
 def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Path | None:
     """Decide between a fresh start and a resume; return the checkpoint to resume from, if any.
 
-    A fresh start refuses an output_dir that holds checkpoints of an earlier run (``latest`` would mix runs)
-    unless ``--overwrite_output_dir`` is given, which deletes them. A run that does not train leaves the folder as
-    it is.
+    As in transformers' examples, a fresh training run needs an empty or new output_dir: one that holds anything is
+    refused, naming it, unless ``--overwrite_output_dir``; and even then only a run's own files (`run_files`) are
+    deleted, everything else stays (and is never uploaded). ``--resume_from_checkpoint latest`` in a folder with no
+    checkpoint yet starts the run there afresh when the folder holds nothing but a run's own files. A run that does
+    not train writes its results and predictions only into a new folder, a trained model's folder of these scripts
+    (its ``best_model.json``), or with ``--overwrite_output_dir``.
     """
     output_dir = Path(args.output_dir)
     checkpoint = None
     if not args.do_train:
-        # Evaluating or predicting only adds result files; the folder may well be the evaluated model's own.
+        replaced = [output_dir / name for name in (RESULTS_FILE, PREDICTIONS_FILE) if (output_dir / name).exists()]
+        if replaced and not args.overwrite_output_dir and not (output_dir / BEST_MODEL_MARKER).is_file():
+            raise SystemExit(
+                f"--output_dir {output_dir} already holds {' and '.join(path.name for path in replaced)}, which this "
+                f"run would replace: give a new --output_dir, or pass --overwrite_output_dir to replace them."
+            )
         if accelerator.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
@@ -220,32 +288,37 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
                 f"an output_dir/step_N or output_dir/epoch_N folder, or 'latest'."
             )
     if checkpoint is None:
-        stale = checkpoint_folders(output_dir)
-        if stale and not args.overwrite_output_dir:
-            names = ", ".join(sorted(folder.name for folder in stale))
+        own, foreign = run_files(output_dir, args.task)
+        restart = args.resume_from_checkpoint == "latest" and not foreign
+        if (own or foreign) and not args.overwrite_output_dir and not restart:
+            names = first_then_count([path.name for path in foreign or own], separator=", ")
+            what = f"files these scripts did not write ({names})" if foreign else f"an earlier run ({names})"
             raise SystemExit(
-                f"--output_dir {output_dir} already holds checkpoints of an earlier run ({names}): pass "
-                f"--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to start over."
+                f"--output_dir {output_dir} already holds {what}, and a new run starts in an empty folder: give a new "
+                f"--output_dir; --resume_from_checkpoint (a checkpoint folder, or latest) continues an interrupted run "
+                f"from its checkpoint; --overwrite_output_dir starts over there, deleting only a run's own files "
+                f"(checkpoints, model, processor, {MODEL_CARD_FILE}, {RESULTS_FILE}, {PREDICTIONS_FILE})."
             )
-        earlier_results = [output_dir / name for name in EARLIER_RUN_FILES if (output_dir / name).is_file()]
-        if earlier_results:
+        if own:
             logger.warning(
-                "--output_dir %s holds the model of an earlier run: this run replaces it (its %s are deleted now, "
-                "the model and processor files are overwritten after this run's first epoch). Pass another "
-                "--output_dir to keep it.",
+                "--output_dir %s holds an earlier run: deleting its %s now.",
                 output_dir,
-                " and ".join(path.name for path in earlier_results),
+                first_then_count([path.name for path in own], separator=", "),
             )
-        if stale:
-            names = ", ".join(sorted(folder.name for folder in stale))
-            logger.warning("--overwrite_output_dir: deleting the checkpoints %s", names)
+        if foreign:
+            logger.warning(
+                "--overwrite_output_dir: %s also holds files these scripts did not write (%s): they stay, and are "
+                "never uploaded.",
+                output_dir,
+                first_then_count([path.name for path in foreign], separator=", "),
+            )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            for folder in stale:
-                shutil.rmtree(folder)
-            for path in earlier_results:
-                path.unlink()
-            Path(output_dir, BEST_MODEL_MARKER).unlink(missing_ok=True)
+            for path in own:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -278,20 +351,19 @@ def _check_arguments(checkpoint: Path, args: argparse.Namespace) -> None:
             f"Resume with the same values, or pass {override} to go on with the new ones (the optimizer, "
             f"learning-rate schedule and step of the checkpoint are restored as saved)."
         )
-    logger.warning("%s: resuming with changed arguments (%s%s)", override, listed, more)
+    logger.warning("%s: resuming with changed arguments (%s)", override, listed)
 
 
 def _check_random_states(accelerator: Accelerator, checkpoint: Path) -> None:
     """accelerate skips an unreadable RNG state file with an INFO line, and the resumption is then not exact: a
-    damaged or missing file stops the run instead, naming it."""
+    damaged, missing or foreign file stops the run instead, naming it. Read weights-only (`load_weights_only`)."""
     path = checkpoint / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl"
     try:
-        states = torch.load(path, weights_only=False)
-        missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
-    except Exception as error:  # noqa: BLE001 - whatever unpickling a damaged file raises
-        missing, reason = None, f"{type(error).__name__}: {str(error)[:200]}"
+        states = load_weights_only(path)
+    except UnsafeCheckpointFile as error:
+        reason = f"{error.reason}; {READ_ONLY_PLAIN_VALUES}"
     else:
-        reason = f"it lacks {sorted(missing)}" if missing else None
+        reason = _random_states_problem(states)
     if reason is not None:
         raise SystemExit(
             f"--resume_from_checkpoint: {path} cannot be read ({reason}), so the random state of the run cannot be "
@@ -300,11 +372,32 @@ def _check_random_states(accelerator: Accelerator, checkpoint: Path) -> None:
         )
 
 
+def _random_states_problem(states: Any) -> str | None:
+    """What is wrong with the content of an RNG state file (`accelerate.checkpointing.save_accelerator_state`'s
+    ``random.getstate()``, ``np.random.get_state()``, ``torch.get_rng_state()`` and the step), or None."""
+    if not isinstance(states, dict):
+        return f"it holds a {type(states).__name__}, not the states' mapping"
+    missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
+    if missing:
+        return f"it lacks {sorted(missing)}"
+    python_state, numpy_state = states["random_state"], states["numpy_random_seed"]
+    if not (isinstance(python_state, tuple) and len(python_state) == 3 and isinstance(python_state[1], tuple)):
+        return "its random_state is not Python's random.getstate()"
+    if not (isinstance(numpy_state, tuple) and len(numpy_state) == 5 and isinstance(numpy_state[1], np.ndarray)
+            and numpy_state[1].dtype == np.uint32):  # fmt: skip
+        return "its numpy_random_seed is not numpy's random state"
+    if not (isinstance(states["torch_manual_seed"], torch.Tensor) and states["torch_manual_seed"].dtype == torch.uint8):
+        return "its torch_manual_seed is not torch's random state"
+    return None
+
+
 def resume(accelerator: Accelerator, checkpoint: Path, args: argparse.Namespace) -> TrainingProgress:
     """Load a checkpoint into the prepared objects and return its progress.
 
     The checkpoint is checked first: its progress file, the run's arguments (`_check_arguments`) and its random
-    states must be intact, and its weights must load; anything else stops the run naming the file and the way out.
+    states must be intact, each of its pickled files must hold only what these scripts save (read weights-only,
+    `muse_training.checkpoint_files`), and its weights must load; anything else stops the run naming the file and the
+    way out.
     The best model in ``output_dir`` may have been saved by the interrupted run after this checkpoint; its marker is
     then the authority on which model is kept, so the best-so-far is never lost nor silently replaced by a worse one.
     """
@@ -312,7 +405,15 @@ def resume(accelerator: Accelerator, checkpoint: Path, args: argparse.Namespace)
     _check_arguments(checkpoint, args)
     _check_random_states(accelerator, checkpoint)
     try:
-        accelerator.load_state(str(checkpoint))
+        check_pickled_files(checkpoint)
+    except UnsafeCheckpointFile as error:
+        raise SystemExit(
+            f"--resume_from_checkpoint: {error}. Delete {checkpoint} to resume from an earlier checkpoint, or start "
+            f"afresh with --overwrite_output_dir."
+        ) from error
+    try:
+        with weights_only_loading():
+            accelerator.load_state(str(checkpoint))
     except Exception as error:  # noqa: BLE001 - safetensors, torch and accelerate each raise their own
         raise SystemExit(
             f"--resume_from_checkpoint: {checkpoint} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); "
@@ -322,6 +423,7 @@ def resume(accelerator: Accelerator, checkpoint: Path, args: argparse.Namespace)
     marker = Path(args.output_dir, BEST_MODEL_MARKER)
     if marker.is_file():
         kept = json.loads(marker.read_text())
+        kept.pop("files", None)
         if not progress.best or kept["metrics"]["f1"] > progress.best["metrics"]["f1"]:
             progress.best = kept
     logger.info(
@@ -372,6 +474,7 @@ def save_model(
     starts them newly initialised (`muse_training.models.build_model`).
     """
     accelerator.wait_for_everyone()
+    before = _file_stamps(output_dir) if accelerator.is_main_process else {}
     # get_state_dict gathers the full weights where they are sharded (FSDP, DeepSpeed); else it is the model's own.
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
@@ -389,12 +492,26 @@ def save_model(
             )
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir)
-        # Written last and atomically: a marker always describes complete model files.
+        written = sorted(name for name, stamp in _file_stamps(output_dir).items() if before.get(name) != stamp)
+        # Written last and atomically: a marker always describes complete model files, and lists them (`run_files`).
         marker = Path(output_dir, BEST_MODEL_MARKER)
         partial = marker.with_name(marker.name + _INCOMPLETE_SUFFIX)
-        partial.write_text(json.dumps(best, indent=2))
+        partial.write_text(json.dumps({**best, "files": written}, indent=2))
         partial.replace(marker)
     accelerator.wait_for_everyone()
+
+
+def _file_stamps(folder: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
+    """Each regular file directly in ``folder`` with what changes when it is written (inode, size, modification
+    time), to tell the files a save wrote."""
+    stamps = {}
+    if not os.path.isdir(folder):
+        return stamps
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False):
+            stat = entry.stat(follow_symlinks=False)
+            stamps[entry.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return stamps
 
 
 def load_best_weights(accelerator: Accelerator, model: nn.Module, output_dir: str) -> None:

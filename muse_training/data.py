@@ -14,12 +14,13 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
 from configuration_muse import MuSEConfig
-from datasets_scripts import MissingImagesError, count_placeholder_images, load_muse_dataset
+from datasets_scripts import MissingImagesError, OutsideFolderError, count_placeholder_images, load_muse_dataset
 from datasets_scripts.user_data import UserDataError, load_user_dataset
 from modeling_muse.reporting import TextReport, unknown_words_warning
 from processing_muse import MuSEProcessor, split_words_with_offsets
 
 from .logs import silenced
+from .markdown import code_span
 
 __all__ = ["SPLITS", "build_processor", "describe_data", "load_splits", "make_dataloaders", "report_splits"]
 
@@ -67,7 +68,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
                     cache_dir=args.dataset_cache_dir,
                     allow_private_urls=args.allow_private_urls,
                 )
-    except (UserDataError, MissingImagesError) as error:
+    except (UserDataError, MissingImagesError, OutsideFolderError) as error:
         raise SystemExit(str(error)) from error
     except FileNotFoundError as error:
         raise SystemExit(
@@ -221,11 +222,11 @@ def describe_data(args: argparse.Namespace, raw_datasets: datasets.DatasetDict) 
     Names the dataset, never a folder of this machine.
     """
     if args.is_quickstart:
-        source = f"the bundled sample `{args.dataset_name}` of `datasets_scripts`"
+        source = f"the bundled sample {code_span(args.dataset_name)} of `datasets_scripts`"
     elif args.data_source == "files" or (args.data_source == "dataset" and Path(args.dataset_name).is_dir()):
         source = "the trainer's own data"
     else:
-        source = f"`{args.dataset_name}`"
+        source = code_span(args.dataset_name)
     sizes = ", ".join(f"{len(raw_datasets[split])} {split}" for split in raw_datasets)
     placeholders = sum(count_placeholder_images(raw_datasets[split]) for split in raw_datasets)
     images = f"; {placeholders} of the images are grey placeholders for missing ones" if placeholders else ""

@@ -113,7 +113,7 @@ def start_run(task: TaskInfo, argv: Sequence[str] | None) -> RunStart:
     accelerator = create_accelerator(args)
     set_seed(args.seed)
     if args.push_to_hub and accelerator.is_main_process:
-        args.hub_model_id = create_hub_repo(args.hub_model_id, args.hub_token)
+        args.hub_model_id, _ = create_hub_repo(args.hub_model_id, args.hub_token, args.hub_private_repo)
     raw_datasets = load_splits(args, accelerator)
     checkpoint = prepare_output_dir(accelerator, args)
     return RunStart(args, accelerator, raw_datasets, checkpoint, start_time)

@@ -37,6 +37,8 @@ from torch import nn
 from modeling_muse import MuSEModel, MuSEPreTrainedModel
 from modeling_muse.configuration_muse import is_hub_id
 
+from .markdown import code_block, code_span
+
 __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
@@ -341,14 +343,10 @@ def save_adapter(
     """Write the adapter (``adapter_config.json``, ``adapter_model.safetensors``: the LoRA matrices and the
     ``modules_to_save``) into ``output_dir``; ``state_dict`` is the full model's where it had to be gathered.
 
-    A full model that an earlier run left in ``output_dir`` (``config.json`` and its weights) is deleted: the Auto
-    classes would load it from there in place of the adapter.
+    No full model of an earlier run is there for the Auto classes to load in its place: a fresh run starts in an empty
+    output folder or deletes an earlier run's files first (`muse_training.checkpoints.prepare_output_dir`).
     """
     model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=is_main_process)
-    if is_main_process:
-        folder = Path(output_dir)
-        for path in (folder / "config.json", *folder.glob("model*.safetensors"), *folder.glob("model*.safetensors.index.json")):
-            path.unlink(missing_ok=True)
 
 
 def load_adapter_weights(model: nn.Module, folder: str) -> None:
@@ -371,23 +369,25 @@ def adapter_card_section(model: nn.Module, task: Any, location: str, base: str |
     auto_class = type(model.get_base_model()).__name__.replace("MuSE", "AutoModel", 1)
     targets = config.target_modules if isinstance(config.target_modules, str) else sorted(config.target_modules)
     base = base or "the base MuSE model"
-    return [
-        "## LoRA adapter",
-        "",
-        f"This is a LoRA adapter (peft) of the MuSE model `{base}`, not a whole model: {counts['adapter']:,} "
-        f"parameters, {counts['lora']:,} in the low-rank matrices and {counts['modules_to_save']:,} in the modules "
-        f"trained in full ({', '.join(f'`{name}`' for name in config.modules_to_save)}), where the base has "
-        f"{counts['base']:,}. LoRA rank r = {config.r}, alpha = {config.lora_alpha}, dropout = "
-        f"{config.lora_dropout}, on the layers matching `{targets}`. The training-only regularizer decoders were "
-        f"trained with it and are not part of it. It needs `peft` ({PEFT_INSTALL} with the MuSE repository).",
-        "",
-        "```python",
+    snippet = [
         "from peft import PeftModel",
         f"from transformers import {auto_class}",
         "",
-        f'base = {auto_class}.from_pretrained("{base}", trust_remote_code=True)',
-        f'model = PeftModel.from_pretrained(base, "{location}").eval()',
-        "```",
+        # JSON strings are Python string literals: a name's quotes and line breaks stay inside them.
+        f"base = {auto_class}.from_pretrained({json.dumps(base)}, trust_remote_code=True)",
+        f"model = PeftModel.from_pretrained(base, {json.dumps(location)}).eval()",
+    ]
+    return [
+        "## LoRA adapter",
+        "",
+        f"This is a LoRA adapter (peft) of the MuSE model {code_span(base)}, not a whole model: {counts['adapter']:,} "
+        f"parameters, {counts['lora']:,} in the low-rank matrices and {counts['modules_to_save']:,} in the modules "
+        f"trained in full ({', '.join(code_span(name) for name in config.modules_to_save)}), where the base has "
+        f"{counts['base']:,}. LoRA rank r = {config.r}, alpha = {config.lora_alpha}, dropout = "
+        f"{config.lora_dropout}, on the layers matching {code_span(targets)}. The training-only regularizer decoders "
+        f"were trained with it and are not part of it. It needs `peft` ({PEFT_INSTALL} with the MuSE repository).",
+        "",
+        *code_block("\n".join(snippet), "python"),
         "",
         "With `peft` installed, transformers also puts the adapter onto the base named in `adapter_config.json` by "
         "itself: the code below loads this folder like a whole model.",

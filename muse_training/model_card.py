@@ -1,11 +1,16 @@
 """The model card (``output_dir/README.md``) through `huggingface_hub.ModelCard`: metadata the Hub reads (model-index
 evaluation results, datasets, base model, license, pipeline tag), the scores, the data, the hyperparameters and how to
 load the model. It names Hub ids and dataset names only, never a folder of the machine that trained the model.
+
+Every value that comes from the data, the arguments or a loaded configuration (labels in the test report, dataset,
+folder and model names) is written as code (`muse_training.markdown`), in the loading snippets as a Python string
+literal, and in the metadata by the YAML writer: none of it can become Markdown, HTML or code of the card.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from modeling_muse.configuration_muse import is_hub_id, is_vision_model_id
 from .arguments import DATASET_TITLES, MUSE_ARGUMENTS, TaskInfo, text_encoder_hub_id
 from .checkpoints import MODEL_CARD_FILE, TrainingProgress, regularizer_weights_prefix
 from .lora import adapter_card_section, is_adapter_model
+from .markdown import code_block, code_span, table_cell
 
 __all__ = ["LICENSE", "write_model_card"]
 
@@ -50,14 +56,22 @@ _HYPERPARAMETERS = (
 )
 
 
-def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], named_rows: bool = False) -> str:
+    """A table under the card's own ``header``; a value that is not a number is written as code (`table_cell`), except
+    the first cell of ``named_rows``, the card's own name of the row."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
-        return str(value)
+        if isinstance(value, (bool, int)) or value is None:
+            return str(value)
+        return table_cell(value)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join([str(row[0]) if named_rows else cell(row[0]), *(cell(value) for value in row[1:])]) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -131,6 +145,17 @@ def _decoders_note(kept: bool) -> list[str]:
 def _how_to_load(task: TaskInfo, location: str, on_hub: bool) -> list[str]:
     auto_class = _AUTO_CLASSES[task.name]
     where = "the Hub repository" if on_hub else "this folder (or its Hub id once uploaded)"
+    snippet = [
+        f"from transformers import AutoProcessor, {auto_class}, pipeline",
+        "",
+        # A JSON string is a Python string literal: quotes, backslashes and line breaks in the name stay inside it.
+        f"model_id = {json.dumps(location)}  # {where}",
+        f'classifier = pipeline("{task.custom_pipeline}", model=model_id, trust_remote_code=True)',
+        f'print(classifier({{"text": "{_EXAMPLE_TEXT[task.name]}", "image": "photo.jpg"}}))',
+        "",
+        "processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)",
+        f"model = {auto_class}.from_pretrained(model_id, trust_remote_code=True)",
+    ]
     return [
         "## How to load",
         "",
@@ -139,16 +164,7 @@ def _how_to_load(task: TaskInfo, location: str, on_hub: bool) -> list[str]:
         "the Hub). With the MuSE repository installed, `import modeling_muse` instead and leave `trust_remote_code` "
         "out.",
         "",
-        "```python",
-        f"from transformers import AutoProcessor, {auto_class}, pipeline",
-        "",
-        f'model_id = "{location}"  # {where}',
-        f'classifier = pipeline("{task.custom_pipeline}", model=model_id, trust_remote_code=True)',
-        f'print(classifier({{"text": "{_EXAMPLE_TEXT[task.name]}", "image": "photo.jpg"}}))',
-        "",
-        "processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)",
-        f"model = {auto_class}.from_pretrained(model_id, trust_remote_code=True)",
-        "```",
+        *code_block("\n".join(snippet), "python"),
         "",
     ]
 
@@ -187,7 +203,9 @@ def write_model_card(
         (name, results[f"eval_{name}"], *([results[f"test_{name}"]] if has_test else [])) for name in task.metric_names
     ]
     start = (
-        [f"Fine-tuned from the MuSE model `{base_model_id(args)}`.", ""] if args.model_name_or_path is not None else []
+        [f"Fine-tuned from the MuSE model {code_span(base_model_id(args))}.", ""]
+        if args.model_name_or_path is not None
+        else []
     )
     hyperparameters = [
         ("model_name_or_path", base_model_id(args) or "-"),
@@ -200,12 +218,14 @@ def write_model_card(
         (name, getattr(model.config, name))
         for name in (*MUSE_ARGUMENTS, "use_text", "use_image", "use_cross_transformer")
     ]
+    data_title = DATASET_TITLES.get(args.dataset_name) or code_span(dataset_id(args))
     lines = [
-        f"# MuSE ({task.name.upper()}) trained on {DATASET_TITLES.get(args.dataset_name, dataset_id(args))}",
+        f"# MuSE ({task.name.upper()}) trained on {data_title}",
         "",
         f"{task.description} MuSE (Zhu et al., *Exchanging-based Multimodal Fusion with Transformer*) fuses a text "
-        f"encoder (`{text_model}`) and a {library} image encoder (`{vision_model}`) with a CrossTransformer that "
-        f"exchanges tokens between the two streams. Model class `{type(model).__name__}`, variant `{args.variant}`.",
+        f"encoder ({code_span(text_model)}) and a {library} image encoder ({code_span(vision_model)}) with a "
+        f"CrossTransformer that exchanges tokens between the two streams. Model class `{type(model).__name__}`, "
+        f"variant {code_span(args.variant)}.",
         "",
         *start,
         *(_decoders_note(args.keep_regularizers) if adapter is None and regularizer_weights_prefix(model) else []),
@@ -213,13 +233,13 @@ def write_model_card(
         "",
         f"This is the model of the best validation F1: epoch {results['best_epoch']} (step {results['best_step']}).",
         "",
-        _markdown_table(["metric", "validation", *(["test"] if has_test else [])], headline),
+        _markdown_table(["metric", "validation", *(["test"] if has_test else [])], headline, named_rows=True),
         "",
     ]
     if not has_test:
         lines += ["The data had no test split.", ""]
     if test_report:
-        lines += ["Test report:", "", "```", test_report.rstrip(), "```", ""]
+        lines += ["Test report:", "", *code_block(test_report.rstrip()), ""]
     lines += [
         "Validation after each epoch:",
         "",
@@ -237,11 +257,11 @@ def write_model_card(
         "",
         "## Training hyperparameters",
         "",
-        _markdown_table(["argument", "value"], hyperparameters),
+        _markdown_table(["argument", "value"], hyperparameters, named_rows=True),
         "",
         "MuSE configuration:",
         "",
-        _markdown_table(["field", "value"], muse_fields),
+        _markdown_table(["field", "value"], muse_fields, named_rows=True),
         "",
         f"Training with validation took {results['train_runtime_seconds']:.0f} s "
         f"({results['train_samples_per_second']:.1f} training samples/s), "

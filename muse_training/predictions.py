@@ -8,15 +8,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PREDICTIONS_FILE", "write_predictions"]
+__all__ = ["PARTIAL_SUFFIX", "PREDICTIONS_FILE", "write_predictions"]
 
 PREDICTIONS_FILE = "predictions.jsonl"
+PARTIAL_SUFFIX = ".partial"
 
 
 def write_predictions(output_dir: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
     """Write ``rows`` to ``output_dir/predictions.jsonl``, whole or not at all (a partial file is renamed at the end)."""
     path = Path(output_dir, PREDICTIONS_FILE)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
     with partial.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -14,12 +14,15 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
 
+from modeling_muse.configuration_muse import is_hub_id
+
 from .arguments import TaskInfo
 from .checkpoints import RESULTS_FILE
 from .loop import RunOutcome
 from .data import describe_data
 from .hub import push_to_hub
 from .model_card import dataset_id, write_model_card
+from .predictions import PREDICTIONS_FILE
 
 __all__ = ["finish"]
 
@@ -86,8 +89,17 @@ def finish(
         # Written last: its presence means the run finished (reproduce.py skips such runs).
         Path(args.output_dir, RESULTS_FILE).write_text(json.dumps(results, indent=2))
         if args.push_to_hub and args.do_train:
-            uploaded = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token)
+            base = getattr(args, "peft_base_model", None) or args.model_name_or_path
+            uploaded = push_to_hub(
+                args.output_dir,
+                args.hub_model_id,
+                args.hub_token,
+                include_predictions=args.push_predictions,
+                base_model_hub_id=base if is_hub_id(base) else None,
+            )
             logger.info("Uploaded %d files to https://huggingface.co/%s", len(uploaded), args.hub_model_id)
+            if args.do_predict and not args.push_predictions:
+                logger.info("%s stays here (--push_predictions uploads it).", PREDICTIONS_FILE)
     if args.with_tracking:
         if test_metrics is not None:
             accelerator.log(_flat_metrics("test", test_metrics), step=progress.completed_steps)

@@ -274,25 +274,28 @@ def accelerator():
     return Accelerator(cpu=True)
 
 
-def test_a_fresh_run_into_a_used_output_dir_says_what_happens_to_it(accelerator, tmp_path, caplog):
+def test_a_fresh_run_replaces_an_earlier_run_only_when_told_and_keeps_other_files(accelerator, tmp_path, caplog):
     from argparse import Namespace
 
     earlier = tmp_path / "out"
-    earlier.mkdir()
-    for name in ("all_results.json", "README.md", "config.json", "model.safetensors", BEST_MODEL_MARKER):
+    (earlier / "step_2").mkdir(parents=True)
+    TrainingProgress(completed_steps=2).save(earlier / "step_2")
+    for name in ("all_results.json", "README.md", "config.json", "model.safetensors", "vocab.txt", "args.yaml",
+                 "predictions.jsonl.partial"):  # fmt: skip
         (earlier / name).write_text("{}")
-    args = Namespace(output_dir=str(earlier), resume_from_checkpoint=None, overwrite_output_dir=False, do_train=True)
+    (earlier / BEST_MODEL_MARKER).write_text(json.dumps({"files": ["config.json", "vocab.txt", "../outside.txt"]}))
+    (tmp_path / "outside.txt").write_text("not the run's")
+    args = Namespace(output_dir=str(earlier), resume_from_checkpoint=None, overwrite_output_dir=False, do_train=True,
+                     task="mner")  # fmt: skip
+    with pytest.raises(SystemExit, match=r"already holds an earlier run \(README.md, all_results.json, .*--overwrite_"):
+        prepare_output_dir(accelerator, args)
+    args.overwrite_output_dir = True
     with caplog.at_level("WARNING"):
         assert prepare_output_dir(accelerator, args) is None
-    assert "holds the model of an earlier run: this run replaces it" in caplog.text
-    assert "all_results.json and README.md are deleted now" in caplog.text
-    # Results and card of the earlier model go at once (they would describe a model that is being replaced); the
-    # model files stay until this run saves its own.
-    assert sorted(path.name for path in earlier.iterdir()) == ["config.json", "model.safetensors"]
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        prepare_output_dir(accelerator, args)
-    assert "earlier run" not in caplog.text
+    assert "holds an earlier run: deleting its" in caplog.text
+    # The marker's list names files of the folder only; reproduce.py's argument file stays.
+    assert sorted(path.name for path in earlier.iterdir()) == ["args.yaml"]
+    assert (tmp_path / "outside.txt").is_file()
 
 
 def test_save_total_limit_keeps_the_newest_checkpoints(accelerator, tmp_path):
@@ -518,16 +521,20 @@ def test_model_card_metadata_names_hub_ids_and_datasets_only(tmp_path, monkeypat
 
 class _RecordingHfApi:
     calls: list[tuple[str, dict]] = []
+    private = False
 
     def __init__(self, token=None):
         self.calls.append(("init", {"token": token}))
 
-    def create_repo(self, repo_id, exist_ok=False, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, "exist_ok": exist_ok}))
+    def create_repo(self, repo_id, private=None, exist_ok=False, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, "private": private, "exist_ok": exist_ok}))
         return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
 
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs))
+    def repo_info(self, repo_id, **kwargs):
+        return type("ModelInfo", (), {"private": self.private})()
+
+    def create_commit(self, **kwargs):
+        self.calls.append(("create_commit", kwargs))
 
 
 def _fake_output_dir(root: Path) -> Path:
@@ -538,7 +545,7 @@ def _fake_output_dir(root: Path) -> Path:
         "tokenizer.json",
         "README.md",
         "all_results.json",
-        BEST_MODEL_MARKER,
+        "predictions.jsonl",
         "step_4/model.safetensors",
         "epoch_1/optimizer.bin",
         "step_6.incomplete/model.safetensors",
@@ -546,33 +553,41 @@ def _fake_output_dir(root: Path) -> Path:
         "run_mner/events.log",
         "args.yaml",
         "train.log",
+        "notes.txt",
+        "data.json",
     ):
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(relative)
+    # What save_model wrote with the kept model; notes.txt and data.json are the user's.
+    marker = {"files": ["config.json", "model.safetensors", "processor_config.json", "tokenizer.json"]}
+    (root / BEST_MODEL_MARKER).write_text(json.dumps(marker))
     return root
 
 
-def test_push_to_hub_uploads_the_model_without_checkpoints_arguments_or_logs(tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_run_s_own_files_and_predictions_only_when_asked(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(hub, "HfApi", _RecordingHfApi)
     _RecordingHfApi.calls = []
     output_dir = _fake_output_dir(tmp_path / "muse-out")
-    assert hub.create_hub_repo("muse-out", token="secret") == "someone/muse-out"
+    with caplog.at_level("INFO"):
+        assert hub.create_hub_repo("muse-out", token="secret") == ("someone/muse-out", False)
+    assert "https://huggingface.co/someone/muse-out, a public repository (anyone can read" in caplog.text
     uploaded = push_to_hub(output_dir, "someone/muse-out", token="secret")
-    expected = [
-        "README.md",
-        "all_results.json",
-        "config.json",
-        "model.safetensors",
-        "processor_config.json",
-        "tokenizer.json",
-    ]
+    expected = ["README.md", "all_results.json", "config.json", "model.safetensors", "processor_config.json",
+                "tokenizer.json"]  # fmt: skip
     assert uploaded == expected == files_to_upload(output_dir)
-    (_, create), (_, upload) = [call for call in _RecordingHfApi.calls if call[0] != "init"]
-    assert create == {"repo_id": "muse-out", "exist_ok": True}
-    assert upload["repo_id"] == "someone/muse-out" and upload["folder_path"] == str(output_dir)
-    assert upload["allow_patterns"] == expected
+    assert push_to_hub(output_dir, "someone/muse-out", "secret", include_predictions=True) == sorted(
+        [*expected, "predictions.jsonl"]
+    )
+    (_, create), (_, commit), _ = [call for call in _RecordingHfApi.calls if call[0] != "init"]
+    assert create == {"repo_id": "muse-out", "private": None, "exist_ok": True}
+    assert commit["repo_id"] == "someone/muse-out"
+    assert [operation.path_in_repo for operation in commit["operations"]] == expected
     assert all(call[1]["token"] == "secret" for call in _RecordingHfApi.calls if call[0] == "init")
+    # An existing public repository is not used for a run that asked for a private one.
+    with pytest.raises(SystemExit, match=r"--hub_private_repo true: the Hub repository someone/muse-out exists and is "
+                                         r"public"):  # fmt: skip
+        hub.create_hub_repo("muse-out", token=None, private=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
