@@ -115,7 +115,8 @@ class CRFTaggingHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
-        self.crf = CRF(num_labels, batch_first=True)
+        # Float32 whatever the default dtype a model is built under: its numerics need it (`_keep_in_fp32_modules_strict`).
+        self.crf = CRF(num_labels, batch_first=True).to(torch.float32)
 
     def emissions(self, fusion_embeddings: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(fusion_embeddings))

@@ -466,6 +466,11 @@ _LOADING_ARGUMENTS = frozenset({
 })
 
 
+# How many bytes of weights a folder's configuration may ask for beyond what its weight files hold, whatever they hold:
+# new heads and the decoders of a small model fit in it; a configuration claiming far larger sizes does not.
+NEW_WEIGHTS_ALLOWANCE = 256 * 2**20
+
+
 class ConfigurationWeightsMismatchError(RuntimeError):
     """A folder's configuration asks for weights its weight files do not hold (a RuntimeError, as transformers' own
     size-mismatch error is)."""
@@ -483,8 +488,9 @@ def check_configuration_against_weights(
     ``model_class(config)`` is built on the meta device; each tensor of the folder's ``*.safetensors`` files is read
     from the file header only. A tensor whose shape differs from the model's is refused (unless
     ``ignore_mismatched_sizes``), and so is a configuration that asks for more bytes of weights that the files lack
-    (new decoders, heads, towers, and resized tensors) than the files hold: every legitimate addition to a saved
-    MuSE (decoders for training on, a new head) is smaller than the model it is added to.
+    (new decoders, heads, towers, and resized tensors) than the files hold, or than `NEW_WEIGHTS_ALLOWANCE`: every
+    legitimate addition to a saved MuSE (decoders for training on, a new head) is smaller than the model it is added
+    to.
     """
     weight_files = sorted((folder / subfolder).glob("*.safetensors"))
     if not weight_files:
@@ -519,12 +525,13 @@ def check_configuration_against_weights(
                     f"with these weights, or pass ignore_mismatched_sizes=True to start the mismatched tensors afresh."
                 )
             new_bytes += math.prod(shape) * element_size
-    if new_bytes > held_bytes:
+    if new_bytes > max(held_bytes, NEW_WEIGHTS_ALLOWANCE):
         raise ConfigurationWeightsMismatchError(
             f"{folder / 'config.json'} asks for {new_bytes / 2**20:.1f} MiB of weights that the folder's weight files "
             f"({', '.join(file.name for file in weight_files)}) do not hold, more than the "
-            f"{held_bytes / 2**20:.1f} MiB they do hold: the configuration does not describe these weights. Use the "
-            f"configuration saved with them."
+            f"{held_bytes / 2**20:.1f} MiB they do hold (and than the {NEW_WEIGHTS_ALLOWANCE / 2**20:.0f} MiB any "
+            f"folder may add): the configuration does not describe these weights. Use the configuration saved with "
+            f"them."
         )
 
 
