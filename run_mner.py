@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
     outcome = train_evaluate_predict(
-        accelerator, model, optimizer, dataloaders, evaluate, TASK.metric_names, processor, run.checkpoint, args
+        accelerator, model, optimizer, dataloaders, evaluate, TASK, processor, run.checkpoint, args
     )
     return finish(accelerator, args, TASK, model, outcome, raw_datasets, run.start_time)
 

@@ -5,12 +5,18 @@
 ``DatasetDict`` with the columns the paper's builders produce:
 
 * NER: ``tokens`` (the words, a list of strings), ``ner_tags`` (a list of ``ClassLabel`` ids; BIO tags) and ``image``;
-* sentiment: ``text`` (a string; a list of words is joined with spaces), ``label`` (a ``ClassLabel``) and ``image``.
+* sentiment: ``text`` (a string; a list of words is joined with spaces), ``label`` and ``image``; ``label`` follows
+  the problem type (transformers' ``config.problem_type``): a ``ClassLabel`` for single-label classification, a list
+  of ``ClassLabel`` ids for multi-label classification, a ``float64`` target for regression (e.g. sentiment
+  intensity).
 
 Columns are found by name (``tokens`` / ``ner_tags`` / ``image`` for NER, ``text`` / ``label`` / ``image`` for sentiment)
 unless named explicitly. Labels may be ``ClassLabel`` ids or strings (integers, for sentiment, too); from strings the
 label list is built over all splits: for NER ``O`` first, then each entity type's ``B-`` and ``I-`` tag, types sorted;
-for sentiment the sorted values.
+for sentiment the sorted values. A sentiment label column's values also tell its problem type, unless
+``problem_type`` names it: a list of labels per post (JSON lines or Parquet) is multi-label classification, a decimal
+number (a float column) regression, a class name or integer single-label classification; ``problem_type=
+"regression"`` also reads integer targets (e.g. star ratings) as numbers.
 
 An image may be a ``datasets.Image`` value (bytes or path), a path (a relative one resolves against ``image_dir``
 when given, else against the data file's folder, or the dataset folder, and may not climb out of it with ``..``, nor
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -50,7 +57,14 @@ from modeling_muse.reporting import LISTED, first_then_count
 from .errors import leaves_folder, quoted
 from .images import MissingImagesError, check_image_file, check_missing_images_policy, placeholder_image_bytes
 
-__all__ = ["DATA_FILE_LOADERS", "DEFAULT_COLUMNS", "UserDataError", "load_user_dataset", "ner_label_list"]
+__all__ = [
+    "DATA_FILE_LOADERS",
+    "DEFAULT_COLUMNS",
+    "PROBLEM_TYPES",
+    "UserDataError",
+    "load_user_dataset",
+    "ner_label_list",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +79,9 @@ _BIO_TAG = re.compile(r"^(O|[BI]-\S.*)$")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 # Each post's row in the split it was read from, kept through a validation split cut from train, for messages.
 _ROW = "__muse_source_row__"
+# transformers' sequence-classification problem types (`PreTrainedConfig.problem_type`), which sentiment data may have.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+_PROBLEM_OF_KIND = {"class": "single_label_classification", "list": "multi_label_classification", "number": "regression"}
 
 
 class UserDataError(ValueError):
@@ -205,59 +222,150 @@ def _class_label(feature: Any) -> datasets.ClassLabel | None:
     return inner if isinstance(inner, datasets.ClassLabel) else None
 
 
-def _label_names(
-    task: str, raw: datasets.DatasetDict, label_column: str, source: _Source, origin: Mapping[str, str]
-) -> list[str]:
-    """The label list: a ``ClassLabel``'s names, or built from the values of every split."""
+def _split_class_labels(
+    raw: datasets.DatasetDict, label_column: str, source: _Source
+) -> tuple[datasets.ClassLabel | None, bool]:
+    """The ``ClassLabel`` of a label column (the same names in every split; None for a column of plain values) and
+    whether the column holds lists of it."""
     features = [dataset.features[label_column] for dataset in raw.values()]
     class_labels = [_class_label(feature) for feature in features]
-    if all(class_labels):
-        names = list(class_labels[0].names)
-        if any(list(label.names) != names for label in class_labels):
+    if not all(class_labels):
+        return None, False
+    names = list(class_labels[0].names)
+    if any(list(label.names) != names for label in class_labels):
+        raise UserDataError(
+            f"{source.description}: the splits' {label_column!r} ClassLabels have different names; give every "
+            f"split the same label list."
+        )
+    return class_labels[0], not isinstance(features[0], datasets.ClassLabel)
+
+
+def _label_names(
+    raw: datasets.DatasetDict, label_column: str, source: _Source, origin: Mapping[str, str]
+) -> list[str]:
+    """The NER label list: a ``ClassLabel``'s names, or built from the tags of every split."""
+    class_label, _ = _split_class_labels(raw, label_column, source)
+    if class_label is not None:
+        names = list(class_label.names)
+        bad = [name for name in names if not _BIO_TAG.match(name)]
+        if bad:
             raise UserDataError(
-                f"{source.description}: the splits' {label_column!r} ClassLabels have different names; give every "
-                f"split the same label list."
+                f"{source.description}: the {label_column!r} ClassLabel names {bad[:LISTED]} are not BIO tags (O, "
+                f"B-<type>, I-<type>); MuSE's CRF tags words in the BIO scheme."
             )
-        if task == "mner":
-            bad = [name for name in names if not _BIO_TAG.match(name)]
-            if bad:
-                raise UserDataError(
-                    f"{source.description}: the {label_column!r} ClassLabel names {bad[:LISTED]} are not BIO tags (O, "
-                    f"B-<type>, I-<type>); MuSE's CRF tags words in the BIO scheme."
-                )
         return names
-    values: set[Any] = set()
+    values: set[str] = set()
     for split, dataset in raw.items():
         for row, value in zip(dataset[_ROW], dataset[label_column], strict=True):
             where = f"{source.split_name(origin[split])} row {row}"
-            items = value if task == "mner" else [value]
-            if task == "mner" and not isinstance(value, list):
+            if not isinstance(value, list):
                 raise UserDataError(
                     f"{where}: {label_column!r} must be a list of tags, one per word, got "
                     f"{quoted(value)}."
                 )
-            for item in items:
-                if task == "mner" and not isinstance(item, str):
+            for item in value:
+                if not isinstance(item, str):
                     raise UserDataError(
                         f"{where}: the tags in {label_column!r} are {type(item).__name__}s; "
                         f"give tag strings (B-PER, I-PER, O, ...) or a ClassLabel feature that names the ids."
                     )
-                if task == "msa" and (isinstance(item, (float, bool)) or not isinstance(item, (str, int))):
-                    raise UserDataError(
-                        f"{where}: {label_column!r} is {quoted(item)}; sentiment labels are "
-                        f"class names (strings), integer classes or a ClassLabel."
-                    )
-                if task == "mner" and not _BIO_TAG.match(item):
+                if not _BIO_TAG.match(item):
                     raise UserDataError(
                         f"{where}: the tag {quoted(item)} is not a BIO tag (O, B-<type>, "
                         f"I-<type>); MuSE's CRF tags words in the BIO scheme."
                     )
                 values.add(item)
-    if task == "mner":
-        return ner_label_list(values)
+    return ner_label_list(values)
+
+
+def _is_class(value: Any) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def _label_kind(value: Any) -> str | None:
+    """``"list"`` (labels of a multi-label post), ``"number"`` (a decimal regression target), ``"class"`` (a class
+    name or integer class), or None for what no problem type reads."""
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, float):
+        return "number"
+    return "class" if _is_class(value) else None
+
+
+_KIND_HELP = {
+    "single_label_classification": "one class per post: a class name (string) or an integer class",
+    "multi_label_classification": "a list of class names (or integer classes) per post, empty for none, in JSON "
+    "lines or Parquet (a CSV cannot hold lists)",
+    "regression": "one finite number per post",
+}
+
+
+def _sentiment_labels(
+    raw: datasets.DatasetDict,
+    label_column: str,
+    source: _Source,
+    origin: Mapping[str, str],
+    problem_type: str | None,
+) -> tuple[str, list[str]]:
+    """The problem type of a sentiment label column and its label list (for regression, the column's name).
+
+    A ``ClassLabel`` column is single-label, a list of one multi-label; plain values tell the problem type by their
+    kind (`_label_kind`) unless ``problem_type`` names it. A value no problem type reads, a mix of kinds, a missing
+    or non-finite target, or values that contradict ``problem_type`` are errors naming the row.
+    """
+    if problem_type is not None and problem_type not in PROBLEM_TYPES:
+        raise UserDataError(f"--problem_type {problem_type!r}: choose one of {', '.join(PROBLEM_TYPES)}.")
+    class_label, is_list = _split_class_labels(raw, label_column, source)
+    if class_label is not None:
+        found = PROBLEM_TYPES[1] if is_list else PROBLEM_TYPES[0]
+        if problem_type not in (None, found):
+            raise UserDataError(
+                f"{source.description}: {label_column!r} is a ClassLabel{' list' if is_list else ''} column, which is "
+                f"{found}, not --problem_type {problem_type}."
+            )
+        return found, list(class_label.names)
+    expected = _KIND_HELP[problem_type] if problem_type else "; ".join(
+        f"{name}: {help_text}" for name, help_text in _KIND_HELP.items()
+    )
+    kinds: dict[str, str] = {}
+    values: set[Any] = set()
+    for split, dataset in raw.items():
+        for row, value in zip(dataset[_ROW], dataset[label_column], strict=True):
+            where = f"{source.split_name(origin[split])} row {row}"
+            kind = _label_kind(value)
+            if problem_type == "regression" and kind == "class" and isinstance(value, int):
+                kind = "number"
+            if value is None or (kind == "number" and not math.isfinite(value)):
+                raise UserDataError(
+                    f"{where}: {label_column!r} is {'empty' if value is None else quoted(value)}; every post needs "
+                    f"a label ({expected})."
+                )
+            if kind is None or (problem_type is not None and _PROBLEM_OF_KIND[kind] != problem_type):
+                stated = f" for --problem_type {problem_type}" if problem_type else ""
+                raise UserDataError(f"{where}: {label_column!r} is {quoted(value)}, not a label{stated} ({expected}).")
+            kinds.setdefault(kind, where)
+            if len(kinds) > 1:
+                first, second = (f"{name} ({_PROBLEM_OF_KIND[name]}) at {at}" for name, at in kinds.items())
+                raise UserDataError(
+                    f"{source.description}: {label_column!r} mixes kinds of labels: {first}, {second}; give every "
+                    f"post the same kind."
+                )
+            if kind == "list":
+                bad = [item for item in value if not _is_class(item)]
+                if bad:
+                    raise UserDataError(
+                        f"{where}: {label_column!r} holds {quoted(bad[0])}; a multi-label post's labels are class "
+                        f"names (strings) or integer classes."
+                    )
+                values.update(value)
+            elif kind == "class":
+                values.add(value)
+    found = _PROBLEM_OF_KIND[next(iter(kinds))] if kinds else (problem_type or PROBLEM_TYPES[0])
+    if found == "regression":
+        return found, [label_column]
     if len({type(value) for value in values}) > 1:
         raise UserDataError(f"{source.description}: {label_column!r} mixes strings and integers; use one kind.")
-    return [str(value) for value in sorted(values)]
+    return found, [str(value) for value in sorted(values)]
 
 
 @dataclass
@@ -276,6 +384,8 @@ class _Canonical:
     timeout: float
     max_image_bytes: int
     allow_private_urls: bool = False
+    # Sentiment only: the label column's problem type (`_sentiment_labels`).
+    problem_type: str | None = None
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         text_column, label_column, image_column = self.columns
@@ -289,7 +399,7 @@ class _Canonical:
                 texts.append(words)
             else:
                 texts.append(self._text(row, text))
-                labels.append(self._class_id(row, label))
+                labels.append(self._sentiment_label(label))
             value, problem = self._image(image)
             images.append(value)
             problems.append(problem)
@@ -327,7 +437,13 @@ class _Canonical:
             raise UserDataError(f"{self._where(row)}: {self.columns[0]!r} must be the post's text, got {quoted(text)}.")
         return text
 
-    def _class_id(self, row: int, label: Any) -> int:
+    def _sentiment_label(self, label: Any) -> int | list[int] | float:
+        """The class id, the list of class ids (each once, in the post's order) or the regression target."""
+        if self.problem_type == "regression":
+            return float(label)
+        if self.problem_type == "multi_label_classification":
+            ids = label if self.label_is_class else [self.label_names.index(str(item)) for item in label]
+            return list(dict.fromkeys(ids))
         if self.label_is_class:
             return label
         return self.label_names.index(str(label))
@@ -407,10 +523,14 @@ def _inside(path: Path, folders: Sequence[str]) -> bool:
     return any(real != folder and os.path.commonpath([real, folder]) == folder for folder in folders)
 
 
-def _features(task: str, label_names: list[str]) -> datasets.Features:
+def _features(task: str, label_names: list[str], problem_type: str | None) -> datasets.Features:
     label = datasets.ClassLabel(names=label_names)
     if task == "mner":
         columns = {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(label)}
+    elif problem_type == "regression":
+        columns = {"text": datasets.Value("string"), "label": datasets.Value("float64")}
+    elif problem_type == "multi_label_classification":
+        columns = {"text": datasets.Value("string"), "label": datasets.List(label)}
     else:
         columns = {"text": datasets.Value("string"), "label": label}
     return datasets.Features({**columns, "image": datasets.Image(), "image_problem": datasets.Value("string")})
@@ -458,6 +578,7 @@ def load_user_dataset(
     timeout: float = DEFAULT_TIMEOUT,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     allow_private_urls: bool = False,
+    problem_type: str | None = None,
 ) -> datasets.DatasetDict:
     """Load a dataset of the user's as the training scripts' splits (see the module docstring).
 
@@ -475,6 +596,8 @@ def load_user_dataset(
         timeout, max_image_bytes: limits of each image URL's download.
         allow_private_urls: also fetch image URLs of private, loopback and link-local addresses (pictures served on
             your own network); by default only public addresses are fetched (see `modeling_muse.url_fetch`).
+        problem_type: sentiment only: ``"single_label_classification"``, ``"multi_label_classification"`` or
+            ``"regression"``; ``None`` tells it from the label column (see the module docstring).
 
     Returns:
         A ``DatasetDict`` with the splits the data has (``validation`` cut from train when asked).
@@ -484,6 +607,10 @@ def load_user_dataset(
         MissingImagesError: under ``"error"`` when images are missing or unreadable, listing them.
     """
     check_missing_images_policy(missing_images)
+    if problem_type is not None and task != "msa":
+        raise UserDataError(
+            f"--problem_type {problem_type}: NER tags words in the BIO scheme and has no problem type; drop it."
+        )
     if (dataset_name is None) == (not data_files):
         raise UserDataError("Give either dataset_name (a Hub id or a folder) or data_files, not both or neither.")
     source = _source(dataset_name, dataset_config_name, data_files, image_dir)
@@ -507,7 +634,10 @@ def load_user_dataset(
             seed,
         )
     columns = _columns(task, raw, (text_column, label_column, image_column), source)
-    label_names = _label_names(task, raw, columns[1], source, origin)
+    if task == "mner":
+        label_names = _label_names(raw, columns[1], source, origin)
+    else:
+        problem_type, label_names = _sentiment_labels(raw, columns[1], source, origin, problem_type)
     canonical = {}
     for split, dataset in raw.items():
         if isinstance(dataset.features[columns[2]], datasets.Image):
@@ -519,6 +649,7 @@ def load_user_dataset(
             columns=columns,
             label_names=label_names,
             label_is_class=_class_label(dataset.features[columns[1]]) is not None,
+            problem_type=problem_type,
             base_folder=str(base_folder) if base_folder is not None else None,
             from_hub=source.from_hub,
             trusted_folders=_download_caches(cache_dir),
@@ -530,7 +661,7 @@ def load_user_dataset(
             convert,
             batched=True,
             remove_columns=dataset.column_names,
-            features=_features(task, label_names),
+            features=_features(task, label_names, problem_type),
             desc=f"reading {split} images",
         )
     result = datasets.DatasetDict(canonical)

@@ -75,6 +75,9 @@ from .reporting import PostCut, TextReport, placeholder_warning, truncation_warn
 
 __all__ = ["MultimodalNERPipeline", "MultimodalSentimentPipeline", "MuSEPipeline"]
 
+# What MultimodalSentimentPipeline's function_to_apply may name, as transformers' ClassificationFunction.
+_SCORE_FUNCTIONS = ("softmax", "sigmoid", "none")
+
 logger = logging.getLogger(__name__)
 
 # What allow_missing_image=True replaces by the placeholder: an image that names a picture which cannot be obtained
@@ -486,15 +489,30 @@ class MultimodalSentimentPipeline(MuSEPipeline):
 
     Call arguments (also accepted by `pipeline(...)`):
         top_k (`int` or `None`): not given, each post gets its best ``{"label", "score"}``; an int gives the k best
-            as a list, sorted by score; `None` gives all labels, sorted. Scores are softmax probabilities.
+            as a list, sorted by score; `None` gives all labels, sorted.
+        function_to_apply (`str`, defaults to the model's): what turns the logits into scores, as in transformers'
+            text-classification pipeline: ``"softmax"`` (probabilities over the labels; single-label
+            classification), ``"sigmoid"`` (each label's own probability; ``config.problem_type ==
+            "multi_label_classification"``, or one output without a problem type) or ``"none"`` (the raw value;
+            ``"regression"``, e.g. sentiment intensity).
         return_exchange (`bool`, defaults to `False`): return ``{"prediction": ..., "exchange": {...}}`` per post.
         allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), total_timeout
             (`float`, defaults to none), max_image_bytes (`int`, defaults to 20 MiB), max_decoded_bytes (`int`,
             defaults to 128 MiB), allow_private_urls (`bool`, defaults to `False`): see the module docs.
     """
 
-    def _sanitize_parameters(self, top_k: int | None | str = "", **common: Any) -> tuple[dict, dict, dict]:
+    def _sanitize_parameters(
+        self, top_k: int | None | str = "", function_to_apply: Any = None, **common: Any
+    ) -> tuple[dict, dict, dict]:
         preprocess_params, forward_params, postprocess_params = self._sanitize_common(**common)
+        if function_to_apply is not None:
+            # A name, or transformers' ClassificationFunction (whose values are these names).
+            name = str(getattr(function_to_apply, "value", function_to_apply)).lower()
+            if name not in _SCORE_FUNCTIONS:
+                raise ValueError(
+                    f"function_to_apply: expected one of {', '.join(_SCORE_FUNCTIONS)}, got {function_to_apply!r}."
+                )
+            postprocess_params["function_to_apply"] = name
         # "" (the default) means "not given", as in TextClassificationPipeline, because None asks for all labels.
         if top_k != "":
             if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -503,15 +521,34 @@ class MultimodalSentimentPipeline(MuSEPipeline):
         return preprocess_params, forward_params, postprocess_params
 
     def _head_outputs(self, outputs: Any, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"probabilities": outputs.logits.float().softmax(dim=-1)}
+        return {"logits": outputs.logits.float()}
+
+    def _default_function(self) -> str:
+        """transformers' choice (`TextClassificationPipeline.postprocess`) by ``config.problem_type``."""
+        config = self.model.config
+        if config.problem_type == "regression":
+            return "none"
+        if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+            return "sigmoid"
+        return "softmax"
 
     def postprocess(
-        self, model_outputs: dict[str, Any], top_k: int | None | str = "", return_exchange: bool = False
+        self,
+        model_outputs: dict[str, Any],
+        top_k: int | None | str = "",
+        return_exchange: bool = False,
+        function_to_apply: str | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         id2label = self.model.config.id2label
-        probabilities = model_outputs["probabilities"][0].tolist()
+        logits = model_outputs["logits"][0]
+        function = function_to_apply or self._default_function()
+        if function == "softmax":
+            logits = logits.softmax(dim=-1)
+        elif function == "sigmoid":
+            logits = logits.sigmoid()
+        scores = logits.tolist()
         ranked = sorted(
-            ({"label": id2label[index], "score": score} for index, score in enumerate(probabilities)),
+            ({"label": id2label[index], "score": score} for index, score in enumerate(scores)),
             key=lambda entry: entry["score"],
             reverse=True,
         )

@@ -87,8 +87,10 @@ class TaskInfo:
         head_modules: names of the model's top-level head modules, trained with ``--head_learning_rate``.
         pipeline_tag: the Hub pipeline tag of the model card.
         custom_pipeline: the task of this project's own pipeline (``pipeline("multimodal-ner", ...)``).
-        metric_names: headline metrics, in the order they are printed; ``"f1"`` selects the best model.
+        metric_names: headline metrics, in the order they are printed.
         description: one line for ``--help`` and the model card.
+        best_metric: the validation metric that selects the kept model, better when higher if
+            ``greater_is_better`` (the names of transformers' ``metric_for_best_model`` and ``greater_is_better``).
     """
 
     name: str
@@ -100,6 +102,15 @@ class TaskInfo:
     custom_pipeline: str
     metric_names: tuple[str, ...]
     description: str
+    best_metric: str = "f1"
+    greater_is_better: bool = True
+
+    def improves(self, metrics: dict[str, Any], best: dict[str, Any]) -> bool:
+        """Whether validation ``metrics`` beat the kept model's (``best``: its metrics; empty before any)."""
+        if not best:
+            return True
+        new, kept = metrics[self.best_metric], best[self.best_metric]
+        return new > kept if self.greater_is_better else new < kept
 
     @property
     def default_output_dir(self) -> str:
@@ -224,6 +235,15 @@ class DataArguments:
         metadata={
             "help": "Column of the tags (NER: BIO tags, ClassLabel ids or strings) or the label (sentiment: any "
             "class names). Default: ner_tags / label."
+        },
+    )
+    problem_type: Literal["single_label_classification", "multi_label_classification", "regression"] | None = field(
+        default=None,
+        metadata={
+            "help": "run_msa.py, your own data: how the label column is read and trained (transformers' "
+            "problem_type). Default: from the labels: a list of class names per post (JSON lines, Parquet) is "
+            "multi_label_classification, a decimal number (e.g. sentiment intensity) regression, else "
+            "single_label_classification; give regression for integer targets such as star ratings."
         },
     )
     image_column_name: str | None = field(
@@ -777,6 +797,11 @@ def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, ta
 
 
 def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.problem_type is not None and (args.task != "msa" or args.data_source == "paper"):
+        parser.error(
+            f"--problem_type {args.problem_type} is for run_msa.py on your own data (the paper's datasets are "
+            f"single-label); drop it."
+        )
     if args.data_source != "paper":
         if args.data_dir is not None:
             parser.error(

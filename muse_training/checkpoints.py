@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,8 +391,15 @@ def _random_states_problem(states: Any) -> str | None:
     return None
 
 
-def resume(accelerator: Accelerator, checkpoint: Path, args: argparse.Namespace) -> TrainingProgress:
+def resume(
+    accelerator: Accelerator,
+    checkpoint: Path,
+    args: argparse.Namespace,
+    improves: Callable[[dict[str, Any], dict[str, Any]], bool],
+) -> TrainingProgress:
     """Load a checkpoint into the prepared objects and return its progress.
+
+    ``improves(metrics, best_metrics)`` tells whether validation metrics beat the kept ones (`TaskInfo.improves`).
 
     The checkpoint is checked first: its progress file, the run's arguments (`_check_arguments`) and its random
     states must be intact, each of its pickled files must hold only what these scripts save (read weights-only,
@@ -424,7 +431,7 @@ def resume(accelerator: Accelerator, checkpoint: Path, args: argparse.Namespace)
     if marker.is_file():
         kept = json.loads(marker.read_text())
         kept.pop("files", None)
-        if not progress.best or kept["metrics"]["f1"] > progress.best["metrics"]["f1"]:
+        if not progress.best or improves(kept["metrics"], progress.best["metrics"]):
             progress.best = kept
     logger.info(
         "Resumed from %s: %d optimizer steps done, continuing epoch %d after its first %d steps.",

@@ -67,6 +67,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
                     seed=args.seed,
                     cache_dir=args.dataset_cache_dir,
                     allow_private_urls=args.allow_private_urls,
+                    problem_type=args.problem_type,
                 )
     except (UserDataError, MissingImagesError, OutsideFolderError) as error:
         raise SystemExit(str(error)) from error

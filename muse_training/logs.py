@@ -18,7 +18,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 
-__all__ = ["LOSS_TERMS", "LossMeter", "configure_logging", "epoch_summary", "silenced"]
+__all__ = ["LOSS_TERMS", "LossMeter", "configure_logging", "epoch_summary", "held_back", "pass_on", "silenced"]
 
 # Loss terms of the MuSE outputs and their names in the logs.
 LOSS_TERMS = {
@@ -63,6 +63,34 @@ def silenced(logger_name: str) -> Iterator[None]:
         yield
     finally:
         quieted.setLevel(level)
+
+
+@contextmanager
+def held_back(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Hold back the records that ``logger_name`` itself logs inside the block, in the list this yields: the caller
+    then drops them or passes them on with `pass_on`. If the block raises, they are passed on first."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    quieted = logging.getLogger(logger_name)
+    quieted.addFilter(hold)
+    try:
+        yield held
+    except BaseException:
+        quieted.removeFilter(hold)
+        pass_on(logger_name, held)
+        raise
+    finally:
+        quieted.removeFilter(hold)
+
+
+def pass_on(logger_name: str, records: list[logging.LogRecord]) -> None:
+    """Log records held back by `held_back` as they would have been."""
+    for record in records:
+        logging.getLogger(logger_name).handle(record)
 
 
 class LossMeter:

@@ -35,6 +35,7 @@ from .checkpoints import (
     training_arguments,
 )
 from .data import load_splits
+from .divergence import NonFiniteLossGuard, check_validation_loss, check_weights_finite
 from .evaluation import use_best_model
 from .hub import create_hub_repo
 from .logs import LossMeter, configure_logging, epoch_summary
@@ -150,17 +151,19 @@ def fit(
     schedule: Schedule,
     train_dataloader: DataLoader,
     validate: Callable[[], dict[str, Any]],
-    metric_names: Sequence[str],
+    task: TaskInfo,
     processor: MuSEProcessor,
     progress: TrainingProgress,
     args: argparse.Namespace,
 ) -> dict[str, float]:
     """Train for ``schedule.max_train_steps`` optimizer steps, validating after every epoch.
 
-    ``validate()`` returns the validation metrics (``"f1"`` among them; a ``"report"`` string is dropped here, the
-    test report is shown at the end). One line per epoch shows the loss terms and the ``metric_names`` of
-    validation. The model with the best validation F1 is saved to ``output_dir``; checkpoints follow
-    ``--checkpointing_steps``. Returns training statistics of this process's run for ``all_results.json``.
+    ``validate()`` returns the validation metrics (the task's ``metric_names`` and ``loss`` among them; a
+    ``"report"`` string is dropped here, the test report is shown at the end). One line per epoch shows the loss
+    terms and the ``metric_names`` of validation. The model with the best validation ``task.best_metric`` is saved
+    to ``output_dir``; checkpoints follow ``--checkpointing_steps``. A NaN or infinite loss term, weight or
+    validation loss stops the run with an error before anything is saved (`muse_training.divergence`). Returns
+    training statistics of this process's run for ``all_results.json``.
     """
     if args.with_tracking:
         accelerator.init_trackers(f"run_{args.task}", _tracker_config(args))
@@ -186,9 +189,16 @@ def fit(
     )
     # The window feeds the progress bar and the trackers every --logging_steps; the epoch meter the summary line.
     window, epoch_meter = LossMeter(accelerator), LossMeter(accelerator)
+    guard = NonFiniteLossGuard(accelerator)
+
+    def check_before_saving() -> None:
+        guard.check(progress, args)
+        check_weights_finite(accelerator, model, progress, args)
+
     start, samples_trained = time.perf_counter(), 0
     # Log lines pass through tqdm while its bar is shown, instead of landing in the middle of the bar.
-    with logging_redirect_tqdm():
+    # The bar is closed also when a diverged run stops, so that the error starts on a line of its own.
+    with progress_bar, logging_redirect_tqdm():
         for epoch in range(progress.epoch, schedule.num_train_epochs):
             epoch_start = time.perf_counter()
             epoch_meter.reset()
@@ -206,6 +216,7 @@ def fit(
                     break
                 with accelerator.accumulate(model):
                     outputs = model(**batch)
+                    guard.update(outputs, progress.completed_steps + 1, epoch + 1)
                     accelerator.backward(outputs.loss)
                     optimizer.step()
                     lr_scheduler.step()
@@ -220,12 +231,15 @@ def fit(
                 progress.epoch_step += 1
                 progress_bar.update(1)
                 if progress.completed_steps % args.logging_steps == 0:
+                    # The window's loss is read from the device here anyway: a diverged step stops the run now.
+                    guard.check(progress, args)
                     values = _log_window(accelerator, window, progress, lr_scheduler.get_last_lr()[0], args)
                     progress_bar.set_postfix(loss=f"{values['loss']:.4f}")
                 if (
                     isinstance(args.checkpointing_steps, int)
                     and progress.completed_steps % args.checkpointing_steps == 0
                 ):
+                    check_before_saving()
                     save_checkpoint(
                         accelerator,
                         args.output_dir,
@@ -234,17 +248,19 @@ def fit(
                         args.save_total_limit,
                         training_arguments(args),
                     )
+            check_before_saving()
             if window.batches:
                 _log_window(accelerator, window, progress, lr_scheduler.get_last_lr()[0], args)
             training = epoch_meter.summary() if epoch_meter.batches else None
             metrics = validate()
             metrics.pop("report", None)
+            check_validation_loss(metrics, epoch + 1, progress, args)
             progress.history.append({"epoch": epoch + 1, "step": progress.completed_steps, **metrics})
             if args.with_tracking:
                 accelerator.log(
                     {f"eval/{name}": value for name, value in metrics.items()}, step=progress.completed_steps
                 )
-            improved = not progress.best or metrics["f1"] > progress.best["metrics"]["f1"]
+            improved = task.improves(metrics, progress.best.get("metrics", {}))
             if improved:
                 progress.best = {"epoch": epoch + 1, "step": progress.completed_steps, "metrics": metrics}
                 save_model(
@@ -256,13 +272,14 @@ def fit(
                     schedule.num_train_epochs,
                     training,
                     metrics,
-                    metric_names,
+                    task.metric_names,
                     time.perf_counter() - epoch_start,
                     args.output_dir if improved else None,
                 )
             )
             progress.epoch, progress.epoch_step = epoch + 1, 0
             if args.checkpointing_steps == "epoch":
+                check_before_saving()
                 save_checkpoint(
                     accelerator,
                     args.output_dir,
@@ -273,7 +290,6 @@ def fit(
                 )
             if progress.completed_steps >= schedule.max_train_steps:
                 break
-    progress_bar.close()
     runtime = time.perf_counter() - start
     return {
         "train_runtime_seconds": runtime,
@@ -312,7 +328,7 @@ def train_evaluate_predict(
     optimizer: torch.optim.Optimizer | None,
     dataloaders: dict[str, DataLoader],
     evaluate: Callable[[str, bool], dict[str, Any]],
-    metric_names: Sequence[str],
+    task: TaskInfo,
     processor: MuSEProcessor,
     checkpoint: Path | None,
     args: argparse.Namespace,
@@ -327,7 +343,7 @@ def train_evaluate_predict(
     if args.do_train:
         lr_scheduler, schedule = create_scheduler(accelerator, optimizer, dataloaders["train"], args)
         if checkpoint:
-            outcome.progress = resume(accelerator, checkpoint, args)
+            outcome.progress = resume(accelerator, checkpoint, args, task.improves)
         outcome.training_stats = fit(
             accelerator,
             model,
@@ -336,7 +352,7 @@ def train_evaluate_predict(
             schedule,
             dataloaders["train"],
             lambda: evaluate("validation", False),
-            metric_names,
+            task,
             processor,
             outcome.progress,
             args,

@@ -35,6 +35,11 @@ _METRIC_TITLES = {
     "recall": "Test recall (entity-level micro, seqeval)",
     "f1": "Test F1",
     "accuracy": "Test accuracy",
+    "micro_f1": "Test micro F1 (over every post's labels)",
+    "macro_f1": "Test macro F1 (mean over labels)",
+    "exact_match": "Test exact-match accuracy (every label of a post right)",
+    "mse": "Test mean squared error",
+    "mae": "Test mean absolute error",
 }
 _AUTO_CLASSES = {"mner": "AutoModelForTokenClassification", "msa": "AutoModelForSequenceClassification"}
 _EXAMPLE_TEXT = {"mner": "Kevin Durant joins the Warriors", "msa": "What a wonderful day at the beach"}
@@ -97,7 +102,7 @@ def dataset_id(args: argparse.Namespace) -> str:
 
 
 def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any], model_name: str) -> ModelCardData:
-    split = "test" if "test_f1" in results else "validation"
+    split = "test" if f"test_{task.best_metric}" in results else "validation"
     prefix = "test" if split == "test" else "eval"
     title = "Test" if split == "test" else "Validation"
     f1_title = f"{title} F1 (entity-level micro, seqeval)" if task.name == "mner" else f"{title} F1 (support-weighted)"
@@ -198,7 +203,7 @@ def write_model_card(
         else f"a {config.vision_timm_architecture or config.vision_config.model_type} tower from a local folder"
     )
     library = "transformers" if config.vision_config is not None else "timm"
-    has_test = "test_f1" in results
+    has_test = f"test_{task.best_metric}" in results
     headline = [
         (name, results[f"eval_{name}"], *([results[f"test_{name}"]] if has_test else [])) for name in task.metric_names
     ]
@@ -225,13 +230,15 @@ def write_model_card(
         f"{task.description} MuSE (Zhu et al., *Exchanging-based Multimodal Fusion with Transformer*) fuses a text "
         f"encoder ({code_span(text_model)}) and a {library} image encoder ({code_span(vision_model)}) with a "
         f"CrossTransformer that exchanges tokens between the two streams. Model class `{type(model).__name__}`, "
-        f"variant {code_span(args.variant)}.",
+        f"variant {code_span(args.variant)}"
+        + (f", problem type {code_span(config.problem_type)}." if getattr(config, "problem_type", None) else "."),
         "",
         *start,
         *(_decoders_note(args.keep_regularizers) if adapter is None and regularizer_weights_prefix(model) else []),
         "## Results",
         "",
-        f"This is the model of the best validation F1: epoch {results['best_epoch']} (step {results['best_step']}).",
+        f"This is the model of the best validation {task.best_metric}: epoch {results['best_epoch']} (step "
+        f"{results['best_step']}).",
         "",
         _markdown_table(["metric", "validation", *(["test"] if has_test else [])], headline, named_rows=True),
         "",

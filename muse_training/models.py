@@ -11,11 +11,53 @@ from accelerate.logging import get_logger
 
 from modeling_muse import MuSEConfig, MuSEPreTrainedModel
 
-from .logs import silenced
+from .logs import held_back, pass_on, silenced
 
-__all__ = ["align_labels", "build_model", "enable_gradient_checkpointing", "load_model", "model_label_names"]
+__all__ = [
+    "align_labels",
+    "build_model",
+    "enable_gradient_checkpointing",
+    "load_model",
+    "model_label_names",
+    "problem_type_of",
+]
 
 logger = get_logger(__name__)
+
+# Where transformers logs its report of the weights a checkpoint lacks or has in excess.
+_TRANSFORMERS_LOADING_LOGGER = "transformers.modeling_utils"
+# The training-only parts of MuSEModel.regularizers (paper eqs. 3-6) as the scripts name them.
+_DECODER_PARTS = {
+    "caption_decoder": "caption decoder",
+    "image_projection": "noisy image projection",
+    "generation_decoder": "PixelCNN++ decoder",
+    "text_projection": "noisy text projection",
+}
+
+
+def _decoder_part(key: str) -> str | None:
+    """The training-only part a state-dict key belongs to, or None for any other weight."""
+    parts = key.split(".")
+    for index, part in enumerate(parts[:-1]):
+        if part == "regularizers" and parts[index + 1] in _DECODER_PARTS:
+            return parts[index + 1]
+    return None
+
+
+def _tensor_counts(keys: Sequence[str]) -> str:
+    """``"caption decoder (12 tensors), PixelCNN++ decoder (96 tensors)"``: the parts ``keys`` belong to."""
+    counts = {part: 0 for part in _DECODER_PARTS}
+    for key in keys:
+        counts[_decoder_part(key)] += 1
+    return ", ".join(f"{_DECODER_PARTS[part]} ({count} tensors)" for part, count in counts.items() if count)
+
+
+def problem_type_of(config: MuSEConfig) -> str:
+    """A sequence-classification model's problem type: ``config.problem_type``, or, unset, what its loss infers
+    from one output (regression) or several (single-label classification; `MuSEForSequenceClassification.task_loss`)."""
+    if config.problem_type is not None:
+        return config.problem_type
+    return "regression" if config.num_labels == 1 else "single_label_classification"
 
 
 def model_label_names(model: MuSEPreTrainedModel) -> list[str]:
@@ -54,10 +96,11 @@ def load_model(
     model_class: type[MuSEPreTrainedModel],
     label_names: Sequence[str],
     head_modules: Sequence[str],
+    problem_type: str | None = None,
 ) -> MuSEPreTrainedModel:
     """The run's model (`build_model`), with gradient checkpointing on for ``--gradient_checkpointing``, and with LoRA
     for ``--use_peft`` (`muse_training.lora.lora_model_for_run`, a `peft.PeftModel`)."""
-    model = build_model(args, model_class, label_names, head_modules)
+    model = build_model(args, model_class, label_names, head_modules, problem_type)
     if getattr(args, "gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
         logger.info("Gradient checkpointing: activations are recomputed in the backward pass.")
@@ -80,16 +123,19 @@ def build_model(
     model_class: type[MuSEPreTrainedModel],
     label_names: Sequence[str],
     head_modules: Sequence[str],
+    problem_type: str | None = None,
 ) -> MuSEPreTrainedModel:
-    """The run's model, labelled with ``label_names``.
+    """The run's model, labelled with ``label_names`` (for regression, the one output's name).
 
     Without ``--model_name_or_path``: a fresh MuSE around the pretrained towers (`from_text_vision_pretrained`). With
-    it: that trained model, all of it, when its labels are the data's (in any order: the caller aligns the data with
-    `model_label_names`); otherwise its ``head_modules`` are replaced by newly initialised ones for ``label_names``,
-    with a warning naming the old and the new labels.
+    it: that trained model, all of it, when its head fits the data (the same labels in any order: the caller aligns
+    the data with `model_label_names`; the same ``problem_type``, a sequence-classification model's
+    ``config.problem_type``, when one is given); otherwise its ``head_modules`` are replaced by newly initialised
+    ones for ``label_names`` and ``problem_type``, with a warning naming the old and the new head.
     """
     id2label = dict(enumerate(label_names))
     label2id = {label: index for index, label in id2label.items()}
+    problem = {"problem_type": problem_type} if problem_type is not None else {}
     if args.model_name_or_path is None:
         # This script trains the new layers right away, so the reminder to train them before predicting does not apply.
         with silenced("modeling_muse.pretrained_towers"):
@@ -99,40 +145,58 @@ def build_model(
                 pretrained_vision=args.pretrained_vision,
                 id2label=id2label,
                 label2id=label2id,
+                **problem,
                 **args.muse_config,
             )
     # An adapter folder's weights go onto its base model (`load_model`), which is loaded here.
     source = getattr(args, "peft_base_model", None) or args.model_name_or_path
     config = MuSEConfig.from_pretrained(source)
-    if args.do_train and not config.include_regularizers:
-        # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
-        config.include_regularizers = True
-        if config.has_caption_decoder or config.has_generation_decoder:
-            logger.warning(
-                "--model_name_or_path %s was saved without its training-only decoders (image captioning, "
-                "PixelCNN++): they start newly initialised (save with --keep_regularizers to continue them).",
-                source,
-            )
-    model = model_class.from_pretrained(source, config=config)
-    old_names = model_label_names(model)
-    if sorted(old_names) == sorted(label_names):
+    # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
+    rebuilds_decoders = args.do_train and not config.include_regularizers
+    config.include_regularizers = config.include_regularizers or args.do_train
+    # transformers reports each weight it initialises (some 85 lines for the decoders); the decoders' are told here
+    # in one line, and its report is shown only when it says more than that.
+    with held_back(_TRANSFORMERS_LOADING_LOGGER) as loading_report:
+        model, loading = model_class.from_pretrained(source, config=config, output_loading_info=True)
+    decoder_keys = [key for key in loading["missing_keys"] if _decoder_part(key) is not None]
+    if rebuilds_decoders and decoder_keys:
+        logger.warning(
+            "--model_name_or_path %s was saved without its training-only decoders: newly initialised %s (save with "
+            "--keep_regularizers to continue them).",
+            source,
+            _tensor_counts(decoder_keys),
+        )
+    explained = rebuilds_decoders and len(decoder_keys) == len(loading["missing_keys"]) and not loading["unexpected_keys"]
+    pass_on(
+        _TRANSFORMERS_LOADING_LOGGER,
+        [record for record in loading_report if not (explained and "LOAD REPORT" in record.getMessage())],
+    )
+    old_names, old_problem = model_label_names(model), problem_type_of(model.config)
+    same_problem = problem_type is None or old_problem == problem_type
+    # A regression head's one output fits any target; its name is the model's.
+    same_labels = sorted(old_names) == sorted(label_names) or problem_type == "regression"
+    if same_problem and same_labels:
         return model
+    old_head = f"the labels {old_names}" + (f" ({old_problem})" if problem_type is not None else "")
+    new_head = f"{list(label_names)}" + (f" ({problem_type})" if problem_type is not None else "")
     if getattr(args, "use_peft", False):
         raise SystemExit(
-            f"--use_peft: the model {source} was trained for the labels {old_names}, the data has {list(label_names)}. "
-            f"A LoRA adapter keeps its base model's head, so its labels must be the data's (in any order); train "
-            f"without --use_peft to replace the head."
+            f"--use_peft: the model {source} was trained for {old_head}, the data has {new_head}. A LoRA adapter "
+            f"keeps its base model's head, so its labels (and problem type) must be the data's (labels in any "
+            f"order); train without --use_peft to replace the head."
         )
     logger.warning(
-        "--model_name_or_path %s was trained for the labels %s, the data has %s: its head (%s) is replaced by a "
-        "newly initialised one for the data's labels (the rest of the model is kept).",
+        "--model_name_or_path %s was trained for %s, the data has %s: its head (%s) is replaced by a newly "
+        "initialised one for the data's labels (the rest of the model is kept).",
         args.model_name_or_path,
-        old_names,
-        list(label_names),
+        old_head,
+        new_head,
         ", ".join(head_modules),
     )
     config = model.config
     config.id2label, config.label2id = id2label, label2id
+    if problem_type is not None:
+        config.problem_type = problem_type
     with silenced("modeling_muse.modeling"):
         relabelled = model_class(config)
     kept = {

@@ -361,7 +361,9 @@ def test_a_kept_model_that_does_not_match_the_training_model_is_an_error(acceler
         load_best_weights(accelerator, model, str(tmp_path))
 
 
-def test_training_from_a_served_model_starts_its_decoders_afresh(tmp_path, caplog):
+def test_training_from_a_served_model_starts_its_decoders_afresh(accelerator, tmp_path, caplog, capfd):
+    from torch.nn.utils import parametrize
+
     from modeling_muse import MuSEForTokenClassification
     from muse_training.models import build_model
     from tests.tiny_models import NER_LABELS, TINY_DECODERS, tiny_config
@@ -370,13 +372,38 @@ def test_training_from_a_served_model_starts_its_decoders_afresh(tmp_path, caplo
     served = MuSEForTokenClassification(tiny_config(**TINY_DECODERS))
     served.remove_regularizers()
     served.save_pretrained(tmp_path)
+    capfd.readouterr()
     args = argparse.Namespace(model_name_or_path=str(tmp_path), do_train=True)
     with caplog.at_level("WARNING"):
         model = build_model(args, MuSEForTokenClassification, NER_LABELS, ["tagger"])
     assert model.muse.regularizers is not None and model.config.include_regularizers
-    assert "was saved without its training-only decoders" in caplog.text and "--keep_regularizers" in caplog.text
     for name, value in served.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    # The rebuilt decoders start from a defined initialisation: every tensor finite and of a sane size (uninitialised
+    # memory gave NaN in the PixelCNN++ weight-norm parametrizations and values up to 1e38 elsewhere), and so is every
+    # weight the weight-norm parametrizations compute from them.
+    rebuilt = {name: value for name, value in model.state_dict().items() if name.startswith("muse.regularizers.")}
+    assert rebuilt and all(name not in served.state_dict() for name in rebuilt)
+    for name, value in rebuilt.items():
+        assert torch.isfinite(value).all() and value.abs().max() < 1e3, name
+    for name, module in model.muse.regularizers.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            assert torch.isfinite(module.weight).all() and module.weight.abs().max() < 1e3, name
+    # One line says what starts afresh, counted per part; transformers' per-key report of the same is not shown.
+    counts = {
+        part: sum(name.startswith(f"muse.regularizers.{part}.") for name in rebuilt)
+        for part in ("caption_decoder", "image_projection", "generation_decoder", "text_projection")
+    }
+    assert sum(counts.values()) == len(rebuilt)
+    notices = [record.getMessage() for record in caplog.records if "training-only decoders" in record.getMessage()]
+    assert notices == [
+        f"[RANK 0] --model_name_or_path {tmp_path} was saved without its training-only decoders: newly initialised caption "
+        f"decoder ({counts['caption_decoder']} tensors), noisy image projection ({counts['image_projection']} "
+        f"tensors), PixelCNN++ decoder ({counts['generation_decoder']} tensors), noisy text projection "
+        f"({counts['text_projection']} tensors) (save with --keep_regularizers to continue them)."
+    ]
+    console = capfd.readouterr()
+    assert "LOAD REPORT" not in console.err + console.out and "MISSING" not in console.err + console.out
     # Evaluating it needs no decoders.
     args.do_train = False
     assert build_model(args, MuSEForTokenClassification, NER_LABELS, ["tagger"]).muse.regularizers is None
