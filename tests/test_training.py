@@ -746,6 +746,8 @@ def test_run_mner_end_to_end(tiny_text_model, script_env, tmp_path, monkeypatch,
     # The console: one line per split, one summary line per epoch with each loss term and the throughput, the test
     # report once, where the results are, and none of the noise.
     console = result.stdout + result.stderr
+    # The tiny run gives test_resnet 32-pixel images, a 1x1 feature map under the 4x4 grid: that warning is due.
+    console = "\n".join(line for line in console.splitlines() if "is finer than the image tower's" not in line)
     for noise in NOISE:
         assert noise not in console, noise
     for split, posts in (("train", 24), ("validation", 10), ("test", 10)):
