@@ -79,7 +79,11 @@ _URL = re.compile(r"^https?://", re.IGNORECASE)
 _ROW = "__muse_source_row__"
 # transformers' sequence-classification problem types (`PreTrainedConfig.problem_type`), which sentiment data may have.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
-_PROBLEM_OF_KIND = {"class": "single_label_classification", "list": "multi_label_classification", "number": "regression"}
+_PROBLEM_OF_KIND = {
+    "class": "single_label_classification",
+    "list": "multi_label_classification",
+    "number": "regression",
+}
 
 
 class UserDataError(ValueError):

@@ -54,8 +54,8 @@ def write_intensity_csv(folder: Path) -> dict[str, Path]:
             writer = csv.DictWriter(handle, fieldnames=["text", "intensity", "image"])
             writer.writeheader()
             for post in posts:
-                row = {"text": _text(post), "intensity": INTENSITY[post["colour"]], "image": f"pictures/{post['id']}.jpg"}
-                writer.writerow(row)
+                image = f"pictures/{post['id']}.jpg"
+                writer.writerow({"text": _text(post), "intensity": INTENSITY[post["colour"]], "image": image})
         files[split] = path
     return files
 
@@ -75,7 +75,8 @@ def write_label_lists_jsonl(folder: Path) -> dict[str, Path]:
 
 def _write_jsonl(path: Path, labels: list) -> Path:
     Image.new("RGB", (16, 16), (200, 30, 30)).save(path.parent / "a.png")
-    path.write_text("".join(json.dumps({"text": "a post", "label": label, "image": "a.png"}) + "\n" for label in labels))
+    rows = [{"text": "a post", "label": label, "image": "a.png"} for label in labels]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
@@ -95,7 +96,8 @@ def test_decimal_labels_are_regression_targets_and_label_lists_multi_label(tmp_p
     feature = lists["train"].features["label"]
     assert isinstance(feature, datasets.List) and feature.feature.names == ["anger", "joy", "surprise"]
     names = feature.feature.names
-    assert [[names[i] for i in ids] for ids in lists["train"]["label"]] == [LABEL_SETS[post["colour"]] for post in posts]
+    read = [[names[class_id] for class_id in ids] for ids in lists["train"]["label"]]
+    assert read == [LABEL_SETS[post["colour"]] for post in posts]
 
 
 def test_integer_targets_are_numbers_when_asked_and_a_post_s_repeated_label_counts_once(tmp_path):
