@@ -156,7 +156,8 @@ def multi_label_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]
     header = f"{'':>12} {'precision':>10} {'recall':>10} {'f1-score':>10} {'support':>10}"
     rows, per_label = [header], []
     for index, name in enumerate(label_names):
-        precision, recall, f1 = _f1(int(true_positives[index]), int(false_positives[index]), int(false_negatives[index]))
+        counts = (int(true_positives[index]), int(false_positives[index]), int(false_negatives[index]))
+        precision, recall, f1 = _f1(*counts)
         per_label.append(f1)
         metrics[f"{name}_f1"] = f1
         rows.append(f"{name:>12} {precision:10.4f} {recall:10.4f} {f1:10.4f} {int(gold[:, index].sum()):10d}")
@@ -230,7 +231,12 @@ def multi_label_predictions(
 def regression_predictions(split: Any, evaluation: EvaluationOutput) -> list[dict[str, Any]]:
     """One row per post for ``predictions.jsonl``: its text, the predicted value and the gold value."""
     return [
-        {"index": index, "text": post["text"], "predicted_value": round(float(predicted), 6), "gold_value": post["label"]}
+        {
+            "index": index,
+            "text": post["text"],
+            "predicted_value": round(float(predicted), 6),
+            "gold_value": post["label"],
+        }
         for index, (post, predicted) in enumerate(
             zip(split.select_columns(["text", "label"]), evaluation.predictions, strict=True)
         )
@@ -296,6 +302,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     predictions_of, losses_of, scores_of = EVALUATION_FUNCTIONS[problem_type]
 
+    def metrics_of(evaluation: EvaluationOutput) -> dict[str, Any]:
+        if problem_type == REGRESSION:
+            return regression_metrics(evaluation)
+        if problem_type == MULTI_LABEL:
+            return multi_label_metrics(evaluation, label_names)
+        return sentiment_metrics(evaluation, label_names)
+
+    def prediction_rows(split: str, evaluation: EvaluationOutput) -> list[dict[str, Any]]:
+        if problem_type == REGRESSION:
+            return regression_predictions(raw_datasets[split], evaluation)
+        if problem_type == MULTI_LABEL:
+            return multi_label_predictions(raw_datasets[split], evaluation, label_names)
+        return sentiment_predictions(raw_datasets[split], evaluation, label_names)
+
     def evaluate(split: str, with_predictions: bool) -> dict[str, Any]:
         evaluation = evaluate_model(
             accelerator,
@@ -305,18 +325,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             losses_of=losses_of,
             scores_of=scores_of if with_predictions else None,
         )
-        if problem_type == REGRESSION:
-            metrics = regression_metrics(evaluation)
-            rows = regression_predictions(raw_datasets[split], evaluation) if with_predictions else []
-        elif problem_type == MULTI_LABEL:
-            metrics = multi_label_metrics(evaluation, label_names)
-            rows = multi_label_predictions(raw_datasets[split], evaluation, label_names) if with_predictions else []
-        else:
-            metrics = sentiment_metrics(evaluation, label_names)
-            rows = sentiment_predictions(raw_datasets[split], evaluation, label_names) if with_predictions else []
         if with_predictions and accelerator.is_main_process:
-            write_predictions(args.output_dir, rows)
-        return metrics
+            write_predictions(args.output_dir, prediction_rows(split, evaluation))
+        return metrics_of(evaluation)
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
     outcome = train_evaluate_predict(

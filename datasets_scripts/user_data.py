@@ -81,7 +81,11 @@ _URL = re.compile(r"^https?://", re.IGNORECASE)
 _ROW = "__muse_source_row__"
 # transformers' sequence-classification problem types (`PreTrainedConfig.problem_type`), which sentiment data may have.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
-_PROBLEM_OF_KIND = {"class": "single_label_classification", "list": "multi_label_classification", "number": "regression"}
+_PROBLEM_OF_KIND = {
+    "class": "single_label_classification",
+    "list": "multi_label_classification",
+    "number": "regression",
+}
 
 
 class UserDataError(ValueError):
@@ -292,6 +296,10 @@ def _label_kind(value: Any) -> str | None:
     return "class" if _is_class(value) else None
 
 
+def _looks_like_a_list(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]")
+
+
 _KIND_HELP = {
     "single_label_classification": "one class per post: a class name (string) or an integer class",
     "multi_label_classification": "a list of class names (or integer classes) per post, empty for none, in JSON "
@@ -343,6 +351,12 @@ def _sentiment_labels(
             if kind is None or (problem_type is not None and _PROBLEM_OF_KIND[kind] != problem_type):
                 stated = f" for --problem_type {problem_type}" if problem_type else ""
                 raise UserDataError(f"{where}: {label_column!r} is {quoted(value)}, not a label{stated} ({expected}).")
+            if kind == "class" and problem_type is None and _looks_like_a_list(value):
+                raise UserDataError(
+                    f"{where}: {label_column!r} is the text {quoted(value)}, a list written into a CSV cell? Several "
+                    f"labels per post need JSON lines or Parquet (a CSV cannot hold lists); if it is one class name, "
+                    f"pass --problem_type single_label_classification."
+                )
             kinds.setdefault(kind, where)
             if len(kinds) > 1:
                 first, second = (f"{name} ({_PROBLEM_OF_KIND[name]}) at {at}" for name, at in kinds.items())

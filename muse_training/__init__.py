@@ -9,6 +9,7 @@
 - `loop`: the start of a run (arguments, Accelerator, seed, splits, output folder), the optimizer and devices, and
   the training loop with validation after every epoch.
 - `logs`: logging set-up, the loss meter and the per-epoch summary line.
+- `divergence`: a NaN or infinite loss term, weight or validation loss stops the run before anything is saved.
 - `checkpoints`: checkpoint/resume, the output folder, the best model kept in it.
 - `evaluation`: a split's predictions, labels and loss, gathered over processes without duplicates;
   `predictions`: the ``predictions.jsonl`` file.

@@ -100,7 +100,7 @@ def _settle_what_to_do(args: argparse.Namespace, raw: datasets.DatasetDict) -> N
             raise SystemExit(f"--{flag}: the data has no {split} split (it has {sorted(raw)}).")
     if args.do_train and "validation" not in raw:
         raise SystemExit(
-            "Training keeps the model with the best validation F1, but the data has no validation split: give "
+            "Training keeps the model with the best validation score, but the data has no validation split: give "
             "--validation_file, or a --validation_split_percentage of train."
         )
     if not (args.do_train or args.do_eval or args.do_predict):

@@ -80,6 +80,7 @@ def held_back(logger_name: str) -> Iterator[list[logging.LogRecord]]:
     try:
         yield held
     except BaseException:
+        # Unfiltered first, or the records passed on would be held back again.
         quieted.removeFilter(hold)
         pass_on(logger_name, held)
         raise

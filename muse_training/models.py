@@ -166,7 +166,8 @@ def build_model(
             source,
             _tensor_counts(decoder_keys),
         )
-    explained = rebuilds_decoders and len(decoder_keys) == len(loading["missing_keys"]) and not loading["unexpected_keys"]
+    only_decoders_missing = len(decoder_keys) == len(loading["missing_keys"]) and not loading["unexpected_keys"]
+    explained = rebuilds_decoders and only_decoders_missing
     pass_on(
         _TRANSFORMERS_LOADING_LOGGER,
         [record for record in loading_report if not (explained and "LOAD REPORT" in record.getMessage())],

@@ -154,7 +154,8 @@ def test_a_diverging_run_stops_at_the_step_and_saves_nothing_non_finite(tiny_tex
     assert result.returncode == 1, result.stderr[-3000:]
     message = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"Training stopped at optimizer step 2 \(epoch 1\): the loss is not finite \(task loss (nan|-?inf)(, [^)]*)?\)\. "
+        r"Training stopped at optimizer step 2 \(epoch 1\): the loss is not finite \(task loss (nan|-?inf)"
+        r"(, [^)]*)?\)\. "
         r"The training diverged: lower --learning_rate \(now 1e\+06\) and --head_learning_rate \(now 1e\+06\), or "
         r"check the data \(labels or regression targets far outside the usual range\)\. Nothing non-finite was "
         r"saved: no model was kept yet, and every checkpoint is from before it\.",

@@ -397,8 +397,8 @@ def test_training_from_a_served_model_starts_its_decoders_afresh(accelerator, tm
     assert sum(counts.values()) == len(rebuilt)
     notices = [record.getMessage() for record in caplog.records if "training-only decoders" in record.getMessage()]
     assert notices == [
-        f"[RANK 0] --model_name_or_path {tmp_path} was saved without its training-only decoders: newly initialised caption "
-        f"decoder ({counts['caption_decoder']} tensors), noisy image projection ({counts['image_projection']} "
+        f"[RANK 0] --model_name_or_path {tmp_path} was saved without its training-only decoders: newly initialised "
+        f"caption decoder ({counts['caption_decoder']} tensors), noisy image projection ({counts['image_projection']} "
         f"tensors), PixelCNN++ decoder ({counts['generation_decoder']} tensors), noisy text projection "
         f"({counts['text_projection']} tensors) (save with --keep_regularizers to continue them)."
     ]
