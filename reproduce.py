@@ -49,6 +49,7 @@ import yaml
 from modeling_muse.configuration_muse import is_hub_id
 from muse_training.arguments import DATASET_TITLES, MNER_DATASETS, offline_text_model_path
 from muse_training.checkpoints import LAUNCH_FILES, RESULTS_FILE, checkpoint_folders
+from muse_training.environment import environment_variables
 from muse_training.paper import DATASETS, MNER_RESULTS, MSA_RESULTS, SWEEPS, TABLE3_F1, VARIANT_TITLES
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -214,21 +215,6 @@ def output_to(log_path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-@contextmanager
-def _environment(variables: dict[str, str]) -> Iterator[None]:
-    """``variables`` set in this process's environment for the duration (an in-process smoke run)."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def last_line(log_path: Path) -> str:
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1][-300:] if lines else "(empty log)"
@@ -268,7 +254,7 @@ def execute(run: Run, options: argparse.Namespace) -> str | None:
 
         script = run_mner if run.recipe.task == "mner" else run_msa
         try:
-            with output_to(log_path), _environment(options.environment):
+            with output_to(log_path), environment_variables(options.environment):
                 script.main([str(args_file)])
         except (Exception, SystemExit) as error:  # noqa: BLE001  (a failed run is reported, the next one runs)
             return f"{type(error).__name__}: {error} (log: {log_path})"

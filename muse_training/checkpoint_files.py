@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .environment import environment_variables
+
 __all__ = [
     "PICKLED_SUFFIXES",
     "READ_ONLY_PLAIN_VALUES",
@@ -145,20 +147,10 @@ def weights_only_loading() -> Iterator[None]:
     """Inside the block every ``torch.load`` uses the weights-only unpickler, also where the caller asks otherwise
     (accelerate's custom states, torch.distributed.checkpoint's non-tensor values), with `RNG_STATE_GLOBALS`
     allowed; the environment and torch's allow-list are restored afterwards."""
-    names = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    saved = {name: os.environ.get(name) for name in names}
     # torch reads both variables at every load; setting both is an error, so the opposite one goes meanwhile.
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    try:
-        with torch.serialization.safe_globals(list(RNG_STATE_GLOBALS)):
-            yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    forced = {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": None}
+    with environment_variables(forced), torch.serialization.safe_globals(list(RNG_STATE_GLOBALS)):
+        yield
 
 
 def _reason(error: BaseException) -> str:
