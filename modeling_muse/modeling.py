@@ -260,8 +260,11 @@ class MuSEPreTrainedModel(PreTrainedModel):
         if folder is not None and folder.is_dir() and "state_dict" not in kwargs:
             config = kwargs.get("config")
             if not isinstance(config, PreTrainedConfig):
-                overrides = {key: value for key, value in kwargs.items() if key not in _LOADING_ARGUMENTS}
-                config = cls.config_class.from_pretrained(folder, **overrides)
+                # As transformers resolves it: the folder's configuration with the keyword arguments that are its
+                # fields applied, the others left to loading.
+                config, _ = cls.config_class.from_pretrained(
+                    folder, return_unused_kwargs=True, **{key: value for key, value in kwargs.items() if key != "config"}
+                )
             check_configuration_against_weights(
                 cls, config, folder, kwargs.get("subfolder", ""), kwargs.get("ignore_mismatched_sizes", False)
             )
@@ -412,17 +415,20 @@ class MuSEModel(MuSEPreTrainedModel):
                 output_attentions=bool(output_attentions),
             )
             text_states, image_states = cross.text_hidden_state, cross.image_hidden_state
-            for name, selection in (("hidden_states", output_hidden_states), ("attentions", output_attentions)):
-                for stream in ("text", "image"):
-                    field = f"{stream}_{name}"
-                    setattr(cross, field, layers_selected(getattr(cross, field), selection))
             # The standard fields carry the text stream, or the image stream where there is no text branch.
             has_text = self.text_encoder is not None
+            image_stream = has_text and output_image_stream
+            hidden_states = cross.text_hidden_states if has_text else cross.image_hidden_states
+            attentions = cross.text_attentions if has_text else cross.image_attentions
             diagnostics = {
-                "hidden_states": cross.text_hidden_states if has_text else cross.image_hidden_states,
-                "attentions": cross.text_attentions if has_text else cross.image_attentions,
-                "image_hidden_states": cross.image_hidden_states if has_text and output_image_stream else None,
-                "image_attentions": cross.image_attentions if has_text and output_image_stream else None,
+                "hidden_states": layers_selected(hidden_states, output_hidden_states),
+                "attentions": layers_selected(attentions, output_attentions),
+                "image_hidden_states": (
+                    layers_selected(cross.image_hidden_states, output_hidden_states) if image_stream else None
+                ),
+                "image_attentions": (
+                    layers_selected(cross.image_attentions, output_attentions) if image_stream else None
+                ),
                 "text_cls_attentions": cross.text_cls_attentions,
                 "image_cls_attentions": cross.image_cls_attentions,
                 "text_exchange_masks": cross.text_exchange_masks,
@@ -452,18 +458,6 @@ class MuSEModel(MuSEPreTrainedModel):
             **diagnostics,
         )
         return as_returned(self.config, outputs, return_dict)
-
-
-# from_pretrained arguments that are not configuration fields.
-_LOADING_ARGUMENTS = frozenset({
-    "config", "cache_dir", "ignore_mismatched_sizes", "force_download", "local_files_only", "token", "revision",
-    "use_safetensors", "weights_only", "subfolder", "trust_remote_code", "device_map", "dtype", "torch_dtype",
-    "low_cpu_mem_usage", "output_loading_info", "attn_implementation", "quantization_config", "max_memory",
-    "offload_folder", "offload_state_dict", "offload_buffers", "key_mapping", "tp_plan", "tp_size", "device_mesh",
-    "distributed_config", "adapter_name", "adapter_kwargs", "use_kernels", "kernel_config", "proxies",
-    "_from_auto", "_from_pipeline", "_commit_hash", "from_tf", "from_flax", "state_dict", "gguf_file",
-    "experts_implementation", "generation_config",
-})
 
 
 # How many bytes of weights a folder's configuration may ask for beyond what its weight files hold, whatever they hold:
@@ -508,8 +502,8 @@ def check_configuration_against_weights(
         with safe_open(weight_file, framework="pt") as weights:
             for key in weights.keys():
                 shape = tuple(weights.get_slice(key).get_shape())
-                held_bytes += math.prod(shape) * expected.get(key, ((), 4))[1]
                 name = key if key in expected else prefix + key if prefix + key in expected else key.removeprefix(prefix)
+                held_bytes += math.prod(shape) * expected.get(name, ((), 4))[1]
                 found[name] = (shape, weight_file.name)
     new_bytes = 0
     for name, (shape, element_size) in expected.items():
