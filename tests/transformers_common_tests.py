@@ -12,7 +12,7 @@ The source distribution leaves out three sub-packages that those two files impor
 module supplies stand-ins, each with the reason:
 
 - ``exporters.test_export.ExportTesterMixin`` (the base of ``ModelTesterMixin``): an empty mixin here, so the
-  exporter tests do not run through it; `tests/test_export.py` exports MuSE with ``torch.export`` and
+  exporter tests do not run through it; `tests/test_export_onnx.py` exports MuSE with ``torch.export`` and
   ``torch.onnx.export`` itself.
 - ``generation.test_utils.GenerationTesterMixin``: only named in an ``issubclass`` check; MuSE does not generate.
 - ``utils.test_configuration_utils.config_common_kwargs``: every argument of `PreTrainedConfig` with a value other
