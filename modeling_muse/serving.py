@@ -54,8 +54,29 @@ def save_serving_files(model: nn.Module, save_directory: str | os.PathLike) -> N
     # config.custom_pipelines hides itself while the installed package serves the tasks; config.json keeps it.
     tasks = model.config.__dict__.get("custom_pipelines", {})
     for module in sorted({entry["impl"].rpartition(".")[0] for entry in tasks.values()}):
-        source = code_folder / f"{module}.py"
+        source = _code_file(f"{module}.py", code_folder, model)
         for file in [source, *map(Path, get_relative_import_files(source))]:
             shutil.copy(file, folder / file.name)
-    shutil.copy(code_folder / "handler.py", folder / "handler.py")
+    shutil.copy(_code_file("handler.py", code_folder, model), folder / "handler.py")
     (folder / "requirements.txt").write_text("\n".join(SERVING_REQUIREMENTS) + "\n")
+
+
+def _code_file(name: str, code_folder: Path, model: nn.Module) -> Path:
+    """The file ``name`` of MuSE's code: beside the model's module (the installed package), else in the checkpoint the
+    model was loaded from. A model loaded with ``trust_remote_code`` runs from transformers' module cache, which holds
+    only the files the model code imports; its pipelines and handler stay in the checkpoint (a folder, or the Hub
+    repository, whose file comes from the local cache or is downloaded as the rest of it was)."""
+    beside = code_folder / name
+    if beside.is_file():
+        return beside
+    from transformers.utils import cached_file
+
+    checkpoint = getattr(model.config, "_name_or_path", "")
+    found = cached_file(checkpoint, name, _raise_exceptions_for_missing_entries=False) if checkpoint else None
+    if found is None:
+        raise FileNotFoundError(
+            f"{name} of MuSE's code is neither beside {code_folder} nor in the checkpoint this model was loaded from "
+            f"({checkpoint or 'none'}): save from a model loaded from a complete MuSE checkpoint, or with the "
+            f"modeling_muse package installed (import modeling_muse)."
+        )
+    return Path(found)

@@ -267,3 +267,39 @@ def test_a_timm_hub_tower_is_read_from_the_local_cache_offline(tmp_path, monkeyp
     backbone = model.muse.image_encoder.backbone.state_dict()
     assert all(torch.equal(backbone[name], value) for name, value in saved.items() if not name.startswith("head."))
     assert model.config.to_dict()["vision_model_name_or_path"] == f"hf-hub:{repo}"
+
+
+# Run with remote_code_client.py's blocker of the project's modules in front (a machine without MuSE).
+SAVE_WITHOUT_THE_PROJECT = CLIENT.read_text().split("import torch  # noqa: E402")[0] + """
+import json, os
+from transformers import AutoModelForTokenClassification, pipeline
+
+checkpoint, model_copy, pipeline_copy = sys.argv[1:]
+AutoModelForTokenClassification.from_pretrained(checkpoint, trust_remote_code=True).save_pretrained(model_copy)
+pipeline("multimodal-ner", model=checkpoint, trust_remote_code=True).save_pretrained(pipeline_copy)
+tagger = pipeline("multimodal-ner", model=pipeline_copy, trust_remote_code=True)
+print(json.dumps({"model": sorted(os.listdir(model_copy)), "pipeline": sorted(os.listdir(pipeline_copy)),
+                  "tags": tagger({"text": "Messi visits Paris", "image": sys.argv[1] + "/../photo.png"},
+                                 aggregation_strategy="none")}))
+"""
+
+
+def test_a_model_loaded_with_remote_code_saves_a_complete_checkpoint(checkpoints, tmp_path):
+    # Loaded with trust_remote_code, the model's code runs from transformers' module cache, which holds only the files
+    # the model imports: its pipelines and handler are read from the checkpoint it came from.
+    environment = {
+        **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", SAVE_WITHOUT_THE_PROJECT, str(checkpoints / "ner"), str(tmp_path / "model"),
+         str(tmp_path / "pipeline")],
+        capture_output=True, text=True, cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for saved in ("model", "pipeline"):
+        assert {"pipelines.py", "handler.py", "requirements.txt", "modeling.py"} <= set(report[saved]), saved
+    assert {"processor_config.json", "tokenizer.json"} <= set(report["pipeline"])
+    assert len(report["tags"]) == 3
