@@ -97,6 +97,11 @@ _MODEL_WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
 LAUNCH_FILES = ("args.yaml", "train.log")
 
 
+def is_run_file_name(name: str) -> bool:
+    """Whether a run of these scripts writes a file of this name at the top of its output folder."""
+    return name in RUN_FILES or bool(_MODEL_WEIGHTS.match(name))
+
+
 def is_checkpoint_name(name: str) -> bool:
     """Whether ``name`` is a checkpoint folder's name (``step_N``, ``epoch_N``, or one being written)."""
     return bool(_CHECKPOINT_NAME.match(name.removesuffix(_INCOMPLETE_SUFFIX)))
@@ -228,13 +233,15 @@ def marker_files(output_dir: str | os.PathLike) -> list[str]:
 
 
 def run_files(output_dir: str | os.PathLike, task: str) -> tuple[list[Path], list[Path]]:
-    """The entries of ``output_dir`` that are a run's own (`RUN_FILES`, model weights, checkpoint folders, the files
-    the marker lists), and all the others, which these scripts did not write; `LAUNCH_FILES` and the trackers'
-    folder (``run_<task>``) are neither. A symbolic link is never a run's own."""
+    """The entries of ``output_dir`` that are a run's own (checkpoint folders; and, in a folder that holds an earlier
+    run's best-model marker or checkpoints, `RUN_FILES`, model weights and the files the marker lists), and all the
+    others, which these scripts did not write; `LAUNCH_FILES` and the trackers' folder (``run_<task>``) are neither.
+    A symbolic link is never a run's own, nor is a ``README.md`` in a folder no run has used."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return [], []
     listed = set(marker_files(folder))
+    earlier_run = (folder / BEST_MODEL_MARKER).is_file() or find_latest_checkpoint(folder) is not None
     own, foreign = [], []
     for entry in sorted(folder.iterdir()):
         if entry.name in LAUNCH_FILES or entry.name == f"run_{task}":
@@ -248,7 +255,7 @@ def run_files(output_dir: str | os.PathLike, task: str) -> tuple[list[Path], lis
         else:
             # A file being written when a run was killed keeps its final name with a suffix.
             name = entry.name.removesuffix(_INCOMPLETE_SUFFIX).removesuffix(PARTIAL_SUFFIX)
-            is_own = name in RUN_FILES or name in listed or bool(_MODEL_WEIGHTS.match(name))
+            is_own = earlier_run and (name in RUN_FILES or name in listed or bool(_MODEL_WEIGHTS.match(name)))
         (own if is_own else foreign).append(entry)
     return own, foreign
 
@@ -304,6 +311,15 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
                 "--output_dir %s holds an earlier run: deleting its %s now.",
                 output_dir,
                 first_then_count([path.name for path in own], separator=", "),
+            )
+        overwritten = sorted(path.name for path in foreign if is_run_file_name(path.name))
+        if overwritten:
+            # Not an earlier run's, so not deleted now; --overwrite_output_dir lets this run write its own over them.
+            logger.warning(
+                "--overwrite_output_dir: %s holds %s, which no earlier run of these scripts wrote; they stay until "
+                "this run writes its own file of that name over them.",
+                output_dir,
+                ", ".join(overwritten),
             )
         if foreign:
             logger.warning(

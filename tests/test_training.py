@@ -298,6 +298,25 @@ def test_a_fresh_run_replaces_an_earlier_run_only_when_told_and_keeps_other_file
     assert (tmp_path / "outside.txt").is_file()
 
 
+def test_overwriting_a_folder_no_run_used_deletes_none_of_its_files(accelerator, tmp_path, caplog):
+    from argparse import Namespace
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    files = {"README.md": "my project", "predictions.jsonl": "mine", "config.json": "{}", "notes.txt": "notes"}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    args = Namespace(output_dir=str(folder), resume_from_checkpoint=None, overwrite_output_dir=True, do_train=True,
+                     task="mner")  # fmt: skip
+    # Without an earlier run's marker or checkpoints, files named as a run's are the user's: none is deleted at the
+    # start, and the warning names those the run will write over.
+    with caplog.at_level("WARNING"):
+        assert prepare_output_dir(accelerator, args) is None
+    assert {path.name: path.read_text() for path in folder.iterdir()} == files
+    assert "holds README.md, config.json, predictions.jsonl, which no earlier run" in caplog.text
+    assert "deleting" not in caplog.text
+
+
 def test_save_total_limit_keeps_the_newest_checkpoints(accelerator, tmp_path):
     model = accelerator.prepare(torch.nn.Linear(2, 2))
     assert model is not None
