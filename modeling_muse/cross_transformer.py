@@ -249,10 +249,10 @@ class CrossTransformer(nn.Module):
         # batch's longest post, while the image stream keeps its P*P tokens.
         text_states = text_valid = image_states = image_valid = None
         if text_embeddings is not None:
-            text_states = torch.cat([self.text_cls.expand(len(text_embeddings), 1, -1), text_embeddings], dim=1)
+            text_states = torch.cat([self.text_cls.expand(text_embeddings.shape[0], 1, -1), text_embeddings], dim=1)
             text_valid = text_mask.bool()
         if image_embeddings is not None:
-            image_states = torch.cat([self.image_cls.expand(len(image_embeddings), 1, -1), image_embeddings], dim=1)
+            image_states = torch.cat([self.image_cls.expand(image_embeddings.shape[0], 1, -1), image_embeddings], dim=1)
             image_valid = torch.ones(image_embeddings.shape[:2], dtype=torch.bool, device=image_embeddings.device)
         exchanging = text_states is not None and image_states is not None and self.exchange_ratio > 0
 

@@ -445,8 +445,11 @@ class MuSEModel(MuSEPreTrainedModel):
         streams = [states for states in (text_states, image_states) if states is not None]
         # Position j fuses text position j with image token j; image tokens past the batch's text length have no
         # text partner and stay out of the fusion (they still took part in the CrossTransformer).
-        length = streams[0].shape[1]
-        fused = self.fusion(torch.cat([states[:, :length] for states in streams], dim=-1))
+        # The first positions are gathered rather than sliced: a slice is contiguous only when the text is as long as
+        # the image stream, which an exported or compiled graph would otherwise guard on (the length it was traced
+        # with), failing for posts of max_text_length tokens.
+        positions = torch.arange(streams[0].shape[1], device=streams[0].device)
+        fused = self.fusion(torch.cat([states.index_select(1, positions) for states in streams], dim=-1))
         outputs = MuSEModelOutput(
             fusion_embeddings=fused[:, 1:],
             pooler_output=fused[:, 0],

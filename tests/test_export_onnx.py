@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification, MuSEModel, MuSEProcessor
 from modeling_muse.export_onnx import MODEL_FILE, export_onnx, onnx_feed, onnx_session
-from tiny_models import NER_LABELS, SENTIMENT_LABELS, save_tiny_checkpoints, tiny_config, tiny_processor
+from tiny_models import NER_LABELS, SENTIMENT_LABELS, TINY_LENGTH, save_tiny_checkpoints, tiny_config, tiny_processor
 
 REPO = Path(__file__).resolve().parents[1]
 POSTS = [
@@ -105,6 +105,30 @@ def test_torch_export_of_the_evaluation_forward_gives_eager_outputs_without_a_so
     assert list(produced.keys()) == list(expected.keys())
     for name in expected.keys():
         torch.testing.assert_close(produced[name], expected[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_one_exported_program_serves_any_batch_and_length_up_to_max_text_length(strict):
+    # Traced on 12 sub-words, it must serve posts of max_text_length (as long as the image grid) too.
+    model = tie_prone_model(MuSEForTokenClassification)
+    batch, length = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("length", min=2, max=TINY_LENGTH)
+    text = {0: batch, 1: length}
+    shapes = {"input_ids": text, "attention_mask": text, "word_start_mask": text, "pixel_values": {0: batch}}
+
+    def posts(count: int, tokens: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(tokens)
+        mask = torch.ones(count, tokens, dtype=torch.long)
+        mask[0, tokens // 2 :] = 0
+        return {"input_ids": torch.randint(5, 1000, (count, tokens), generator=generator), "attention_mask": mask,
+                "word_start_mask": mask.clone(), "pixel_values": torch.randn(count, 3, 32, 32, generator=generator)}
+
+    with torch.no_grad():
+        program = torch.export.export(model, (), kwargs=posts(2, 12), dynamic_shapes=shapes, strict=strict)
+        for count, tokens in ((3, TINY_LENGTH), (1, 5)):
+            inputs = posts(count, tokens)
+            expected, produced = model(**inputs), program.module()(**inputs)
+            torch.testing.assert_close(produced["logits"], expected.logits, atol=1e-5, rtol=0)
+            assert torch.equal(produced["predicted_tag_ids"], expected.predicted_tag_ids)
 
 
 @pytest.mark.slow
