@@ -488,8 +488,12 @@ class _Canonical:
                 decode_image(io.BytesIO(data), image)
             except UnreadableImageError as error:
                 return self._missing(f"unreadable ({error.reason}): {quoted(image)}")
-            except ConnectionError as error:
-                return self._missing(f"not fetched ({str(error)[:200]})")
+            except ConnectionError:
+                # One reason for every failed fetch, as the pipelines give it: nothing about the network is told.
+                return self._missing(
+                    f"not fetched: {quoted(image)} (only public http(s) addresses are fetched, within the time limit "
+                    f"and redirects; --allow_private_urls also fetches from your own network)"
+                )
             return {"bytes": data, "path": image}, None
         if "\x00" in image:
             return self._missing(f"a path with a NUL byte: {quoted(image)}")

@@ -513,6 +513,10 @@ def test_dataset_image_urls_are_fetched_from_private_addresses_only_with_the_fla
     )
     assert loaded["train"].cast_column("image", datasets.Image(decode=False))[0]["image"]["path"] is None
     assert requests == []
+    # Without the placeholder policy the refusal names the post's URL and the flag, whole.
+    with pytest.raises(Exception, match=r"not fetched: .*photo\.png.*--allow_private_urls also fetches from your own network"):
+        load_user_dataset("msa", data_files={"train": data}, cache_dir=tmp_path / "d")
+    assert requests == []
     from accelerate import Accelerator
 
     argv = [f"--train_file={data}", f"--validation_file={data}", "--missing_images", "placeholder",
