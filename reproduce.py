@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import yaml
 
-from modeling_muse.configuration_muse import is_hub_id
+from modeling_muse.hub import is_hub_id
 from muse_training.arguments import DATASET_TITLES, MNER_DATASETS, offline_text_model_path
 from muse_training.checkpoints import LAUNCH_FILES, RESULTS_FILE, checkpoint_folders
 from muse_training.environment import environment_variables

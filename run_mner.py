@@ -74,19 +74,13 @@ class MNERCollator:
 
 
 def crf_loss_per_post(model: MuSEForTokenClassification, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The CRF's negative log-likelihood of each post's gold tags, ``(batch,)``; NaN for a post without words.
+    """The CRF's negative log-likelihood of each post's gold tags, ``(batch,)``; NaN for a post without words
+    (`CRFTaggingHead.post_negative_log_likelihoods`).
 
     The model returns the batch mean only; the per-post values make the loss of a multi-process evaluation exact.
     """
-    losses = []
-    for index in range(batch["labels"].shape[0]):
-        post = slice(index, index + 1)
-        words = WordPositions(batch["word_start_mask"][post])
-        if int(words.counts[0]) == 0:
-            losses.append(outputs.logits.new_tensor(float("nan")))
-        else:
-            losses.append(model.tagger.negative_log_likelihood(outputs.logits[post], words, batch["labels"][post]))
-    return torch.stack(losses)
+    words = WordPositions(batch["word_start_mask"])
+    return model.tagger.post_negative_log_likelihoods(outputs.logits, words, batch["labels"])
 
 
 def ner_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dict[str, Any]:
@@ -119,11 +113,9 @@ def ner_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dic
 
 def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The CRF's marginal probability of the predicted tag at each position, ``(batch, n)`` (0 off word starts), as the
-    pipeline scores words."""
+    pipeline scores words (`CRFTaggingHead.tag_confidences`)."""
     words = WordPositions(batch["word_start_mask"])
-    marginals = model.tagger.marginals(outputs.logits, words)
-    word_tags = words.gather(outputs.predicted_tag_ids).clamp(min=0)
-    confidences = marginals.gather(2, word_tags.unsqueeze(2)).squeeze(2)
+    confidences = model.tagger.tag_confidences(outputs.logits, words, outputs.predicted_tag_ids)
     return words.scatter(confidences, fill_value=0)
 
 

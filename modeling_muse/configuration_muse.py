@@ -9,70 +9,17 @@ mu = ``exchange_start_layer``, eta = ``exchange_end_layer``, theta = ``exchange_
 
 from __future__ import annotations
 
-import os
-import re
+from dataclasses import field
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = [
-    "ABLATION_VARIANTS",
-    "MuSEConfig",
-    "field_documentation",
-    "is_hub_id",
-    "is_vision_model_id",
-    "pipelines_registered_by",
-]
+from .hub import is_hub_id, is_vision_model_id
+from .serving import pipelines_registered_by
 
-# "name" or "namespace/name", as the Hugging Face Hub spells repository ids.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-def field_documentation(config_class: type, name: str) -> str:
-    """The description of the field ``name`` in ``config_class``'s ``Args:`` docstring, on one line."""
-    block = (config_class.__doc__ or "").split("Args:", 1)[-1].split("Example:", 1)[0]
-    match = re.search(rf"^ +{re.escape(name)} \(`[^\n]*\):\n((?: {{12}}.*\n?)+)", block, re.MULTILINE)
-    if match is None:
-        raise KeyError(f"{config_class.__name__} documents no field {name!r}")
-    return " ".join(match.group(1).split())
-
-
-def pipelines_registered_by(package: str) -> dict[str, dict[str, Any]]:
-    """The pipeline tasks that the code of ``package`` has registered with transformers: task -> its registry entry
-    (``impl``: the pipeline class, ``pt``: the Auto classes of its models).
-
-    With MuSE installed these are the ``multimodal-*`` tasks (`modeling_muse/__init__.py` registers them); code
-    loaded with ``trust_remote_code`` registers none.
-    """
-    from transformers.pipelines import PIPELINE_REGISTRY
-
-    return {
-        task: entry
-        for task, entry in PIPELINE_REGISTRY.supported_tasks.items()
-        # Entries of tasks registered as module paths hold a string there.
-        if getattr(entry.get("impl"), "__module__", "").rpartition(".")[0] == package
-    }
-
-
-def is_hub_id(name_or_path: str | os.PathLike | None) -> bool:
-    """Whether ``name_or_path`` reads as a Hugging Face Hub repository id rather than a folder on this machine."""
-    if not name_or_path:
-        return False
-    name = os.fspath(name_or_path)
-    return bool(_HUB_ID.match(name)) and not os.path.exists(name)
-
-
-def is_vision_model_id(name_or_path: str | os.PathLike | None) -> bool:
-    """Whether an image tower's name is one that means the same on any machine: a timm name or Hub id (with or
-    without timm's ``hf-hub:`` prefix), not a folder (timm's ``local-dir:`` prefix included)."""
-    if not name_or_path:
-        return False
-    name = os.fspath(name_or_path)
-    if name.startswith("local-dir:"):
-        return False
-    return is_hub_id(name.removeprefix("hf-hub:"))
+__all__ = ["ABLATION_VARIANTS", "MuSEConfig"]
 
 
 @strict
@@ -186,37 +133,82 @@ class MuSEConfig(PreTrainedConfig):
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", optional=True),
     }
 
+    # The fields that the training scripts put on their command line carry their one-line help as metadata, which
+    # transformers' HfArgumentParser reads; it says what the Args above say of them.
     text_config: PreTrainedConfig | dict | None = None
     vision_model_name_or_path: str = "resnet152"
     vision_config: PreTrainedConfig | dict | None = None
     vision_timm_architecture: str | None = None
     vision_model_kwargs: dict | None = None
-    vision_trainable_stages: int | None = None
+    vision_trainable_stages: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the last ``vision_trainable_stages`` feature stages of the backbone (timm's "
+            "``feature_info``: for a ResNet the stem and ``layer1``..``layer4``) and freeze the rest. `None` trains "
+            "the whole backbone. The reference code froze the stem and trained the last stages."
+        },
+    )
     hidden_size: int | None = None
-    num_cross_layers: int = 6
-    num_attention_heads: int = 12
+    num_cross_layers: int = field(default=6, metadata={"help": "Number of CrossTransformer layers L."})
+    num_attention_heads: int = field(default=12, metadata={"help": "Attention heads of each CrossTransformer layer."})
     intermediate_size: int | None = None
-    cross_dropout: float | int = 0.1
+    cross_dropout: float | int = field(
+        default=0.1,
+        metadata={"help": "Dropout inside the CrossTransformer (attention weights, residual branches, feed-forward)."},
+    )
     layer_norm_eps: float = 1e-5
-    exchange_start_layer: int = 2
-    exchange_end_layer: int = 4
-    exchange_ratio: float | int = 0.1
+    exchange_start_layer: int = field(
+        default=2, metadata={"help": "mu: the first exchange layer (1-based, inclusive)."}
+    )
+    exchange_end_layer: int = field(default=4, metadata={"help": "eta: the last exchange layer (1-based, inclusive)."})
+    exchange_ratio: float | int = field(
+        default=0.1,
+        metadata={
+            "help": "theta: the proportion of each sample's valid tokens that are exchanged in an exchange layer. 0 "
+            "switches the exchange off."
+        },
+    )
     exchange_mode: Literal["residual", "replace"] = "residual"
-    image_grid_size: int = 8
-    max_text_length: int = 64
+    image_grid_size: int = field(
+        default=8, metadata={"help": "P: the backbone's feature map is pooled to P x P image tokens."}
+    )
+    max_text_length: int = field(
+        default=64,
+        metadata={
+            "help": "n: text length in sub-word tokens after padding. Must equal P * P, because the fusion layer pairs "
+            "text position j with image token j."
+        },
+    )
     token_classifier_dropout: float | int = 0.5
     sequence_classifier_dropout: float | int = 0.5
     initializer_range: float = 0.02
     use_text: bool = True
     use_image: bool = True
     use_cross_transformer: bool = True
-    noise_std: float | int = 1.0
-    caption_loss_weight: float | int = 1e-4
-    generation_loss_weight: float | int = 1e-4
-    caption_decoder_dim: int = 512
+    noise_std: float | int = field(
+        default=1.0,
+        metadata={"help": "sigma of the Gaussian noise added to T_e and I_e before the regularizers (eqs. 3-4)."},
+    )
+    caption_loss_weight: float | int = field(
+        default=1e-4,
+        metadata={
+            "help": "alpha in eq. 14, the weight of the image-captioning loss L_it. 0 builds no caption decoder."
+        },
+    )
+    generation_loss_weight: float | int = field(
+        default=1e-4,
+        metadata={"help": "beta in eq. 14, the weight of the text-to-image loss L_ti. 0 builds no PixelCNN++ decoder."},
+    )
+    caption_decoder_dim: int = field(
+        default=512, metadata={"help": "Width of the caption decoder's LSTM, attention and word embeddings."}
+    )
     caption_dropout: float | int = 0.5
-    pixelcnn_filters: int = 80
-    pixelcnn_resnet_blocks: int = 5
+    pixelcnn_filters: int = field(
+        default=80, metadata={"help": "Filters of the conditional PixelCNN++ text-to-image decoder."}
+    )
+    pixelcnn_resnet_blocks: int = field(
+        default=5, metadata={"help": "Gated ResNet blocks per stage of the PixelCNN++."}
+    )
     pixelcnn_mixtures: int = 10
     pixelcnn_dropout: float | int = 0.5
     decoder_image_size: int = 32

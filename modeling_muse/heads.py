@@ -129,21 +129,38 @@ class CRFTaggingHead(nn.Module):
         mask[:, 0] = True
         return mask
 
-    def negative_log_likelihood(
-        self, emissions: torch.Tensor, words: WordPositions, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean over posts with at least one word of -log p(gold tags | post)."""
+    def _log_likelihoods(self, emissions: torch.Tensor, words: WordPositions, labels: torch.Tensor) -> torch.Tensor:
+        """log p(gold tags | post) of each post, ``(B,)``; the dummy step's score for a post without words."""
         word_labels = words.gather(labels)
         if bool(((word_labels < 0) & words.mask).any()):
             raise ValueError(
                 "labels: every word's first sub-token needs a tag id >= 0 (found -100 at a word start). Align "
                 "word labels with MuSEProcessor(word_labels=...), which puts them at first sub-tokens."
             )
-        has_words = words.counts > 0
-        log_likelihood = self.crf(
+        return self.crf(
             words.gather(emissions).float(), word_labels.clamp(min=0), mask=self._crf_mask(words), reduction="none"
         )
+
+    def negative_log_likelihood(
+        self, emissions: torch.Tensor, words: WordPositions, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over posts with at least one word of -log p(gold tags | post): the mean of the non-NaN values of
+        `post_negative_log_likelihoods` (0 when no post has a word)."""
+        has_words = words.counts > 0
+        log_likelihood = self._log_likelihoods(emissions, words, labels)
         return -(log_likelihood * has_words).sum() / has_words.sum().clamp(min=1)
+
+    def post_negative_log_likelihoods(
+        self, emissions: torch.Tensor, words: WordPositions, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """-log p(gold tags | post) of each post, ``(B,)`` in float32; NaN for a post without words, which has no
+        tags to score.
+
+        What `negative_log_likelihood` averages, kept per post: an evaluation gathered over processes drops the
+        posts repeated to pad the last batches before averaging, which a batch mean would still carry.
+        """
+        log_likelihood = self._log_likelihoods(emissions, words, labels)
+        return torch.where(words.counts > 0, -log_likelihood, torch.full_like(log_likelihood, float("nan")))
 
     def decode(self, emissions: torch.Tensor, words: WordPositions) -> torch.Tensor:
         """Viterbi paths, ``(B, n)``: the tag at each word's first sub-token, -100 elsewhere (`viterbi_decode`)."""
@@ -192,6 +209,22 @@ class CRFTaggingHead(nn.Module):
 
         log_marginals = torch.stack(alphas, dim=1) + torch.stack(betas, dim=1) - log_partition[:, None, None]
         return log_marginals.exp() * mask.unsqueeze(-1)
+
+    def tag_confidences(self, emissions: torch.Tensor, words: WordPositions, tag_ids: torch.Tensor) -> torch.Tensor:
+        """The CRF's confidence in given tags: ``out[b, w] = p(tag of word w = tag_ids at its start | post b)``,
+        ``(B, words.width)`` in float32, 0 for padding words.
+
+        ``tag_ids`` are per sub-word position, like `decode`'s paths (the tag of a word read at its first sub-token;
+        other positions are ignored). With the Viterbi paths these are the scores of the NER pipeline and of the
+        training scripts' predictions file: the marginal (`marginals`) of the chosen tag at each word. Held to at
+        most 1, as a probability is: in float32, ``alpha + beta - log Z`` subtracts sums that grow with the post's
+        length and the emissions' size, so a near-certain tag's ``exp`` can come out above 1 (by one ulp at small
+        scores, by 1e-4 and more at large ones), which a user would read as a broken probability. Nothing clamps
+        below: ``exp`` is never negative.
+        """
+        word_tags = words.gather(tag_ids).clamp(min=0)
+        chosen = self.marginals(emissions, words).gather(2, word_tags.unsqueeze(2)).squeeze(2)
+        return chosen.clamp(max=1.0)
 
 
 class SentimentHead(nn.Module):

@@ -447,7 +447,7 @@ class MultimodalNERPipeline(MuSEPipeline):
     Returns, per post, a list of entities as `TokenClassificationPipeline` does: ``entity_group`` (``entity`` with
     ``"none"``), ``score``, ``word``, ``start``, ``end``. ``start``/``end`` are character offsets into the post's
     text; for a word-list input, into ``" ".join(words)``. ``score`` is the CRF's marginal probability of the
-    predicted (Viterbi) tag at each word, from the forward-backward algorithm (`CRFTaggingHead.marginals`); a
+    predicted (Viterbi) tag at each word, from the forward-backward algorithm (`CRFTaggingHead.tag_confidences`); a
     multi-word entity gets the mean of its words' scores. Words cut by the model's ``max_text_length`` get no tag.
     """
 
@@ -462,10 +462,8 @@ class MultimodalNERPipeline(MuSEPipeline):
     def _head_outputs(self, outputs: Any, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         words = WordPositions(model_inputs["word_start_mask"])
         word_tags = words.gather(outputs.predicted_tag_ids)
-        marginals = self.model.tagger.marginals(outputs.logits, words)
-        word_scores = marginals.gather(2, word_tags.clamp(min=0).unsqueeze(2)).squeeze(2)
-        # exp(alpha + beta - log Z) can round a certain tag to one ulp above 1.
-        return {"word_tags": word_tags, "word_scores": word_scores.clamp(max=1.0), "word_counts": words.counts}
+        word_scores = self.model.tagger.tag_confidences(outputs.logits, words, outputs.predicted_tag_ids)
+        return {"word_tags": word_tags, "word_scores": word_scores, "word_counts": words.counts}
 
     def postprocess(
         self,

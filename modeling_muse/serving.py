@@ -15,9 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .configuration_muse import pipelines_registered_by
-
-__all__ = ["SERVING_REQUIREMENTS", "custom_pipeline_entries", "save_serving_files"]
+__all__ = ["SERVING_REQUIREMENTS", "custom_pipeline_entries", "pipelines_registered_by", "save_serving_files"]
 
 # What the saved code imports beyond the standard library (torch, transformers and huggingface_hub come with any
 # transformers environment but are listed for completeness), with the versions this package declares.
@@ -30,6 +28,23 @@ SERVING_REQUIREMENTS = (
     "pillow>=10",
     "numpy",
 )
+
+
+def pipelines_registered_by(package: str) -> dict[str, dict[str, Any]]:
+    """The pipeline tasks that the code of ``package`` has registered with transformers: task -> its registry entry
+    (``impl``: the pipeline class, ``pt``: the Auto classes of its models).
+
+    With MuSE installed these are the ``multimodal-*`` tasks (`modeling_muse/__init__.py` registers them); code
+    loaded with ``trust_remote_code`` registers none.
+    """
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    return {
+        task: entry
+        for task, entry in PIPELINE_REGISTRY.supported_tasks.items()
+        # Entries of tasks registered as module paths hold a string there.
+        if getattr(entry.get("impl"), "__module__", "").rpartition(".")[0] == package
+    }
 
 
 def custom_pipeline_entries(package: str) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, HfArgumentParser
 
 from configuration_muse import ABLATION_VARIANTS, MuSEConfig
-from modeling_muse.configuration_muse import field_documentation, is_hub_id
+from modeling_muse.hub import is_hub_id
 from datasets_scripts.mvsa import LABEL_FILE
 from datasets_scripts.umt import UMT_SPLIT_FILES
 from .lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, adapter_base_model
@@ -341,8 +341,8 @@ class ModelArguments:
     )
 
 
-# The MuSE hyperparameters on the command line: MuSEConfig's own fields, with MuSEConfig's own documentation as their
-# help (configuration_muse.field_documentation), so that the two never drift apart.
+# The MuSE hyperparameters on the command line: MuSEConfig's own fields, with the help their field metadata gives them
+# in MuSEConfig, so that the two never drift apart.
 MUSE_ARGUMENTS = (
     "num_cross_layers",
     "num_attention_heads",
@@ -363,9 +363,9 @@ MUSE_ARGUMENTS = (
 
 
 def _muse_argument(name: str) -> tuple[str, type, Any]:
-    annotation = str(next(f.type for f in dataclasses.fields(MuSEConfig) if f.name == name))
-    kind = float if "float" in annotation else int
-    help_text = field_documentation(MuSEConfig, name) + _default_note(name)
+    config_field = next(f for f in dataclasses.fields(MuSEConfig) if f.name == name)
+    kind = float if "float" in str(config_field.type) else int
+    help_text = config_field.metadata["help"] + _default_note(name)
     return name, kind | None, field(default=None, metadata={"help": help_text})
 
 

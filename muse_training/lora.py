@@ -35,7 +35,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from modeling_muse import MuSEModel, MuSEPreTrainedModel
-from modeling_muse.configuration_muse import is_hub_id
+from modeling_muse.hub import is_hub_id
 
 from .markdown import code_block, code_span
 

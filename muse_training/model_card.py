@@ -18,7 +18,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
-from modeling_muse.configuration_muse import is_hub_id, is_vision_model_id
+from modeling_muse.hub import is_hub_id, is_vision_model_id
 
 from .arguments import DATASET_TITLES, MUSE_ARGUMENTS, TaskInfo, text_encoder_hub_id
 from .checkpoints import MODEL_CARD_FILE, TrainingProgress, regularizer_weights_prefix

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
 
-from modeling_muse.configuration_muse import is_hub_id
+from modeling_muse.hub import is_hub_id
 
 from .arguments import TaskInfo
 from .checkpoints import RESULTS_FILE

@@ -1,11 +1,19 @@
+import dataclasses
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoConfig, BertConfig, PreTrainedConfig
 
 import modeling_muse  # noqa: F401  registers MuSE with the Auto classes
 from configuration_muse import ABLATION_VARIANTS, MuSEConfig
+from muse_training.arguments import MUSE_ARGUMENTS, MuSEArguments
 from tiny_models import tiny_config
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_follow_the_spec():
@@ -90,3 +98,50 @@ def test_ablation_variants_are_valid_configurations():
         "wo_l_it": (False, True),
         "wo_l_ti": (True, False),
     }
+
+
+# ------------------------------------------------------------------------------------------- command-line help
+
+
+def documented_fields(config_class: type) -> dict[str, str]:
+    """The entries of a configuration docstring's ``Args:`` block, field name -> its description on one line."""
+    block = config_class.__doc__.split("Args:", 1)[1].split("Example:", 1)[0]
+    # re.split with a group gives [text before the first entry, names, description, names, description, ...].
+    parts = re.split(r"^ {8}(\w+(?:, \w+)*) \(`[^\n]*\):\n", block, flags=re.MULTILINE)
+    return {
+        name: " ".join(description.split())
+        for names, description in zip(parts[1::2], parts[2::2], strict=True)
+        for name in names.split(", ")
+    }
+
+
+def test_every_field_is_documented_and_the_command_line_help_says_what_the_docstring_says():
+    documented = documented_fields(MuSEConfig)
+    # MuSE's own fields; those inherited from PreTrainedConfig are documented by transformers.
+    own = vars(MuSEConfig)["__annotations__"]
+    fields = {field.name: field for field in dataclasses.fields(MuSEConfig) if field.name in own}
+    assert set(documented) == set(fields)
+    with_help = {name for name, field in fields.items() if "help" in field.metadata}
+    assert with_help == set(MUSE_ARGUMENTS)
+    for name in with_help:
+        assert fields[name].metadata["help"] == documented[name], name
+    for argument in dataclasses.fields(MuSEArguments):
+        assert argument.metadata["help"].startswith(fields[argument.name].metadata["help"] + " Default: ")
+
+
+def test_the_command_line_help_does_not_read_the_configuration_docstring(script_env):
+    # In a fresh process (the argument module builds its dataclasses at import): a configuration without a docstring
+    # gives the same help, so rewording or reformatting the docstring cannot break the command line.
+    program = (
+        "import dataclasses, json\n"
+        "from configuration_muse import MuSEConfig\n"
+        "MuSEConfig.__doc__ = None\n"
+        "from muse_training.arguments import MuSEArguments\n"
+        "print(json.dumps({f.name: f.metadata['help'] for f in dataclasses.fields(MuSEArguments)}))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], cwd=REPOSITORY_ROOT, env=script_env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == {f.name: f.metadata["help"] for f in dataclasses.fields(MuSEArguments)}

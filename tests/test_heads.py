@@ -1,4 +1,5 @@
-"""Tests of the tensor Viterbi, the static-width word packing and the compile-clean evaluation forward."""
+"""Tests of the tensor Viterbi, the static-width word packing, the CRF's confidences and per-post losses, and the
+compile-clean evaluation forward."""
 
 from __future__ import annotations
 
@@ -100,6 +101,74 @@ def test_static_width_packs_the_same_words_and_marginals():
     assert torch.equal(scattered[starts], values[static.mask]) and (scattered[~starts] == -100).all()
     with pytest.raises(ValueError, match="width"):
         WordPositions(starts, width=0)
+
+
+# ------------------------------------------------------------------------------------------- confidences and loss
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_tag_confidences_are_the_marginals_of_the_viterbi_tags_within_zero_and_one(seed):
+    generator = torch.Generator().manual_seed(seed)
+    head = CRFTaggingHead(hidden_size=4, num_labels=4, dropout=0.0)
+    head.crf = random_crf(4, generator)
+    starts = random_word_starts(5, 11, generator)
+    emissions = 3 * torch.randn(5, 11, 4, generator=generator)
+    words = WordPositions(starts)
+    tags = head.decode(emissions, words)
+    with torch.no_grad():
+        marginals = head.marginals(emissions, words)
+        confidences = head.tag_confidences(emissions, words, tags)
+    assert confidences.shape == (5, words.width) and confidences.dtype == torch.float32
+    assert ((confidences >= 0) & (confidences <= 1)).all()
+    for post in range(5):
+        for word, position in enumerate(starts[post].nonzero().flatten().tolist()):
+            expected = min(float(marginals[post, word, int(tags[post, position])]), 1.0)
+            assert float(confidences[post, word]) == expected
+    assert (confidences[~words.mask] == 0).all()
+
+
+def test_tag_confidences_hold_a_certain_tag_to_one_where_float32_rounds_its_marginal_above():
+    head = CRFTaggingHead(hidden_size=4, num_labels=1, dropout=0.0)
+    words = WordPositions(torch.ones(1, 7, dtype=torch.bool))
+    # One tag: its probability is exactly 1 at every word; scores of a trained model's size.
+    emissions = 3.3 * torch.arange(1, 8, dtype=torch.float32).view(1, 7, 1)
+    with torch.no_grad():
+        for transition_scores in (head.crf.start_transitions, head.crf.transitions, head.crf.end_transitions):
+            transition_scores.fill_(0.1)
+        tags = head.decode(emissions, words)
+        assert (head.marginals(emissions, words) > 1).any()  # the rounding the clamp is for
+        assert torch.equal(head.tag_confidences(emissions, words, tags), torch.ones(1, 7))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_per_post_losses_are_each_post_s_loss_and_average_to_the_batch_loss(seed):
+    generator = torch.Generator().manual_seed(seed)
+    head = CRFTaggingHead(hidden_size=4, num_labels=3, dropout=0.0)
+    head.crf = random_crf(3, generator)
+    starts = random_word_starts(6, 10, generator)
+    emissions = 3 * torch.randn(6, 10, 3, generator=generator)
+    labels = torch.where(starts, torch.randint(3, (6, 10), generator=generator), torch.full((6, 10), -100))
+    with torch.no_grad():
+        losses = head.post_negative_log_likelihoods(emissions, WordPositions(starts), labels)
+        batch_loss = head.negative_log_likelihood(emissions, WordPositions(starts), labels)
+        assert losses.shape == (6,)
+        for post in range(6):
+            if not starts[post].any():
+                assert losses[post].isnan()
+                continue
+            alone = WordPositions(starts[post : post + 1])
+            own = head.negative_log_likelihood(emissions[post : post + 1], alone, labels[post : post + 1])
+            torch.testing.assert_close(losses[post], own)
+    has_words = starts.any(dim=1)
+    torch.testing.assert_close(losses[has_words].mean(), batch_loss)
+    torch.testing.assert_close(losses.nansum(), batch_loss * has_words.sum())
+
+
+def test_per_post_losses_name_a_missing_word_tag():
+    head = CRFTaggingHead(hidden_size=4, num_labels=2, dropout=0.0)
+    words = WordPositions(torch.tensor([[0, 1, 1]]))
+    with pytest.raises(ValueError, match="labels: every word's first sub-token"):
+        head.post_negative_log_likelihoods(torch.zeros(1, 3, 2), words, torch.tensor([[-100, 0, -100]]))
 
 
 # ------------------------------------------------------------------------------------------- torch.compile

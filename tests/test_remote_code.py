@@ -24,7 +24,7 @@ from transformers import pipeline
 import configuration_muse
 import processing_muse
 from modeling_muse import MuSEConfig, MuSEForSequenceClassification, MuSEForTokenClassification, MuSEProcessor
-from modeling_muse.configuration_muse import is_hub_id
+from modeling_muse.hub import is_hub_id
 
 CLIENT = Path(__file__).with_name("remote_code_client.py")
 AUTO_CLASS_NAMES = (
