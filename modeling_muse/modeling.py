@@ -257,7 +257,9 @@ class MuSEPreTrainedModel(PreTrainedModel):
         allocated (`check_configuration_against_weights`).
         """
         folder = None if pretrained_model_name_or_path is None else Path(pretrained_model_name_or_path)
-        if folder is not None and folder.is_dir() and "state_dict" not in kwargs:
+        # A folder without its own config.json (a PEFT adapter's) is not a MuSE checkpoint to hold against.
+        has_config = folder is not None and (folder / kwargs.get("subfolder", "") / "config.json").is_file()
+        if has_config and "state_dict" not in kwargs:
             config = kwargs.get("config")
             if not isinstance(config, PreTrainedConfig):
                 # As transformers resolves it: the folder's configuration with the keyword arguments that are its
@@ -539,6 +541,9 @@ def layers_selected(
     indices, as `output_hidden_states=[0, 2, -1]` asks; unchanged when it is a bool."""
     if per_layer is None or isinstance(selection, bool) or selection is None:
         return per_layer
+    outside = [index for index in selection if not -len(per_layer) <= index < len(per_layer)]
+    if outside:
+        raise IndexError(f"layer indices {outside} are outside the {len(per_layer)} entries (-{len(per_layer)} to {len(per_layer) - 1}).")
     kept = {index % len(per_layer) for index in selection}
     return tuple(item if index in kept else None for index, item in enumerate(per_layer))
 
