@@ -126,10 +126,11 @@ def check_pickled_files(folder: str | os.PathLike) -> list[Path]:
     with its allow-list, before anything else loads them; return them.
 
     Raises:
-        UnsafeCheckpointFile: for the first file that holds anything else, naming it.
+        UnsafeCheckpointFile: for the first file that holds anything else, naming it, or for a link that leads out
+            of ``folder`` (its files would be loaded unchecked: a walk does not enter linked folders).
     """
     checked = []
-    for path in sorted(Path(folder).rglob("*")):
+    for path in sorted(_entries_within(Path(folder))):
         if not path.is_file():
             continue
         if path.name == _DCP_METADATA_FILE:
@@ -140,6 +141,22 @@ def check_pickled_files(folder: str | os.PathLike) -> list[Path]:
             continue
         checked.append(path)
     return checked
+
+
+def _entries_within(root: Path) -> Iterator[Path]:
+    """Every file and folder under ``root``, refusing links that lead outside it; a link within it leads to entries
+    the walk reaches anyway."""
+    resolved_root = root.resolve()
+    for directory, folders, files in os.walk(root):
+        for name in (*folders, *files):
+            path = Path(directory, name)
+            if path.is_symlink():
+                target = Path(os.path.realpath(path))
+                if not target.is_relative_to(resolved_root):
+                    raise UnsafeCheckpointFile(
+                        path, f"a link to {target}, outside the checkpoint; copy what it links to into the checkpoint"
+                    )
+            yield path
 
 
 @contextmanager

@@ -431,3 +431,25 @@ def test_a_dataset_folder_with_a_link_leading_outside_is_refused_naming_it(tmp_p
         link.symlink_to(outside / "test.jsonl")
     with pytest.raises(UserDataError, match=rf"{link} is a symbolic link that leads outside the dataset folder"):
         load_user_dataset("msa", dataset_name=str(folder), cache_dir=tmp_path / "cache")
+
+
+def test_a_link_out_of_the_checkpoint_is_refused_and_links_within_it_are_checked(tmp_path):
+    """A walk does not enter linked folders, so a hostile ``.metadata`` behind a link would be loaded unchecked: a link
+    leading out of the checkpoint is refused naming it; one within it leads to files that are checked anyway."""
+    canary = tmp_path / "canary.txt"
+    outside = tmp_path / "elsewhere" / "pytorch_model_fsdp_0"
+    outside.mkdir(parents=True)
+    (outside / ".metadata").write_bytes(pickle.dumps(_Canary(canary)))
+    checkpoint = tmp_path / "step_2"
+    checkpoint.mkdir()
+    torch.save({"step": torch.tensor(2)}, checkpoint / "scheduler.bin")
+    (checkpoint / "pytorch_model_fsdp_0").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafeCheckpointFile, match=r"step_2/pytorch_model_fsdp_0 cannot be read \(a link to .*outside"):
+        check_pickled_files(checkpoint)
+    (checkpoint / "pytorch_model_fsdp_0").unlink()
+    (checkpoint / "inner").mkdir()
+    (checkpoint / "inner" / "optimizer.bin").write_bytes(pickle.dumps(_Canary(canary)))
+    (checkpoint / "linked_optimizer.bin").symlink_to(checkpoint / "inner" / "optimizer.bin")
+    with pytest.raises(UnsafeCheckpointFile, match=r"cannot be read"):
+        check_pickled_files(checkpoint)
+    assert not canary.exists()
