@@ -266,7 +266,8 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
     As in transformers' examples, a fresh training run needs an empty or new output_dir: one that holds anything is
     refused, naming it, unless ``--overwrite_output_dir``; and even then only a run's own files (`run_files`) are
     deleted, everything else stays (and is never uploaded). ``--resume_from_checkpoint latest`` in a folder with no
-    checkpoint yet starts the run there afresh when the folder holds nothing but a run's own files. A run that does
+    checkpoint yet starts the run there afresh when the folder holds nothing but an interrupted run's own files (no
+    results, no kept model). A run that does
     not train writes its results and predictions only into a new folder, a trained model's folder of these scripts
     (its ``best_model.json``), or with ``--overwrite_output_dir``.
     """
@@ -296,7 +297,9 @@ def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> Pa
             )
     if checkpoint is None:
         own, foreign = run_files(output_dir, args.task)
-        restart = args.resume_from_checkpoint == "latest" and not foreign
+        # Only an interrupted run starts afresh: a finished one (its results or kept model) is not deleted unasked.
+        finished = [path for path in own if path.name in (RESULTS_FILE, BEST_MODEL_MARKER)]
+        restart = args.resume_from_checkpoint == "latest" and not foreign and not finished
         if (own or foreign) and not args.overwrite_output_dir and not restart:
             names = first_then_count([path.name for path in foreign or own], separator=", ")
             what = f"files these scripts did not write ({names})" if foreign else f"an earlier run ({names})"

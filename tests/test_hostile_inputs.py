@@ -274,6 +274,23 @@ def test_a_malformed_progress_file_names_itself_for_latest(interrupted_run, tmp_
         run_msa.main([*argv, "--resume_from_checkpoint", "latest"])
 
 
+def test_latest_in_a_finished_run_without_checkpoints_keeps_its_model(interrupted_run, tmp_path):
+    """``--resume_from_checkpoint latest`` starts afresh only where a run was interrupted before its first checkpoint;
+    in a finished run's folder whose checkpoints are gone it must not delete the trained model."""
+    import shutil
+
+    output_dir, argv = interrupted_run
+    copy = tmp_path / "out"
+    shutil.copytree(output_dir, copy)
+    for checkpoint in copy.glob("step_*"):
+        shutil.rmtree(checkpoint)
+    kept = {path.name: path.read_bytes() for path in copy.iterdir() if path.is_file()}
+    argv = [value if value != str(output_dir) else str(copy) for value in argv]
+    with pytest.raises(SystemExit, match=rf"--output_dir {copy} already holds an earlier run"):
+        run_msa.main([*argv, "--resume_from_checkpoint", "latest"])
+    assert {path.name: path.read_bytes() for path in copy.iterdir() if path.is_file()} == kept
+
+
 # ------------------------------------------------------------------------------------------- the Hub
 
 
