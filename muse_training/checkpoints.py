@@ -95,6 +95,9 @@ RUN_FILES = (
 _MODEL_WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
 # What the launch puts beside them, never deleted: reproduce.py's argument file and console log of a run.
 LAUNCH_FILES = ("args.yaml", "train.log")
+# Files that may change while a model is saved (the console log, the marker) yet are never part of the model, so
+# never listed by its marker nor uploaded with it; the predictions (the test posts' text) go up only when asked.
+_NEVER_MODEL_FILES = frozenset({*LAUNCH_FILES, BEST_MODEL_MARKER, PREDICTIONS_FILE, RESULTS_FILE})
 
 
 def is_run_file_name(name: str) -> bool:
@@ -229,7 +232,10 @@ def marker_files(output_dir: str | os.PathLike) -> list[str]:
     if not isinstance(listed, list):
         return []
     # The marker is a file in a folder anyone may have edited: a name that leaves the folder is never taken.
-    return [name for name in listed if isinstance(name, str) and file_id_problem(name) is None]
+    return [
+        name for name in listed
+        if isinstance(name, str) and file_id_problem(name) is None and name not in _NEVER_MODEL_FILES
+    ]
 
 
 def run_files(output_dir: str | os.PathLike, task: str) -> tuple[list[Path], list[Path]]:
@@ -518,7 +524,10 @@ def save_model(
             )
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir)
-        written = sorted(name for name, stamp in _file_stamps(output_dir).items() if before.get(name) != stamp)
+        written = sorted(
+            name for name, stamp in _file_stamps(output_dir).items()
+            if before.get(name) != stamp and name not in _NEVER_MODEL_FILES
+        )
         # Written last and atomically: a marker always describes complete model files, and lists them (`run_files`).
         marker = Path(output_dir, BEST_MODEL_MARKER)
         partial = marker.with_name(marker.name + _INCOMPLETE_SUFFIX)

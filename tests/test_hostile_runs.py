@@ -453,3 +453,38 @@ def test_a_link_out_of_the_checkpoint_is_refused_and_links_within_it_are_checked
     with pytest.raises(UnsafeCheckpointFile, match=r"cannot be read"):
         check_pickled_files(checkpoint)
     assert not canary.exists()
+
+
+def test_a_log_written_while_the_model_is_saved_is_neither_listed_nor_uploaded(finished_run, tmp_path):
+    """The marker lists the files a save changed; the console log (``train.log`` beside a reproduce.py run) changes
+    meanwhile, and must not be taken for a model file and uploaded. An older marker that lists it is not trusted."""
+    from accelerate import Accelerator
+
+    from modeling_muse import MuSEForSequenceClassification
+    from muse_training.checkpoints import save_model
+    from processing_muse import MuSEProcessor
+
+    original, _ = finished_run
+    model = MuSEForSequenceClassification.from_pretrained(original)
+    processor = MuSEProcessor.from_pretrained(original)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    log = folder / "train.log"
+    log.write_text("epoch 1\n")
+    save_processor = processor.save_pretrained
+
+    def save_while_logging(*args, **kwargs):
+        with log.open("a") as handle:
+            handle.write("saving the best model\n")
+        return save_processor(*args, **kwargs)
+
+    processor.save_pretrained = save_while_logging
+    save_model(Accelerator(cpu=True), model, processor, str(folder), {"step": 4})
+    listed = json.loads((folder / "best_model.json").read_text())["files"]
+    assert "model.safetensors" in listed and "train.log" not in listed
+    assert "train.log" not in files_to_upload(folder, include_predictions=True)
+    marker = json.loads((folder / "best_model.json").read_text())
+    (folder / "best_model.json").write_text(json.dumps({**marker, "files": [*listed, "train.log", "args.yaml"]}))
+    (folder / "args.yaml").write_text("hub_token: secret\n")
+    uploaded = files_to_upload(folder)
+    assert "model.safetensors" in uploaded and not {"train.log", "args.yaml"} & set(uploaded)
