@@ -136,10 +136,16 @@ class MuSEPreTrainedModel(PreTrainedModel):
         residual blocks, a ViT's position embeddings)."""
         super().initialize_weights()
         for module in self.modules():
-            if isinstance(module, ImageEncoder) and module.is_timm:
-                initial = module.timm_initial_state()
-                for name, tensor in module.backbone.state_dict(keep_vars=True).items():
-                    init.copy_(tensor, initial[name])
+            if not (isinstance(module, ImageEncoder) and module.is_timm):
+                continue
+            tensors = module.backbone.state_dict(keep_vars=True)
+            # A checkpoint that holds the whole tower (every load of a saved model) leaves nothing to initialise:
+            # building a second backbone for its initial values would only cost time and memory.
+            if all(getattr(tensor, "_is_hf_initialized", False) for tensor in tensors.values()):
+                continue
+            initial = module.timm_initial_state()
+            for name, tensor in tensors.items():
+                init.copy_(tensor, initial[name])
 
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs

@@ -89,6 +89,33 @@ def test_a_folder_without_the_towers_weights_loads_finite(tmp_path):
         assert torch.isfinite(model(**_inputs()).logits).all()
 
 
+def test_timm_initial_values_are_built_only_for_a_tower_a_folder_lacks(tmp_path, monkeypatch):
+    """timm initialises an architecture as a whole, so its initial values come from a second backbone built for the
+    purpose; a folder holding the whole tower (every load of a saved model) needs none, one without it does."""
+    from safetensors.torch import load_file, save_file
+
+    from modeling_muse.image_encoder import ImageEncoder
+
+    built = []
+    original = ImageEncoder.timm_initial_state
+    monkeypatch.setattr(ImageEncoder, "timm_initial_state", lambda self: built.append(1) or original(self))
+    MuSEForSequenceClassification(tiny_config(SENTIMENT_LABELS)).save_pretrained(tmp_path)
+    built.clear()
+    loaded = MuSEForSequenceClassification.from_pretrained(tmp_path)
+    assert built == []
+    weights = load_file(tmp_path / "model.safetensors")
+    running_mean = next(name for name in weights if ".image_encoder.backbone." in name and "running_mean" in name)
+    del weights[running_mean]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reloaded = MuSEForSequenceClassification.from_pretrained(tmp_path)
+    assert built == [1]
+    # The one missing buffer gets timm's value (zeros), the loaded ones stay as saved.
+    assert torch.equal(reloaded.state_dict()[running_mean], torch.zeros_like(loaded.state_dict()[running_mean]))
+    for name, value in loaded.state_dict().items():
+        if name != running_mean:
+            assert torch.equal(reloaded.state_dict()[name], value), name
+
+
 # ---------------------------------------------------------------------------------------------------- embeddings
 
 
