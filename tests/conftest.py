@@ -117,3 +117,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         slow_tests[item.path] = slow_tests.get(item.path, 0) + bool(item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow_tests[item.path])
+
+
+@pytest.fixture(scope="session")
+def finished_msa_run(tiny_text_model, tmp_path_factory):
+    """A finished tiny run_msa.py run (`tiny_msa_arguments`) with checkpoints step_2 and step_4, and its arguments.
+    Shared: a test that changes it works on a copy."""
+    import run_msa
+    from tiny_models import tiny_msa_arguments
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("datasets")))
+        output_dir = tmp_path_factory.mktemp("run") / "out"
+        argv = tiny_msa_arguments(tiny_text_model, output_dir)
+        run_msa.main(argv)
+        assert (output_dir / "step_2" / "random_states_0.pkl").is_file()
+        yield output_dir, argv

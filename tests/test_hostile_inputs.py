@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from modeling_muse.image_input import (  # noqa: E402
 from modeling_muse.url_fetch import is_usable_address  # noqa: E402
 from muse_training.arguments import parse_args  # noqa: E402
 from processing_muse import UnreadableImageError  # noqa: E402
-from tests.tiny_models import tiny_processor, tiny_script_arguments  # noqa: E402
+from tests.tiny_models import tiny_processor  # noqa: E402
 
 # ------------------------------------------------------------------------------------------- downloads
 
@@ -213,36 +212,17 @@ def test_a_post_of_a_million_words_tokenises_only_what_the_model_can_read(monkey
 # ------------------------------------------------------------------------------------------- resumption
 
 
-def _tiny_msa(text_model: Path, output_dir: Path, *extra: str) -> list[str]:
-    return tiny_script_arguments(
-        text_model, output_dir, *extra, num_cross_layers=1, exchange_end_layer=1, per_device_train_batch_size=4,
-        max_train_samples=16, max_eval_samples=4, num_train_epochs=1, learning_rate=1e-3, checkpointing_steps=2,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def interrupted_run(tiny_text_model, tmp_path_factory) -> Iterator[tuple[Path, list[str]]]:
-    """A finished tiny run with checkpoints step_2 and step_4; its arguments."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("datasets")))
-        output_dir = tmp_path_factory.mktemp("run") / "out"
-        argv = _tiny_msa(tiny_text_model, output_dir)
-        run_msa.main(argv)
-        assert (output_dir / "step_2" / "training_arguments.json").is_file()
-        yield output_dir, argv
-
-
-def test_resuming_with_a_changed_learning_rate_is_refused_naming_it(interrupted_run, capsys):
-    output_dir, argv = interrupted_run
+def test_resuming_with_a_changed_learning_rate_is_refused_naming_it(finished_msa_run, capsys):
+    output_dir, argv = finished_msa_run
     resumed = [*argv, "--resume_from_checkpoint", str(output_dir / "step_2"), "--learning_rate", "5e-5"]
     with pytest.raises(SystemExit, match=r"--learning_rate: 0.001 then, 5e-05 now.*--ignore_changed_arguments"):
         run_msa.main(resumed)
 
 
-def test_a_damaged_random_state_file_stops_the_resumption_naming_it(interrupted_run, tmp_path):
+def test_a_damaged_random_state_file_stops_the_resumption_naming_it(finished_msa_run, tmp_path):
     import shutil
 
-    output_dir, argv = interrupted_run
+    output_dir, argv = finished_msa_run
     copy = tmp_path / "step_2"
     shutil.copytree(output_dir / "step_2", copy)
     (copy / "random_states_0.pkl").write_bytes(b"\x80\x04 damaged")
@@ -250,10 +230,10 @@ def test_a_damaged_random_state_file_stops_the_resumption_naming_it(interrupted_
         run_msa.main([*argv, "--resume_from_checkpoint", str(copy)])
 
 
-def test_a_truncated_checkpoint_model_stops_naming_the_folder(interrupted_run, tmp_path):
+def test_a_truncated_checkpoint_model_stops_naming_the_folder(finished_msa_run, tmp_path):
     import shutil
 
-    output_dir, argv = interrupted_run
+    output_dir, argv = finished_msa_run
     copy = tmp_path / "step_2"
     shutil.copytree(output_dir / "step_2", copy)
     weights = copy / "model.safetensors"
@@ -262,10 +242,10 @@ def test_a_truncated_checkpoint_model_stops_naming_the_folder(interrupted_run, t
         run_msa.main([*argv, "--resume_from_checkpoint", str(copy)])
 
 
-def test_a_malformed_progress_file_names_itself_for_latest(interrupted_run, tmp_path):
+def test_a_malformed_progress_file_names_itself_for_latest(finished_msa_run, tmp_path):
     import shutil
 
-    output_dir, argv = interrupted_run
+    output_dir, argv = finished_msa_run
     copy = tmp_path / "out"
     shutil.copytree(output_dir, copy)
     (copy / "step_2" / "training_progress.json").write_text('{"completed_steps": ')
@@ -274,12 +254,12 @@ def test_a_malformed_progress_file_names_itself_for_latest(interrupted_run, tmp_
         run_msa.main([*argv, "--resume_from_checkpoint", "latest"])
 
 
-def test_latest_in_a_finished_run_without_checkpoints_keeps_its_model(interrupted_run, tmp_path):
+def test_latest_in_a_finished_run_without_checkpoints_keeps_its_model(finished_msa_run, tmp_path):
     """``--resume_from_checkpoint latest`` starts afresh only where a run was interrupted before its first checkpoint;
     in a finished run's folder whose checkpoints are gone it must not delete the trained model."""
     import shutil
 
-    output_dir, argv = interrupted_run
+    output_dir, argv = finished_msa_run
     copy = tmp_path / "out"
     shutil.copytree(output_dir, copy)
     for checkpoint in copy.glob("step_*"):

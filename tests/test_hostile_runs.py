@@ -14,7 +14,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from datasets_scripts import MissingImagesError, OutsideFolderError, load_muse_d
 from datasets_scripts.user_data import UserDataError, load_user_dataset  # noqa: E402
 from muse_training.checkpoint_files import UnsafeCheckpointFile, check_pickled_files, weights_only_loading  # noqa: E402
 from muse_training.hub import files_to_upload  # noqa: E402
-from tests.tiny_models import tiny_script_arguments  # noqa: E402
+from tests.tiny_models import tiny_msa_arguments  # noqa: E402
 
 
 class _Canary:
@@ -43,30 +42,10 @@ class _Canary:
         return Path.write_text, (self.path, "the pickle ran")
 
 
-def _tiny_msa(text_model: Path, output_dir: Path, *extra: str, checkpoints: bool = True) -> list[str]:
-    return tiny_script_arguments(
-        text_model, output_dir, *extra, num_cross_layers=1, exchange_end_layer=1, per_device_train_batch_size=4,
-        max_train_samples=16, max_eval_samples=4, num_train_epochs=1, learning_rate=1e-3,
-        **({"checkpointing_steps": 2} if checkpoints else {}),
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_text_model, tmp_path_factory) -> Iterator[tuple[Path, list[str]]]:
-    """A finished tiny run_msa.py run (mvsa_single_sample) with checkpoints step_2 and step_4; its arguments."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("datasets")))
-        output_dir = tmp_path_factory.mktemp("run") / "out"
-        argv = _tiny_msa(tiny_text_model, output_dir)
-        run_msa.main(argv)
-        assert (output_dir / "step_2" / "random_states_0.pkl").is_file()
-        yield output_dir, argv
-
-
-def _copy_of_run(finished_run: tuple[Path, list[str]], tmp_path: Path) -> tuple[Path, list[str]]:
+def _copy_of_run(finished_msa_run: tuple[Path, list[str]], tmp_path: Path) -> tuple[Path, list[str]]:
     """The finished run's folder copied, as it stood after step 2 (later checkpoints gone), and its arguments for
     the copy."""
-    output_dir, argv = finished_run
+    output_dir, argv = finished_msa_run
     copy = tmp_path / "out"
     shutil.copytree(output_dir, copy, ignore=shutil.ignore_patterns("step_4"))
     return copy, [str(copy) if value == str(output_dir) else value for value in argv]
@@ -86,8 +65,8 @@ def _write_canary(path: Path, canary: Path) -> None:
 @pytest.mark.parametrize(
     "name", ["random_states_0.pkl", "optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl", "extra/scaler.pt"]
 )
-def test_a_checkpoint_file_that_would_run_code_is_refused_naming_it(finished_run, tmp_path, name):
-    copy, argv = _copy_of_run(finished_run, tmp_path)
+def test_a_checkpoint_file_that_would_run_code_is_refused_naming_it(finished_msa_run, tmp_path, name):
+    copy, argv = _copy_of_run(finished_msa_run, tmp_path)
     target = copy / "step_2" / name
     target.parent.mkdir(exist_ok=True)
     canary = tmp_path / "canary.txt"
@@ -97,11 +76,11 @@ def test_a_checkpoint_file_that_would_run_code_is_refused_naming_it(finished_run
     assert not canary.exists()
 
 
-def test_an_honest_checkpoint_still_resumes_exactly(finished_run, tmp_path):
+def test_an_honest_checkpoint_still_resumes_exactly(finished_msa_run, tmp_path):
     from safetensors.torch import load_file
 
-    original, _ = finished_run
-    copy, argv = _copy_of_run(finished_run, tmp_path)
+    original, _ = finished_msa_run
+    copy, argv = _copy_of_run(finished_msa_run, tmp_path)
     run_msa.main([*argv, "--resume_from_checkpoint", str(copy / "step_2")])
     resumed, uninterrupted = load_file(copy / "step_4" / "model.safetensors"), load_file(
         original / "step_4" / "model.safetensors"
@@ -134,12 +113,12 @@ def test_torch_distributed_checkpoint_indexes_are_checked_and_every_load_is_weig
     assert dict(os.environ) == before and not canary.exists()
 
 
-def test_a_model_or_adapter_folder_s_pickled_weights_never_run(finished_run, tmp_path):
+def test_a_model_or_adapter_folder_s_pickled_weights_never_run(finished_msa_run, tmp_path):
     """transformers and peft read .bin weights weights-only: the same class of file in a model or adapter folder."""
     from modeling_muse import MuSEForSequenceClassification
     from muse_training.lora import load_adapter
 
-    original, _ = finished_run
+    original, _ = finished_msa_run
     canary = tmp_path / "canary.txt"
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -161,8 +140,8 @@ def test_a_model_or_adapter_folder_s_pickled_weights_never_run(finished_run, tmp
 # ------------------------------------------------------------------------------------------- changed arguments
 
 
-def test_ignore_changed_arguments_resumes_a_run_with_a_changed_argument(finished_run, tmp_path, caplog):
-    copy, argv = _copy_of_run(finished_run, tmp_path)
+def test_ignore_changed_arguments_resumes_a_run_with_a_changed_argument(finished_msa_run, tmp_path, caplog):
+    copy, argv = _copy_of_run(finished_msa_run, tmp_path)
     resumed = [*argv, "--resume_from_checkpoint", str(copy / "step_2"), "--learning_rate", "5e-4"]
     with pytest.raises(SystemExit, match=r"--learning_rate: 0.001 then, 0.0005 now"):
         run_msa.main(resumed)
@@ -198,7 +177,7 @@ def test_a_fresh_run_into_a_user_s_folder_is_refused_and_overwriting_keeps_their
 ):
     folder = tmp_path / "my-project"
     files = _user_folder(folder)
-    command = [sys.executable, "run_msa.py", *_tiny_msa(tiny_text_model, folder)]
+    command = [sys.executable, "run_msa.py", *tiny_msa_arguments(tiny_text_model, folder)]
     refused = subprocess.run(command, cwd=REPO_ROOT, env=script_env, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0
     assert f"--output_dir {folder} already holds files these scripts did not write" in refused.stderr
@@ -218,8 +197,8 @@ def test_a_fresh_run_into_a_user_s_folder_is_refused_and_overwriting_keeps_their
     assert "model.safetensors" in uploaded and not {"notes.txt", "data", ".git"} & set(uploaded)
 
 
-def test_evaluating_into_a_folder_with_results_of_its_own_is_refused(finished_run, tmp_path):
-    original, _ = finished_run
+def test_evaluating_into_a_folder_with_results_of_its_own_is_refused(finished_msa_run, tmp_path):
+    original, _ = finished_msa_run
     folder = tmp_path / "my-project"
     files = _user_folder(folder)
     argv = ["--model_name_or_path", str(original), "--do_train", "false", "--output_dir", str(folder)]
@@ -255,7 +234,7 @@ def test_labels_and_names_from_the_data_stay_text_in_the_model_card(tiny_text_mo
         files[split] = hostile
     output_dir = tmp_path / 'muse "x" <b>y ``` [z](javascript:alert(4))'
     run_msa.main(
-        _tiny_msa(tiny_text_model, output_dir, *(f"--{split}_file={path}" for split, path in files.items()),
+        tiny_msa_arguments(tiny_text_model, output_dir, *(f"--{split}_file={path}" for split, path in files.items()),
                   checkpoints=False)
     )  # fmt: skip
 
@@ -300,9 +279,9 @@ class _HubRecorder:
 
 @pytest.mark.slow
 def test_an_upload_holds_the_adapter_without_local_paths_and_no_predictions_unless_asked(
-    finished_run, tmp_path, monkeypatch, caplog
+    finished_msa_run, tmp_path, monkeypatch, caplog
 ):
-    base, _ = finished_run
+    base, _ = finished_msa_run
     recorder = _HubRecorder(monkeypatch)
     output_dir = tmp_path / "adapter"
     argv = [
@@ -381,7 +360,7 @@ def test_mvsa_files_and_folders_that_link_outside_the_data_folder_are_not_read(t
     shutil.move(source, target)
     source.symlink_to(target, target_is_directory=target.is_dir())
     if linked.endswith(".jpg"):
-        with pytest.raises(MissingImagesError, match=rf"3: unreadable \(a symbolic link that leads outside"):
+        with pytest.raises(MissingImagesError, match=r"3: unreadable \(a symbolic link that leads outside"):
             load_muse_dataset("mvsa_single", data_dir=folder, cache_dir=tmp_path / "cache")
         return
     named = folder / ("data/1.txt" if linked == "data" else linked)
@@ -455,7 +434,7 @@ def test_a_link_out_of_the_checkpoint_is_refused_and_links_within_it_are_checked
     assert not canary.exists()
 
 
-def test_a_log_written_while_the_model_is_saved_is_neither_listed_nor_uploaded(finished_run, tmp_path):
+def test_a_log_written_while_the_model_is_saved_is_neither_listed_nor_uploaded(finished_msa_run, tmp_path):
     """The marker lists the files a save changed; the console log (``train.log`` beside a reproduce.py run) changes
     meanwhile, and must not be taken for a model file and uploaded. An older marker that lists it is not trusted."""
     from accelerate import Accelerator
@@ -464,7 +443,7 @@ def test_a_log_written_while_the_model_is_saved_is_neither_listed_nor_uploaded(f
     from muse_training.checkpoints import save_model
     from processing_muse import MuSEProcessor
 
-    original, _ = finished_run
+    original, _ = finished_msa_run
     model = MuSEForSequenceClassification.from_pretrained(original)
     processor = MuSEProcessor.from_pretrained(original)
     folder = tmp_path / "out"

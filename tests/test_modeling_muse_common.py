@@ -18,7 +18,7 @@ from transformers import BertConfig
 
 import transformers_common_tests
 from modeling_muse import MuSEConfig, MuSEForSequenceClassification, MuSEForTokenClassification, MuSEModel
-from tiny_models import TINY_DECODER_SIZES
+from tiny_models import TINY_DECODER_SIZES, tiny_config
 
 if transformers_common_tests.tests_folder() is None and not os.environ.get("CI"):
     # CI fetches them before the tests (.ci/run), so there a missing copy fails the import below.
@@ -61,25 +61,16 @@ class MuSEModelTester:
         self.is_training = True
 
     def get_config(self) -> MuSEConfig:
-        return MuSEConfig(
-            text_config=BertConfig(
-                vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=37, max_position_embeddings=64,
-            ),
-            vision_model_name_or_path="test_resnet",
-            num_cross_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=37,
-            image_grid_size=4,
-            max_text_length=16,
-            exchange_start_layer=1,
-            exchange_end_layer=2,
-            exchange_ratio=0.25,
-            caption_loss_weight=0.1,
-            generation_loss_weight=0.1,
-            num_labels=self.num_labels,
-            **TINY_DECODER_SIZES,
-        )
+        text_config = BertConfig(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64,
+        )  # fmt: skip
+        return tiny_config(
+            [f"LABEL_{index}" for index in range(self.num_labels)], text_config=text_config,
+            num_cross_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads, intermediate_size=37,
+            max_text_length=16, exchange_start_layer=1, exchange_end_layer=2, caption_loss_weight=0.1,
+            generation_loss_weight=0.1, **TINY_DECODER_SIZES,
+        )  # fmt: skip
 
     def prepare_config_and_inputs(self) -> tuple[MuSEConfig, dict[str, torch.Tensor]]:
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size)

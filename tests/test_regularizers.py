@@ -7,16 +7,9 @@ from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification, MuSEModel
 from modeling_muse.regularizers import EmbeddingRegularizers
 from test_modeling import random_inputs
-from tiny_models import SENTIMENT_LABELS, tiny_config
+from tiny_models import SENTIMENT_LABELS, TINY_DECODER_SIZES, tiny_config
 
-DECODER_SIZES = dict(
-    caption_loss_weight=0.5,
-    generation_loss_weight=0.25,
-    caption_decoder_dim=16,
-    pixelcnn_filters=8,
-    pixelcnn_resnet_blocks=1,
-    pixelcnn_mixtures=2,
-)
+DECODER_SIZES = dict(caption_loss_weight=0.5, generation_loss_weight=0.25, pixelcnn_mixtures=2, **TINY_DECODER_SIZES)
 
 
 def training_inputs(batch=2, seed=0):

@@ -63,6 +63,15 @@ def tiny_script_arguments(text_model: Path, output_dir: Path, *extra: str, **val
     ]
 
 
+def tiny_msa_arguments(text_model: Path, output_dir: Path, *extra: str, checkpoints: bool = True) -> list[str]:
+    """A one-epoch run_msa.py run on 16 posts of the bundled MVSA sample, batch 4 (checkpoints step_2 and step_4)."""
+    return tiny_script_arguments(
+        text_model, output_dir, *extra, num_cross_layers=1, exchange_end_layer=1, per_device_train_batch_size=4,
+        max_train_samples=16, max_eval_samples=4, num_train_epochs=1, learning_rate=1e-3,
+        **({"checkpointing_steps": 2} if checkpoints else {}),
+    )  # fmt: skip
+
+
 def tiny_processor(
     label_names: list[str] | None = NER_LABELS, image_size: int = 32, max_length: int = TINY_LENGTH
 ) -> MuSEProcessor:
