@@ -19,6 +19,22 @@ class QuietFileHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and sends whole bodies with `send_body`."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_body(self, body: bytes, headers: dict[str, str] | None = None, status: int = 200) -> None:
+        """Answer with ``status``, ``headers``, the body's length and ``body``."""
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 def serving_files(directory: str) -> type[BaseHTTPRequestHandler]:
     return functools.partial(QuietFileHandler, directory=directory)
 

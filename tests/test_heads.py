@@ -106,13 +106,20 @@ def test_static_width_packs_the_same_words_and_marginals():
 # ------------------------------------------------------------------------------------------- confidences and loss
 
 
+def _random_tagger(
+    seed: int, num_labels: int, batch: int, length: int
+) -> tuple[CRFTaggingHead, torch.Tensor, torch.Tensor, torch.Generator]:
+    """A tagging head with random CRF transitions, random word starts and emissions, and the generator drawn from."""
+    generator = torch.Generator().manual_seed(seed)
+    head = CRFTaggingHead(hidden_size=4, num_labels=num_labels, dropout=0.0)
+    head.crf = random_crf(num_labels, generator)
+    starts = random_word_starts(batch, length, generator)
+    return head, starts, 3 * torch.randn(batch, length, num_labels, generator=generator), generator
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_tag_confidences_are_the_marginals_of_the_viterbi_tags_within_zero_and_one(seed):
-    generator = torch.Generator().manual_seed(seed)
-    head = CRFTaggingHead(hidden_size=4, num_labels=4, dropout=0.0)
-    head.crf = random_crf(4, generator)
-    starts = random_word_starts(5, 11, generator)
-    emissions = 3 * torch.randn(5, 11, 4, generator=generator)
+    head, starts, emissions, _ = _random_tagger(seed, num_labels=4, batch=5, length=11)
     words = WordPositions(starts)
     tags = head.decode(emissions, words)
     with torch.no_grad():
@@ -142,11 +149,7 @@ def test_tag_confidences_hold_a_certain_tag_to_one_where_float32_rounds_its_marg
 
 @pytest.mark.parametrize("seed", range(10))
 def test_per_post_losses_are_each_post_s_loss_and_average_to_the_batch_loss(seed):
-    generator = torch.Generator().manual_seed(seed)
-    head = CRFTaggingHead(hidden_size=4, num_labels=3, dropout=0.0)
-    head.crf = random_crf(3, generator)
-    starts = random_word_starts(6, 10, generator)
-    emissions = 3 * torch.randn(6, 10, 3, generator=generator)
+    head, starts, emissions, generator = _random_tagger(seed, num_labels=3, batch=6, length=10)
     labels = torch.where(starts, torch.randint(3, (6, 10), generator=generator), torch.full((6, 10), -100))
     with torch.no_grad():
         losses = head.post_negative_log_likelihoods(emissions, WordPositions(starts), labels)

@@ -12,11 +12,10 @@ import subprocess
 import sys
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from local_server import serving
+from local_server import QuietHandler, serving
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,25 +41,25 @@ from tests.tiny_models import tiny_processor  # noqa: E402
 INFLATED_BYTES = 200 * 2**20
 
 
-class _HostileServer(BaseHTTPRequestHandler):
+class _HostileServer(QuietHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):  # noqa: N802 - the name http.server calls
         route = self.path.split("?")[0]
         if route == "/gzip":
-            self._send(gzip.compress(bytes(INFLATED_BYTES), compresslevel=9), {"Content-Encoding": "gzip"})
+            self.send_body(gzip.compress(bytes(INFLATED_BYTES), compresslevel=9), {"Content-Encoding": "gzip"})
         elif route == "/deflate":
-            self._send(zlib.compress(bytes(INFLATED_BYTES), 9), {"Content-Encoding": "deflate"})
+            self.send_body(zlib.compress(bytes(INFLATED_BYTES), 9), {"Content-Encoding": "deflate"})
         elif route == "/loop":
-            self._send(b"", {"Location": "/loop"}, status=302)
+            self.send_body(b"", {"Location": "/loop"}, status=302)
         elif route == "/to-ftp":
-            self._send(b"", {"Location": "ftp://127.0.0.1/secret.png"}, status=302)
+            self.send_body(b"", {"Location": "ftp://127.0.0.1/secret.png"}, status=302)
         elif route.startswith("/hop"):
             # /hopN redirects to /hop(N-1), and /hop0 trickles its body: the deadline covers every hop.
             hops = int(route[4:])
             if hops:
                 time.sleep(0.3)
-                self._send(b"", {"Location": f"/hop{hops - 1}"}, status=302)
+                self.send_body(b"", {"Location": f"/hop{hops - 1}"}, status=302)
             else:
                 self.send_response(200)
                 self.send_header("Content-Length", "1000")
@@ -70,18 +69,8 @@ class _HostileServer(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(0.01)
         else:
-            self._send(b"", {}, status=404)
+            self.send_body(b"", {}, status=404)
 
-    def _send(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,14 @@ MuSE with the text-only variant.
 
 from __future__ import annotations
 
-import http.server
 import json
-import socketserver
 import sys
-import threading
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
+from local_server import QuietHandler, serving
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -210,7 +208,7 @@ def test_relative_paths_resolve_against_the_data_file_or_image_dir(tmp_path):
         load_user_dataset("mner", data_files={"train": climbing})
 
 
-class _ImageServer(http.server.BaseHTTPRequestHandler):
+class _ImageServer(QuietHandler):
     picture = b""
 
     def do_GET(self):  # noqa: N802 - the handler name http.server calls
@@ -221,13 +219,7 @@ class _ImageServer(http.server.BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(body)
 
 
 def test_image_urls_are_fetched_once_with_the_pipeline_s_limits(tmp_path, monkeypatch):
@@ -236,16 +228,11 @@ def test_image_urls_are_fetched_once_with_the_pipeline_s_limits(tmp_path, monkey
     buffer = tmp_path / "blue.png"
     _picture(buffer, "blue")
     _ImageServer.picture = buffer.read_bytes()
-    server = socketserver.TCPServer(("127.0.0.1", 0), _ImageServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(_ImageServer) as base:
         rows = [{"text": "x", "label": "a", "image": f"{base}/{name}"} for name in ("ok.png", "big.png", "404.png")]
         path = _write_jsonl(tmp_path / "train.jsonl", rows)
         loaded = load_user_dataset("msa", data_files={"train": path}, missing_images="placeholder",
                                    max_image_bytes=1024, allow_private_urls=True)
-    finally:
-        server.shutdown()
     images = loaded["train"].cast_column("image", datasets.Image(decode=False))["image"]
     assert images[0]["bytes"] == _ImageServer.picture and images[0]["path"] == f"{base}/ok.png"
     assert [image["path"] for image in images[1:]] == [None, None]  # over max_image_bytes, and HTTP 404

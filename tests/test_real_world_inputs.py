@@ -15,12 +15,11 @@ import struct
 import sys
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
-from local_server import serving
+from local_server import QuietHandler, serving
 import torch
 from PIL import Image
 from tiny_models import MINILM_DIR, TINY_LENGTH, tiny_config, tiny_processor
@@ -345,12 +344,9 @@ def test_real_twitter2017_text_reads_with_its_configuration(tmp_path):
 # ------------------------------------------------------------------------------ 4. URL deadline and size
 
 
-class _AwkwardServer(BaseHTTPRequestHandler):
+class _AwkwardServer(QuietHandler):
     """/slow: a PNG header, then one byte every 0.25 s (20 at most); /huge: 4 MiB without a Content-Length;
     /declared: a Content-Length of 1 GB."""
-
-    def log_message(self, *args) -> None:
-        pass
 
     def do_GET(self) -> None:
         try:

@@ -24,12 +24,11 @@ import textwrap
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import datasets
 import pytest
-from local_server import serving
+from local_server import QuietHandler, serving
 from PIL import Image
 from test_handler import load_handler
 from test_real_world_inputs import png_chunk, png_header
@@ -65,7 +64,7 @@ def picture_bytes(colour: str = "red") -> bytes:
     return buffer.getvalue()
 
 
-class _Recorder(BaseHTTPRequestHandler):
+class _Recorder(QuietHandler):
     """Serves a picture at any path but /missing (HTTP 404); /redirect?to=<url> redirects there. Every request is
     recorded by the server's class (``requests``: path and Host header)."""
 
@@ -78,19 +77,9 @@ class _Recorder(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         if self.path.startswith("/redirect?to="):
-            self.send_response(302)
-            self.send_header("Location", self.path.removeprefix("/redirect?to="))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send_body(b"", {"Location": self.path.removeprefix("/redirect?to=")}, status=302)
             return
-        body = picture_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(picture_bytes())
 
 
 def recording_server(host: str, tls: ssl.SSLContext | None = None):
