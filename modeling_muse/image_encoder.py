@@ -151,7 +151,29 @@ def resolve_vision_tower(name_or_path: str | os.PathLike, **config_kwargs: Any) 
     config = AutoConfig.from_pretrained(name, **config_kwargs)
     if config.model_type == "timm_wrapper":
         return _timm_tower(name, f"hf-hub:{name}")
-    return VisionTower(name, "transformers", vision_config=_vision_half(config))
+    vision_config = _vision_half(config)
+    # The tower's own normalisation travels in its configuration, for the placeholder picture of a post without one
+    # (`ImageEncoder.placeholder_pixel_values`): the model never sees the image processor.
+    normalisation = _image_processor_normalisation(name, **config_kwargs)
+    if normalisation is not None:
+        vision_config.image_mean, vision_config.image_std = normalisation
+    return VisionTower(name, "transformers", vision_config=vision_config)
+
+
+def _image_processor_normalisation(name: str, **config_kwargs: Any) -> tuple[list[float], list[float]] | None:
+    """The mean and std of the image processor saved with a transformers tower (``preprocessor_config.json``), or
+    None where there is none."""
+    from transformers.utils import cached_file
+
+    path = cached_file(name, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **config_kwargs)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    mean, std = saved.get("image_mean"), saved.get("image_std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+        return None
+    return [float(value) for value in mean], [float(value) for value in std]
 
 
 _RESAMPLING = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
@@ -397,7 +419,10 @@ class ImageEncoder(nn.Module):
             settings = getattr(self.backbone, "pretrained_cfg", None) or {}
             self.input_size = tuple((settings.get("input_size") or (3, 224, 224))[1:])
         else:
-            settings = {}
+            settings = {
+                "mean": getattr(config.vision_config, "image_mean", None),
+                "std": getattr(config.vision_config, "image_std", None),
+            }
             self.input_size = self.configured_size if self.configured_size[0] else (224, 224)
         self.image_mean = tuple(settings.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
         self.image_std = tuple(settings.get("std") or timm.data.IMAGENET_DEFAULT_STD)
@@ -477,7 +502,8 @@ class ImageEncoder(nn.Module):
     def placeholder_pixel_values(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The ``pixel_values`` of the placeholder picture (the mid-grey stand-in that the processor, the dataset
         builders and the pipelines use for a missing image) for ``batch_size`` posts, at the tower's input size and
-        normalised with its mean and std (timm's pretrained configuration; ImageNet's for a transformers tower)."""
+        normalised with its mean and std (timm's pretrained configuration; for a transformers tower, its image
+        processor's, which `resolve_vision_tower` keeps in ``vision_config``, else ImageNet's)."""
         grey = torch.tensor(PLACEHOLDER_COLOR, dtype=torch.float32) / 255
         normalised = (grey - torch.tensor(self.image_mean)) / torch.tensor(self.image_std)
         return normalised.to(device=device, dtype=dtype)[None, :, None, None].expand(batch_size, 3, *self.input_size)

@@ -153,6 +153,23 @@ def test_pretrained_tower_weights_are_loaded_and_prefix_tokens_dropped(name, tmp
     assert feature_map.dim() == 4 and feature_map.shape[0] == 2
 
 
+@pytest.mark.parametrize("name", ["clip_vision", "siglip_vision", "vit"])
+def test_the_placeholder_picture_is_normalised_as_the_tower_s_processor_normalises(name, tmp_path):
+    """A post without a picture reads the grey placeholder as the processor would have prepared it: with the tower's
+    own mean and std (CLIP's and SigLIP's differ from ImageNet's), also after saving and reloading the model."""
+    from modeling_muse.image_input import placeholder_image
+
+    folder = _save_transformers_tower(name, tmp_path / name)
+    processor = TRANSFORMERS_TOWERS[name][1]()
+    expected = processor(images=placeholder_image(), return_tensors="pt")["pixel_values"][0, :, 0, 0]
+    model = MuSEForSequenceClassification.from_text_vision_pretrained(str(MINILM_DIR), str(folder), num_labels=3,
+                                                                      **TINY_MUSE)
+    model.save_pretrained(tmp_path / "muse")
+    for built in (model, MuSEForSequenceClassification.from_pretrained(tmp_path / "muse")):
+        placeholder = built.muse.image_encoder.placeholder_pixel_values(1, torch.device("cpu"), torch.float32)
+        torch.testing.assert_close(placeholder[0, :, 0, 0], expected, atol=1e-2, rtol=0)
+
+
 def test_the_vision_half_of_a_clip_checkpoint_is_the_tower(tmp_path):
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
