@@ -14,7 +14,8 @@
 - `checkpoints`: checkpoint/resume, the output folder, the best model kept in it.
 - `evaluation`: a split's predictions, labels and loss, gathered over processes without duplicates;
   `predictions`: the ``predictions.jsonl`` file.
-- `results`: `all_results.json`, the console's test line; `model_card`: the model card; `hub`: the Hub upload.
+- `results`: `all_results.json`, the console's test line; `model_card`: the model card; `hub_upload`: the Hub upload.
+- `freed_memory`: glibc keeps freed CPU memory in the process for the next step (``--keep_freed_memory``).
 
 Conventions follow transformers' `examples/pytorch/token-classification/run_ner_no_trainer.py` (argument names,
 ``step_N``/``epoch_N`` checkpoints, ``all_results.json``).

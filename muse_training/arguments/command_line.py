@@ -345,7 +345,7 @@ class RunArguments:
         default=True,
         metadata={
             "help": "On CPUs, keep freed memory in the process for the next step (glibc's mallopt, "
-            "muse_training/memory.py) instead of faulting every step's activations back in; "
+            "muse_training/freed_memory.py) instead of faulting every step's activations back in; "
             "--keep_freed_memory false leaves the C library's defaults."
         },
     )
