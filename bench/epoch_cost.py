@@ -12,7 +12,7 @@ Three models, each trained for one step (forward, backward, and the training scr
 The batches come from the Twitter-2017 text in ``--data_dir`` (default ``data/twitter2017``; the bundled sample when that folder is absent; it has 420
 posts, so 13 batches), shuffled with seed 0, every image the grey placeholder, through the real MuSEProcessor: text
 padded to each batch's longest post. All three models read the same tokens and padding, in one process in which
-glibc keeps freed memory for reuse, as in the training scripts (muse_training/memory.py). The first pass over the
+glibc keeps freed memory for reuse, as in the training scripts (muse_training/freed_memory.py). The first pass over the
 batches counts FLOPs (cost_tools.py says what is counted) and warms up; then ``--rounds`` timed passes, the models
 interleaved batch by batch so that changes in the machine's load hit all three alike. Prints seconds per batch
 (the mean over the batches and rounds) and FLOPs per batch, the spread of the per-batch time ratios (each model's
@@ -39,7 +39,7 @@ from configuration_muse import ABLATION_VARIANTS
 from cost_tools import add_device_arguments, autocast, count_flops, spread, timed
 from datasets_scripts import load_muse_dataset
 from modeling_muse import MuSEForTokenClassification
-from muse_training.memory import keep_freed_memory_in_process
+from muse_training.freed_memory import keep_freed_memory_in_process
 from muse_training.optimization import create_optimizer
 from modeling_muse.heads import CRFTaggingHead, WordPositions
 from processing_muse import MuSEProcessor

@@ -74,7 +74,7 @@ def _map_large_allocations_alone() -> bool:
     """Make glibc serve every allocation above 128 KiB by its own mapping, unmapped when freed (a fixed
     ``M_MMAP_THRESHOLD`` also stops glibc from raising it as tensors come and go). The resident size then follows the
     live tensors instead of the heap's high-water mark. False without glibc."""
-    from muse_training.memory import glibc
+    from muse_training.freed_memory import glibc
 
     libc = glibc()
     return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, _MAPPED_ABOVE))
@@ -82,7 +82,7 @@ def _map_large_allocations_alone() -> bool:
 
 def _give_back_freed_memory() -> None:
     gc.collect()
-    from muse_training.memory import glibc
+    from muse_training.freed_memory import glibc
 
     libc = glibc()
     if libc is not None:

@@ -4,7 +4,7 @@ One model at the paper's sizes: a BERT-base-sized random text encoder, a ResNet-
 6-layer CrossTransformer (exchange in layers 2-4, theta 0.1), the caption decoder (LSTM 512) and the PixelCNN++
 (80 filters x 5 blocks, 10 mixtures). The batch's posts have random lengths between 16 and 64 sub-words and the
 text is padded to the longest one, as MuSEProcessor does. As in the training scripts, glibc keeps freed memory for
-reuse (muse_training/memory.py).
+reuse (muse_training/freed_memory.py).
 
 Two variants of the same model and weights, stepped alternately in one process (forward, backward, and the training
 scripts' AdamW from ``muse_training.optimization.create_optimizer``):
@@ -53,7 +53,7 @@ from cost_tools import (
     timed,
 )
 from modeling_muse import MuSEForTokenClassification
-from muse_training.memory import keep_freed_memory_in_process
+from muse_training.freed_memory import keep_freed_memory_in_process
 from muse_training.optimization import create_optimizer
 
 VARIANTS = ("full", "only-L_task")

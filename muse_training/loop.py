@@ -37,9 +37,9 @@ from .checkpoints import (
 from .data import load_splits
 from .divergence import NonFiniteLossGuard, check_validation_loss, check_weights_finite
 from .evaluation import use_best_model
-from .hub import create_hub_repo
+from .hub_upload import create_hub_repo
 from .logs import LossMeter, configure_logging, epoch_summary
-from .memory import keep_freed_memory_in_process
+from .freed_memory import keep_freed_memory_in_process
 from .optimization import Schedule, create_optimizer, create_scheduler
 
 __all__ = [
@@ -73,7 +73,7 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
     )
     configure_logging(accelerator)
     if args.keep_freed_memory and accelerator.device.type == "cpu" and keep_freed_memory_in_process():
-        logger.debug("glibc keeps freed memory in the process (muse_training/memory.py)")
+        logger.debug("glibc keeps freed memory in the process (muse_training/freed_memory.py)")
     if accelerator.distributed_type != DistributedType.NO:
         logger.info(accelerator.state, main_process_only=False)
     for plugin, distributed_type in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
@@ -181,113 +181,15 @@ def fit(
         accelerator.num_processes,
         args.gradient_accumulation_steps,
     )
-    progress_bar = tqdm(
-        total=schedule.max_train_steps,
-        initial=progress.completed_steps,
-        desc="training",
-        disable=not accelerator.is_local_main_process,
-    )
-    # The window feeds the progress bar and the trackers every --logging_steps; the epoch meter the summary line.
-    window, epoch_meter = LossMeter(accelerator), LossMeter(accelerator)
-    guard = NonFiniteLossGuard(accelerator)
-
-    def check_before_saving() -> None:
-        guard.check(progress, args)
-        check_weights_finite(accelerator, model, progress, args)
-
+    training = _Training(accelerator, model, optimizer, lr_scheduler, schedule, progress, args)
     start, samples_trained = time.perf_counter(), 0
     # Log lines pass through tqdm while its bar is shown, instead of landing in the middle of the bar.
     # The bar is closed also when a diverged run stops, so that the error starts on a line of its own.
-    with progress_bar, logging_redirect_tqdm():
+    with training.progress_bar, logging_redirect_tqdm():
         for epoch in range(progress.epoch, schedule.num_train_epochs):
             epoch_start = time.perf_counter()
-            epoch_meter.reset()
-            model.train()
-            train_dataloader.set_epoch(epoch)
-            batches = train_dataloader
-            if epoch == progress.epoch and progress.epoch_step > 0:
-                batches = accelerator.skip_first_batches(
-                    train_dataloader, progress.epoch_step * args.gradient_accumulation_steps
-                )
-            progress.epoch = epoch
-            for batch in batches:
-                # Checked before the step, not after it: a run resumed from its final step must not train further.
-                if progress.completed_steps >= schedule.max_train_steps:
-                    break
-                with accelerator.accumulate(model):
-                    outputs = model(**batch)
-                    guard.update(outputs, progress.completed_steps + 1, epoch + 1)
-                    accelerator.backward(outputs.loss)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                batch_size = batch["input_ids"].shape[0]
-                window.update(outputs, batch_size)
-                epoch_meter.update(outputs, batch_size)
-                samples_trained += batch_size
-                if not accelerator.sync_gradients:
-                    continue
-                progress.completed_steps += 1
-                progress.epoch_step += 1
-                progress_bar.update(1)
-                if progress.completed_steps % args.logging_steps == 0:
-                    # The window's loss is read from the device here anyway: a diverged step stops the run now.
-                    guard.check(progress, args)
-                    values = _log_window(accelerator, window, progress, lr_scheduler.get_last_lr()[0], args)
-                    progress_bar.set_postfix(loss=f"{values['loss']:.4f}")
-                if (
-                    isinstance(args.checkpointing_steps, int)
-                    and progress.completed_steps % args.checkpointing_steps == 0
-                ):
-                    check_before_saving()
-                    save_checkpoint(
-                        accelerator,
-                        args.output_dir,
-                        f"step_{progress.completed_steps}",
-                        progress,
-                        args.save_total_limit,
-                        training_arguments(args),
-                    )
-            check_before_saving()
-            if window.batches:
-                _log_window(accelerator, window, progress, lr_scheduler.get_last_lr()[0], args)
-            training = epoch_meter.summary() if epoch_meter.batches else None
-            metrics = validate()
-            metrics.pop("report", None)
-            check_validation_loss(metrics, epoch + 1, progress, args)
-            progress.history.append({"epoch": epoch + 1, "step": progress.completed_steps, **metrics})
-            if args.with_tracking:
-                accelerator.log(
-                    {f"eval/{name}": value for name, value in metrics.items()}, step=progress.completed_steps
-                )
-            improved = task.improves(metrics, progress.best.get("metrics", {}))
-            if improved:
-                progress.best = {"epoch": epoch + 1, "step": progress.completed_steps, "metrics": metrics}
-                save_model(
-                    accelerator, model, processor, args.output_dir, progress.best, args.keep_regularizers
-                )
-            logger.info(
-                epoch_summary(
-                    epoch + 1,
-                    schedule.num_train_epochs,
-                    training,
-                    metrics,
-                    task.metric_names,
-                    time.perf_counter() - epoch_start,
-                    args.output_dir if improved else None,
-                )
-            )
-            progress.epoch, progress.epoch_step = epoch + 1, 0
-            if args.checkpointing_steps == "epoch":
-                check_before_saving()
-                save_checkpoint(
-                    accelerator,
-                    args.output_dir,
-                    f"epoch_{epoch + 1}",
-                    progress,
-                    args.save_total_limit,
-                    training_arguments(args),
-                )
+            samples_trained += training.train_epoch(train_dataloader, epoch)
+            training.end_epoch(epoch, validate, task, processor, epoch_start)
             if progress.completed_steps >= schedule.max_train_steps:
                 break
     runtime = time.perf_counter() - start
@@ -297,6 +199,131 @@ def fit(
         "train_steps": progress.completed_steps,
         "train_epochs": progress.epoch,
     }
+
+
+class _Training:
+    """The epochs of `fit`: the optimizer steps of one epoch (`train_epoch`), then validation, the best model and the
+    epoch's checkpoint (`end_epoch`), sharing the progress, the loss meters and the divergence guard."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any,
+        schedule: Schedule,
+        progress: TrainingProgress,
+        args: argparse.Namespace,
+    ) -> None:
+        self.accelerator, self.model, self.optimizer, self.lr_scheduler = accelerator, model, optimizer, lr_scheduler
+        self.schedule, self.progress, self.args = schedule, progress, args
+        self.progress_bar = tqdm(
+            total=schedule.max_train_steps,
+            initial=progress.completed_steps,
+            desc="training",
+            disable=not accelerator.is_local_main_process,
+        )
+        # The window feeds the progress bar and the trackers every --logging_steps; the epoch meter the summary line.
+        self.window, self.epoch_meter = LossMeter(accelerator), LossMeter(accelerator)
+        self.guard = NonFiniteLossGuard(accelerator)
+
+    def train_epoch(self, train_dataloader: DataLoader, epoch: int) -> int:
+        """The optimizer steps of ``epoch`` (the rest of it, for a run resumed mid-epoch), up to the schedule's last;
+        returns the number of posts this process trained on."""
+        accelerator, progress, args = self.accelerator, self.progress, self.args
+        self.epoch_meter.reset()
+        self.model.train()
+        train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        if epoch == progress.epoch and progress.epoch_step > 0:
+            batches = accelerator.skip_first_batches(
+                train_dataloader, progress.epoch_step * args.gradient_accumulation_steps
+            )
+        progress.epoch = epoch
+        samples_trained = 0
+        for batch in batches:
+            # Checked before the step, not after it: a run resumed from its final step must not train further.
+            if progress.completed_steps >= self.schedule.max_train_steps:
+                break
+            with accelerator.accumulate(self.model):
+                outputs = self.model(**batch)
+                self.guard.update(outputs, progress.completed_steps + 1, epoch + 1)
+                accelerator.backward(outputs.loss)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad()
+            batch_size = batch["input_ids"].shape[0]
+            self.window.update(outputs, batch_size)
+            self.epoch_meter.update(outputs, batch_size)
+            samples_trained += batch_size
+            if not accelerator.sync_gradients:
+                continue
+            progress.completed_steps += 1
+            progress.epoch_step += 1
+            self.progress_bar.update(1)
+            if progress.completed_steps % args.logging_steps == 0:
+                # The window's loss is read from the device here anyway: a diverged step stops the run now.
+                self.guard.check(progress, args)
+                values = _log_window(accelerator, self.window, progress, self.lr_scheduler.get_last_lr()[0], args)
+                self.progress_bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if isinstance(args.checkpointing_steps, int) and progress.completed_steps % args.checkpointing_steps == 0:
+                self._save_checkpoint(f"step_{progress.completed_steps}")
+        return samples_trained
+
+    def end_epoch(
+        self,
+        epoch: int,
+        validate: Callable[[], dict[str, Any]],
+        task: TaskInfo,
+        processor: MuSEProcessor,
+        epoch_start: float,
+    ) -> None:
+        """After ``epoch``'s steps: the last loss window, validation (kept in the progress's history), the model saved
+        when it is the best so far, the epoch's summary line and, for ``--checkpointing_steps epoch``, a checkpoint."""
+        accelerator, progress, args = self.accelerator, self.progress, self.args
+        self._check_before_saving()
+        if self.window.batches:
+            _log_window(accelerator, self.window, progress, self.lr_scheduler.get_last_lr()[0], args)
+        training = self.epoch_meter.summary() if self.epoch_meter.batches else None
+        metrics = validate()
+        metrics.pop("report", None)
+        check_validation_loss(metrics, epoch + 1, progress, args)
+        progress.history.append({"epoch": epoch + 1, "step": progress.completed_steps, **metrics})
+        if args.with_tracking:
+            accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=progress.completed_steps)
+        improved = task.improves(metrics, progress.best.get("metrics", {}))
+        if improved:
+            progress.best = {"epoch": epoch + 1, "step": progress.completed_steps, "metrics": metrics}
+            save_model(accelerator, self.model, processor, args.output_dir, progress.best, args.keep_regularizers)
+        logger.info(
+            epoch_summary(
+                epoch + 1,
+                self.schedule.num_train_epochs,
+                training,
+                metrics,
+                task.metric_names,
+                time.perf_counter() - epoch_start,
+                args.output_dir if improved else None,
+            )
+        )
+        progress.epoch, progress.epoch_step = epoch + 1, 0
+        if args.checkpointing_steps == "epoch":
+            self._save_checkpoint(f"epoch_{epoch + 1}")
+
+    def _check_before_saving(self) -> None:
+        self.guard.check(self.progress, self.args)
+        check_weights_finite(self.accelerator, self.model, self.progress, self.args)
+
+    def _save_checkpoint(self, name: str) -> None:
+        self._check_before_saving()
+        save_checkpoint(
+            self.accelerator,
+            self.args.output_dir,
+            name,
+            self.progress,
+            self.args.save_total_limit,
+            training_arguments(self.args),
+        )
 
 
 def _log_window(

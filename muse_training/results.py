@@ -20,7 +20,7 @@ from .arguments import TaskInfo
 from .checkpoints import RESULTS_FILE
 from .loop import RunOutcome
 from .data import describe_data
-from .hub import push_to_hub
+from .hub_upload import push_to_hub
 from .model_card import dataset_id, write_model_card
 from .predictions import PREDICTIONS_FILE
 

@@ -28,7 +28,7 @@ import run_msa  # noqa: E402
 from datasets_scripts import MissingImagesError, OutsideFolderError, load_muse_dataset  # noqa: E402
 from datasets_scripts.user_data import UserDataError, load_user_dataset  # noqa: E402
 from muse_training.checkpoint_files import UnsafeCheckpointFile, check_pickled_files, weights_only_loading  # noqa: E402
-from muse_training.hub import files_to_upload  # noqa: E402
+from muse_training.hub_upload import files_to_upload  # noqa: E402
 from tests.tiny_models import tiny_msa_arguments  # noqa: E402
 
 

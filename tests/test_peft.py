@@ -27,7 +27,7 @@ from torch import nn
 
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
 from muse_training.checkpoints import save_model
-from muse_training.hub import files_to_upload
+from muse_training.hub_upload import files_to_upload
 from muse_training.lora import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,

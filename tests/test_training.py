@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import run_mner  # noqa: E402
 import run_msa  # noqa: E402
 from datasets_scripts import SAMPLE_DIR  # noqa: E402
-from muse_training import hub  # noqa: E402
+from muse_training import hub_upload  # noqa: E402
 from muse_training.arguments import offline_text_model_path, parse_args  # noqa: E402
 from muse_training.checkpoints import (  # noqa: E402
     BEST_MODEL_MARKER,
@@ -41,7 +41,7 @@ from muse_training.checkpoints import (  # noqa: E402
 )
 from muse_training.data import report_splits  # noqa: E402
 from muse_training.evaluation import EvaluationOutput  # noqa: E402
-from muse_training.hub import files_to_upload, push_to_hub  # noqa: E402
+from muse_training.hub_upload import files_to_upload, push_to_hub  # noqa: E402
 from muse_training.model_card import write_model_card  # noqa: E402
 from muse_training.optimization import create_optimizer, optimizer_parameter_groups  # noqa: E402
 from tests.tiny_models import tiny_script_arguments  # noqa: E402
@@ -612,11 +612,11 @@ def _fake_output_dir(root: Path) -> Path:
 
 
 def test_push_to_hub_uploads_the_run_s_own_files_and_predictions_only_when_asked(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(hub, "HfApi", _RecordingHfApi)
+    monkeypatch.setattr(hub_upload, "HfApi", _RecordingHfApi)
     _RecordingHfApi.calls = []
     output_dir = _fake_output_dir(tmp_path / "muse-out")
     with caplog.at_level("INFO"):
-        assert hub.create_hub_repo("muse-out", token="secret") == ("someone/muse-out", False)
+        assert hub_upload.create_hub_repo("muse-out", token="secret") == ("someone/muse-out", False)
     assert "https://huggingface.co/someone/muse-out, a public repository (anyone can read" in caplog.text
     uploaded = push_to_hub(output_dir, "someone/muse-out", token="secret")
     expected = ["README.md", "all_results.json", "config.json", "model.safetensors", "processor_config.json",
@@ -633,7 +633,7 @@ def test_push_to_hub_uploads_the_run_s_own_files_and_predictions_only_when_asked
     # An existing public repository is not used for a run that asked for a private one.
     with pytest.raises(SystemExit, match=r"--hub_private_repo true: the Hub repository someone/muse-out exists and is "
                                          r"public"):  # fmt: skip
-        hub.create_hub_repo("muse-out", token=None, private=True)
+        hub_upload.create_hub_repo("muse-out", token=None, private=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

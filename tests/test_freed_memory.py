@@ -1,4 +1,4 @@
-"""muse_training/memory.py: after keep_freed_memory_in_process, freed tensors stay in the process for reuse."""
+"""muse_training/freed_memory.py: after keep_freed_memory_in_process, freed tensors stay in the process for reuse."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 ALLOCATE_AND_FREE = """
 import sys
 import torch
-from muse_training.memory import keep_freed_memory_in_process
+from muse_training.freed_memory import keep_freed_memory_in_process
 
 def resident_bytes():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
