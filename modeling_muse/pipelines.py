@@ -259,6 +259,10 @@ class MuSEPipeline(Pipeline):
         # and the training-only regularizer decoders must stay off.
         self.model.eval()
         if torch_compile is not False:
+            if not isinstance(self.model, torch.nn.Module):
+                raise ValueError(
+                    f"torch_compile: compiles a PyTorch model, and this pipeline runs a {type(self.model).__name__}."
+                )
             from .compilation import compile_for_inference
 
             compile_for_inference(self.model, None if torch_compile is True else torch_compile)
