@@ -164,7 +164,8 @@ class ORTMuSEModel:
                 value = value.float() if value.is_floating_point() else value.long()
                 value = value.numpy()
             feed[name] = np.asarray(value)
-        return [torch.from_numpy(np.ascontiguousarray(array)) for array in self.session.run(list(self.output_names), feed)]
+        outputs = self.session.run(list(self.output_names), feed)
+        return [torch.from_numpy(np.ascontiguousarray(array)) for array in outputs]
 
     def _check_call(self, pixel_values: Any, labels: Any, extras: dict[str, Any]) -> None:
         if pixel_values is None:
@@ -173,7 +174,9 @@ class ORTMuSEModel:
                 f"exported graph; pass the processor's pixel values of the placeholder image instead."
             )
         if labels is not None:
-            raise ValueError(f"{type(self).__name__}: the exported graph is the evaluation forward; it takes no labels.")
+            raise ValueError(
+                f"{type(self).__name__}: the exported graph is the evaluation forward; it takes no labels."
+            )
         asked = sorted(name for name, value in extras.items() if value)
         if asked:
             raise ValueError(

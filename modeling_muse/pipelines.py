@@ -109,9 +109,9 @@ _IMAGE_NOT_OBTAINED = (FileNotFoundError, ConnectionError, UnreadableImageError)
 # The notes of the calls running in each thread, by pipeline: per thread, so that concurrent calls (a web server's
 # request threads) keep their counts apart; module-level, so that a pipeline stays picklable for DataLoader workers.
 _notes_of_calls = threading.local()
-# What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 # The prefix of the model outputs of the posts with the placeholder picture (return_image_effect=True).
 _WITHOUT_IMAGE = "without_image_"
+# What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
 
 
@@ -348,13 +348,15 @@ class MuSEPipeline(Pipeline):
         if text_column is None:
             text_column = next((name for name in self._dataset_text_columns if name in columns), None)
         if text_column not in columns:
-            named = f"no column {text_column!r}" if text_column else f"none of the columns {list(self._dataset_text_columns)}"
+            defaults = list(self._dataset_text_columns)
+            named = f"no column {text_column!r}" if text_column else f"none of the columns {defaults}"
             raise ValueError(
                 f"text_column: the dataset has {named} (its columns: {columns}); name the text column with "
                 f"text_column=<column>, as --text_column_name does for the training scripts."
             )
         image_column = kwargs.get("image_column") or "image"
-        if image_column not in columns and not (kwargs.get("image_column") is None and kwargs.get("allow_missing_image")):
+        text_only = kwargs.get("image_column") is None and kwargs.get("allow_missing_image")
+        if image_column not in columns and not text_only:
             raise ValueError(
                 f"image_column: the dataset has no column {image_column!r} (its columns: {columns}); name the image "
                 f"column with image_column=<column>, as --image_column_name does for the training scripts"
@@ -534,7 +536,9 @@ class MuSEPipeline(Pipeline):
         ``pixel_values``): what a post without a picture looks like to the model in training (the dataset builders
         store this placeholder) and in the pipelines (allow_missing_image=True)."""
         if getattr(self, "_placeholder_pixels", None) is None:
-            encoded = self.processor(images=[placeholder_image()], text=[["placeholder"]], return_tensors="pt", warn=False)
+            encoded = self.processor(
+                images=[placeholder_image()], text=[["placeholder"]], return_tensors="pt", warn=False
+            )
             self._placeholder_pixels = encoded["pixel_values"]
         pixels = self._placeholder_pixels.to(device=like.device, dtype=like.dtype)
         return pixels.expand(like.shape[0], *pixels.shape[1:])

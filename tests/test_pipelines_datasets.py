@@ -3,12 +3,13 @@ storage dict ``{"bytes": ..., "path": ...}``, transformers' `KeyDataset`, genera
 
 from __future__ import annotations
 
+import functools
 import io
 
 import datasets
 import numpy as np
 import pytest
-from local_server import serving, serving_files
+from local_server import QuietFileHandler, serving
 from PIL import Image
 from tiny_models import save_tiny_checkpoints
 from transformers import pipeline
@@ -61,7 +62,9 @@ def image_dataset(folders, **columns) -> datasets.Dataset:
     """Rows as the NER script reads them: tokens, ner_tags, an Image() column (files and bytes mixed), an id."""
     root = folders["photo"].parent
     images = [
-        {"bytes": None, "path": str(root / f"photo{seed}.png")} if seed % 2 else {"bytes": png_bytes(picture(seed)), "path": None}
+        {"bytes": None, "path": str(root / f"photo{seed}.png")}
+        if seed % 2
+        else {"bytes": png_bytes(picture(seed)), "path": None}
         for seed in range(len(WORDS))
     ]
     data = {"tokens": WORDS, "ner_tags": [[0] * len(words) for words in WORDS], "image": images, "id": list(range(5))}
@@ -131,11 +134,14 @@ def test_an_iterable_dataset_and_a_generator_stream_lazily_in_order(ner, folders
 
 
 def test_a_key_dataset_of_posts_streams_and_one_of_texts_is_told_what_to_pass(ner, folders):
-    rows = [{"text": " ".join(words), "image": {"bytes": png_bytes(picture(seed)), "path": None}} for seed, words in enumerate(WORDS)]
+    rows = [
+        {"text": " ".join(words), "image": {"bytes": png_bytes(picture(seed)), "path": None}}
+        for seed, words in enumerate(WORDS)
+    ]
     dataset = datasets.Dataset.from_dict({"post": rows, "label": [0] * len(rows)})
     expected = [ner(post) for post in posts()]
     assert_same_results(list(ner(KeyDataset(dataset, "post"), batch_size=2)), expected)
-    with pytest.raises(TypeError, match="KeyDataset passes one column only: pass the dataset itself, with text_column="):
+    with pytest.raises(TypeError, match="KeyDataset passes one column only: pass the dataset itself, with text_col"):
         list(ner(KeyDataset(image_dataset(folders), "tokens")))
 
 
@@ -158,10 +164,20 @@ def test_the_image_storage_dict_reads_bytes_first_and_paths_as_local_files_only(
         ner({"text": WORDS[0], "image": {"bytes": None, "path": None}})
     with pytest.raises(ValueError, match=r"post 1: image: a dict image is datasets' storage form .*\['size'\]"):
         ner([{"text": WORDS[0], "image": photo}, {"text": WORDS[0], "image": {"bytes": data, "size": 3}}])
-    with serving(serving_files(str(folders["photo"].parent))) as url:
-        # A stored path is a local file, never a download, even where the server would answer.
+    # A stored path is a local file, never a download, even where the server would answer.
+    requested = []
+
+    class Recording(QuietFileHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            super().do_GET()
+
+    handler = functools.partial(Recording, directory=str(folders["photo"].parent))
+    with serving(handler) as url:
+        assert ner({"text": WORDS[0], "image": f"{url}/photo.png"}, allow_private_urls=True) == expected
         with pytest.raises(FileNotFoundError):
             ner({"text": WORDS[0], "image": {"bytes": None, "path": f"{url}/photo.png"}}, allow_private_urls=True)
+    assert requested == ["/photo.png"]  # the URL given as a URL, once; never the stored path
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="broken.png' is not a readable image"):
         ner({"text": WORDS[0], "image": {"bytes": None, "path": str(tmp_path / "broken.png")}})
@@ -178,9 +194,9 @@ def test_the_keyword_form_is_the_post(ner, sentiment):
     assert_same_results(
         sentiment(text=texts, image=pictures, batch_size=2), [sentiment(post) for post in posts()]
     )
-    with pytest.raises(ValueError, match="text, image: image is a list of 5 pictures, so text must be a list of as many"):
+    with pytest.raises(ValueError, match="text, image: image is a list of 5 pictures, so text must be a list of"):
         sentiment(text=texts[:2], image=pictures)
-    with pytest.raises(TypeError, match="inputs: pass the posts either as inputs or as text=... and image=..., not both"):
+    with pytest.raises(TypeError, match="inputs: pass the posts either as inputs or as text=... and image=..., not"):
         ner({"text": "a", "image": photo}, text="a")
     with pytest.raises(TypeError, match=r"text: the keyword form needs text="):
         ner(image=photo)

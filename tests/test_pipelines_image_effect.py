@@ -10,10 +10,10 @@ from PIL import Image
 from tiny_models import tiny_config, tiny_processor
 
 from modeling_muse import (
-    MuSEForSequenceClassification,
-    MuSEForTokenClassification,
     MultimodalNERPipeline,
     MultimodalSentimentPipeline,
+    MuSEForSequenceClassification,
+    MuSEForTokenClassification,
 )
 from modeling_muse.image_input import placeholder_image
 
@@ -106,7 +106,9 @@ def test_where_only_the_picture_decides_the_sentiment_its_effect_is_large(pictur
 
 
 def test_where_the_picture_is_noise_its_effect_is_near_zero(text_decides_sentiment):
-    posts = [{"text": f"{word} day today", "image": noise(500 + seed)} for seed in range(4) for word in ("sunny", "rainy")]
+    posts = [
+        {"text": f"{word} day today", "image": noise(500 + seed)} for seed in range(4) for word in ("sunny", "rainy")
+    ]
     results = text_decides_sentiment(posts, return_image_effect=True)
     assert [result["prediction"]["label"] for result in results] == ["red", "blue"] * 4
     assert [result["without_image"]["label"] for result in results] == ["red", "blue"] * 4
@@ -134,7 +136,9 @@ def picture_decides_ner() -> MultimodalNERPipeline:
 
 
 def test_where_only_the_picture_decides_the_entity_type_the_answer_without_it_differs(picture_decides_ner):
-    posts = [{"text": "Alex is great", "image": coloured(colour, 200 + seed)} for seed in range(3) for colour in COLOURS]
+    posts = [
+        {"text": "Alex is great", "image": coloured(colour, 200 + seed)} for seed in range(3) for colour in COLOURS
+    ]
     results = picture_decides_ner(posts, return_image_effect=True, batch_size=2)
     types = [[entity["entity_group"] for entity in result["entities"]] for result in results]
     assert types == [[TAG_OF_COLOUR[colour][2:]] for _ in range(3) for colour in COLOURS]
@@ -154,7 +158,9 @@ def test_where_the_picture_is_noise_the_entities_stay_without_it():
     posts = [([name, "is", "great"], placeholder_image() if seed % 4 == 0 else noise(seed * 2 + index), [tag, "O", "O"])
              for seed in range(32) for index, (name, tag) in enumerate([("Alex", "B-PER"), ("Rome", "B-LOC")])]
     ner = ner_pipeline(posts, steps=60)
-    test_posts = [{"text": f"{name} is great", "image": noise(900 + seed)} for seed in range(3) for name in ("Alex", "Rome")]
+    test_posts = [
+        {"text": f"{name} is great", "image": noise(900 + seed)} for seed in range(3) for name in ("Alex", "Rome")
+    ]
     results = ner(test_posts, return_image_effect=True, aggregation_strategy="none", batch_size=4)
     for result, name in zip(results, ["Alex", "Rome"] * 3):
         assert [entity["word"] for entity in result["entities"]] == [name]

@@ -19,9 +19,9 @@ from tiny_models import save_tiny_checkpoints
 from transformers import pipeline
 
 from modeling_muse import (
-    MuSEProcessor,
     MultimodalNERPipeline,
     MultimodalSentimentPipeline,
+    MuSEProcessor,
     ORTMuSEForSequenceClassification,
     ORTMuSEForTokenClassification,
     ORTMuSEModel,
@@ -98,7 +98,8 @@ def test_the_ner_pipeline_on_onnx_runtime_gives_the_eager_entities(folders):
 
 def test_the_sentiment_pipeline_on_onnx_runtime_gives_the_eager_labels(folders):
     model = ORTMuSEForSequenceClassification.from_pretrained(folders["sentiment-onnx"])
-    onnx_sentiment = MultimodalSentimentPipeline(model=model, processor=MuSEProcessor.from_pretrained(folders["sentiment-onnx"]))
+    processor = MuSEProcessor.from_pretrained(folders["sentiment-onnx"])
+    onnx_sentiment = MultimodalSentimentPipeline(model=model, processor=processor)
     eager = pipeline("multimodal-sentiment", model=str(folders["sentiment"]), device="cpu")
     for options in ({}, {"top_k": None, "return_image_effect": True}):
         assert_close(onnx_sentiment(posts(), batch_size=3, **options), eager(posts(), **options))
@@ -118,9 +119,8 @@ def test_what_the_exported_graph_does_not_compute_is_refused(folders, tmp_path):
         ORTMuSEModel.from_pretrained(folders["ner"])
     # A model saved from the pipeline loads again.
     sentiment.save_pretrained(tmp_path / "saved")
-    again = pipeline(
-        "multimodal-sentiment", model=ORTMuSEModel.from_pretrained(tmp_path / "saved"), processor=str(tmp_path / "saved")
-    )
+    saved = tmp_path / "saved"
+    again = pipeline("multimodal-sentiment", model=ORTMuSEModel.from_pretrained(saved), processor=str(saved))
     assert again(posts()[1], top_k=None) == sentiment(posts()[1], top_k=None)
 
 
