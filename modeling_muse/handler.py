@@ -14,9 +14,9 @@ it per request with the request's JSON body:
 limit from public addresses only; a request can never name a file on the server. All the URL images of one request
 share one deadline of ``request_timeout`` seconds, whatever their number, and nothing a request starts outlives it.
 ``parameters`` are the pipeline's call arguments (``aggregation_strategy``, ``top_k``, ``allow_missing_image``,
-``return_exchange``; ``timeout``, the request's deadline for its downloads, and ``max_image_bytes`` only at or below
-the handler's own limits). The response is what the pipeline returns: the entities (``multimodal-ner``) or the labels
-with scores (``multimodal-sentiment``) of each post.
+``return_exchange``, ``return_image_effect``; ``timeout``, the request's deadline for its downloads, and
+``max_image_bytes`` only at or below the handler's own limits). The response is what the pipeline returns: the
+entities (``multimodal-ner``) or the labels with scores (``multimodal-sentiment``) of each post.
 
 The endpoint's owner sets the limits by environment variables (Inference Endpoints build ``EndpointHandler(path)``
 only) or by the handler's keyword arguments, which take precedence:

@@ -344,7 +344,9 @@ class MuSEPipeline(Pipeline):
         """A `datasets` dataset as posts of its text and image columns (``text_column=``, ``image_column=``;
         by default the columns the training scripts read), streamed row by row."""
         columns = list(dataset.column_names or [])
-        text_column = kwargs.get("text_column")
+        # What was given to pipeline(...) holds for every call, as for the other call arguments.
+        given = {**self._preprocess_params, **kwargs}
+        text_column = given.get("text_column")
         if text_column is None:
             text_column = next((name for name in self._dataset_text_columns if name in columns), None)
         if text_column not in columns:
@@ -354,13 +356,13 @@ class MuSEPipeline(Pipeline):
                 f"text_column: the dataset has {named} (its columns: {columns}); name the text column with "
                 f"text_column=<column>, as --text_column_name does for the training scripts."
             )
-        image_column = kwargs.get("image_column") or "image"
-        text_only = kwargs.get("image_column") is None and kwargs.get("allow_missing_image")
+        image_column = given.get("image_column") or "image"
+        text_only = given.get("image_column") is None and given.get("allow_missing_image")
         if image_column not in columns and not text_only:
             raise ValueError(
                 f"image_column: the dataset has no column {image_column!r} (its columns: {columns}); name the image "
                 f"column with image_column=<column>, as --image_column_name does for the training scripts"
-                + ("." if kwargs.get("image_column") else ", or pass allow_missing_image=True for text-only posts.")
+                + ("." if given.get("image_column") else ", or pass allow_missing_image=True for text-only posts.")
             )
         kept = [text_column] + ([image_column] if image_column in columns else [])
         dataset = dataset.select_columns(kept)

@@ -99,6 +99,10 @@ def test_the_column_names_are_arguments_as_the_scripts_flags_name_them(sentiment
     expected = [sentiment(post) for post in posts()]
     renamed = image_dataset(folders).rename_columns({"tokens": "words", "image": "picture"})
     assert_same_results(list(sentiment(renamed, text_column="words", image_column="picture", batch_size=3)), expected)
+    # Given to pipeline(...), the names hold for every call.
+    named = pipeline("multimodal-sentiment", model=str(folders["sentiment"]), device="cpu", text_column="words",
+                     image_column="picture")
+    assert_same_results(list(named(renamed, batch_size=3)), expected)
     # The sentiment script reads "text" by default, the NER script "tokens".
     as_text = image_dataset(folders).rename_column("tokens", "text")
     assert_same_results(list(sentiment(as_text, batch_size=2)), expected)
