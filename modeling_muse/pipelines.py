@@ -556,8 +556,8 @@ class MuSEPipeline(Pipeline):
         )
         result = self._head_outputs(outputs, model_inputs)
         if return_image_effect:
-            # The same posts with the placeholder picture, in the same batch shapes: the prediction without the
-            # picture (docs/design.md, section 4: the evaluation forward).
+            # The same posts with the grey placeholder that stands for a missing picture (docs/design.md, section 7),
+            # in the same batch: the prediction without the picture.
             without = {**model_inputs, "pixel_values": self._placeholder_pixel_values(model_inputs["pixel_values"])}
             blind = self._head_outputs(self.model(**without), without)
             result.update({f"{_WITHOUT_IMAGE}{name}": value for name, value in blind.items()})
