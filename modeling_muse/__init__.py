@@ -26,6 +26,7 @@ from .modeling import (
     MuSEModel,
     MuSEPreTrainedModel,
 )
+from .onnx_runtime import ORTMuSEForSequenceClassification, ORTMuSEForTokenClassification, ORTMuSEModel
 from .outputs import MuSEModelOutput, MuSESequenceClassifierOutput, MuSETokenClassifierOutput
 from .pipelines import MultimodalNERPipeline, MultimodalSentimentPipeline
 from .processing_muse import MuSEProcessor
@@ -66,4 +67,7 @@ __all__ = [
     "MuSETokenClassifierOutput",
     "MultimodalNERPipeline",
     "MultimodalSentimentPipeline",
+    "ORTMuSEForSequenceClassification",
+    "ORTMuSEForTokenClassification",
+    "ORTMuSEModel",
 ]

@@ -41,6 +41,7 @@ from torch import nn
 from .configuration_muse import MuSEConfig
 from .modeling import MuSEForSequenceClassification, MuSEForTokenClassification, MuSEPreTrainedModel
 from .processing_muse import MuSEProcessor
+from .serving import ONNX_SERVING_REQUIREMENTS
 
 __all__ = ["EvaluationForward", "MODEL_FILE", "export_onnx", "main", "onnx_feed", "onnx_session"]
 
@@ -190,6 +191,17 @@ def _check_against_pytorch(
                 )
 
 
+def _add_serving_requirements(requirements: Path) -> None:
+    """Name onnx and onnxruntime in a checkpoint's ``requirements.txt`` (an endpoint installs it), when the export
+    goes into a checkpoint folder, whose handler then serves the export (`modeling_muse/handler.py`)."""
+    if not requirements.is_file():
+        return
+    lines = requirements.read_text().split()
+    added = [line for line in ONNX_SERVING_REQUIREMENTS if line not in lines]
+    if added:
+        requirements.write_text("\n".join([*lines, *added]) + "\n")
+
+
 def export_onnx(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -263,6 +275,7 @@ def export_onnx(
     onnx_program.save(str(target))
     processor.save_pretrained(output)
     config.save_pretrained(output)
+    _add_serving_requirements(output / "requirements.txt")
     if check:
         _check_against_pytorch(onnx_session(output), forward, processor, max_words)
     return target

@@ -14,9 +14,9 @@ it per request with the request's JSON body:
 limit from public addresses only; a request can never name a file on the server. All the URL images of one request
 share one deadline of ``request_timeout`` seconds, whatever their number, and nothing a request starts outlives it.
 ``parameters`` are the pipeline's call arguments (``aggregation_strategy``, ``top_k``, ``allow_missing_image``,
-``return_exchange``; ``timeout``, the request's deadline for its downloads, and ``max_image_bytes`` only at or below
-the handler's own limits). The response is what the pipeline returns: the entities (``multimodal-ner``) or the labels
-with scores (``multimodal-sentiment``) of each post.
+``return_exchange``, ``return_image_effect``; ``timeout``, the request's deadline for its downloads, and
+``max_image_bytes`` only at or below the handler's own limits). The response is what the pipeline returns: the
+entities (``multimodal-ner``) or the labels with scores (``multimodal-sentiment``) of each post.
 
 The endpoint's owner sets the limits by environment variables (Inference Endpoints build ``EndpointHandler(path)``
 only) or by the handler's keyword arguments, which take precedence:
@@ -29,7 +29,10 @@ only) or by the handler's keyword arguments, which take precedence:
   endpoint's own network, a cloud's metadata service (169.254.169.254) included.
 
 The handler loads the model with the code saved beside it (``trust_remote_code=True``), so the endpoint needs only the
-packages of ``requirements.txt``.
+packages of ``requirements.txt``. When the folder also holds an ONNX export (``model.onnx``, written there by
+``python -m modeling_muse.export_onnx --model <folder> --output <folder>``, which adds onnx and onnxruntime to
+``requirements.txt``), the handler runs the pipeline on ONNX Runtime instead (`ORTMuSEModel`): the same answers
+(within floating-point rounding), without ``return_exchange``.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ import binascii
 import math
 import os
 import re
+from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, pipeline
+from transformers import AutoConfig, AutoProcessor, pipeline
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 # The limits' defaults (see the module docs); a request may ask for less time or fewer bytes, never for more.
 MAX_IMAGE_BYTES = 20 * 2**20
@@ -52,10 +57,15 @@ TIMEOUT_VARIABLE = "MUSE_REQUEST_TIMEOUT"
 ALLOW_PRIVATE_URLS_VARIABLE = "MUSE_ALLOW_PRIVATE_URLS"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 TASKS = {"MuSEForTokenClassification": "multimodal-ner", "MuSEForSequenceClassification": "multimodal-sentiment"}
+PIPELINE_CLASSES = {"multimodal-ner": "MultimodalNERPipeline", "multimodal-sentiment": "MultimodalSentimentPipeline"}
+_SHARED_PARAMETERS = {"allow_missing_image", "return_exchange", "return_image_effect", "timeout", "max_image_bytes"}
 PARAMETERS = {
-    "multimodal-ner": {"aggregation_strategy", "allow_missing_image", "return_exchange", "timeout", "max_image_bytes"},
-    "multimodal-sentiment": {"top_k", "allow_missing_image", "return_exchange", "timeout", "max_image_bytes"},
+    "multimodal-ner": {"aggregation_strategy", *_SHARED_PARAMETERS},
+    "multimodal-sentiment": {"top_k", *_SHARED_PARAMETERS},
 }
+# An ONNX export in the model folder, and the module saved beside the model code that runs it.
+ONNX_MODEL_FILE = "model.onnx"
+ONNX_MODULE = "onnx_runtime"
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _HTTP_URL = re.compile(r"^https?://", re.IGNORECASE)
 
@@ -131,7 +141,23 @@ class EndpointHandler:
                 f"serves ({sorted(TASKS)}); save a MuSEForTokenClassification or MuSEForSequenceClassification."
             )
         self.task = TASKS[architectures[0]]
-        self.pipeline = pipeline(self.task, model=path, trust_remote_code=True)
+        self.runtime = "onnxruntime" if (Path(path) / ONNX_MODEL_FILE).is_file() else "pytorch"
+        if self.runtime == "pytorch":
+            self.pipeline = pipeline(self.task, model=path, trust_remote_code=True)
+            return
+        if not (Path(path) / f"{ONNX_MODULE}.py").is_file():
+            raise FileNotFoundError(
+                f"{path!r}: the folder holds {ONNX_MODEL_FILE} but not {ONNX_MODULE}.py, which serves it; save the "
+                f"model again with this version of MuSE (model.save_pretrained) and export into the folder again."
+            )
+        # The classes of the code saved beside the model, as trust_remote_code loads them.
+        model_class = get_class_from_dynamic_module(f"{ONNX_MODULE}.ORTMuSEModel", path)
+        pipeline_class = get_class_from_dynamic_module(f"pipelines.{PIPELINE_CLASSES[self.task]}", path)
+        self.pipeline = pipeline_class(
+            model=model_class.from_pretrained(path),
+            processor=AutoProcessor.from_pretrained(path, trust_remote_code=True),
+            task=self.task,
+        )
 
     def __call__(self, data: dict[str, Any]) -> Any:
         if not isinstance(data, dict) or "inputs" not in data:

@@ -15,10 +15,25 @@ other argument:
 ```
 
 A post is ``{"text": ..., "image": ...}``; call a pipeline on one post or on a list of posts (`batch_size` batches
-the model calls; results do not depend on it). An empty list gives an empty list.
+the model calls; results do not depend on it). An empty list gives an empty list. Also:
+
+- the keyword form ``ner(text=..., image=...)``: one post; with lists for both (one picture per text), the posts;
+- a `datasets.Dataset` or `datasets.IterableDataset`: its rows are posts of its ``text_column`` (default: the
+  column the training scripts read, ``"tokens"`` then ``"text"`` for NER, ``"text"`` for sentiment) and its
+  ``image_column`` (default ``"image"``; a dataset without one needs ``allow_missing_image=True``), as the scripts'
+  ``--text_column_name`` and ``--image_column_name`` name them. Other columns (labels, ids) are left alone;
+- a generator, an iterator or a torch `Dataset` (transformers' `KeyDataset` of a column of posts): each item is a
+  post, or a row read by the ``text_column=`` and ``image_column=`` given.
+
+A dataset, a generator or an iterator streams: the call returns an iterator whose results come in the input's order
+while the inputs are read ``batch_size`` at a time (transformers' `Pipeline` machinery), so a collection larger
+than memory can be tagged.
 
 - ``text``: the raw post (`str`, split on whitespace, as the datasets are) or its words (`list[str]`).
-- ``image``: a PIL image, a uint8 numpy array, a local file path, an image file's bytes, or an ``http(s)://`` URL.
+- ``image``: a PIL image, a uint8 numpy array, a local file path, an image file's bytes, an ``http(s)://`` URL, or
+  `datasets`' storage form of an image ``{"bytes": ..., "path": ...}`` (an ``Image(decode=False)`` value): its bytes
+  when it has them, else its ``path`` as a local file path (never fetched, even if it reads like a URL). A
+  `datasets.Image` column is read in this form, so its pictures pass the limits below.
   Pictures are read as `load_rgb_image` reads them (16-bit and [0, 1] float greyscale scaled to 8 bits, EXIF
   orientation applied), and refused before decoding if they would take more than ``max_decoded_bytes`` (128 MiB by
   default, see `decode_image`). A URL is fetched within ``timeout`` seconds all told (10 by default: a deadline for
@@ -42,20 +57,28 @@ call for a list or a single post, and per post for a generator or dataset, whose
 
 ``return_exchange=True`` adds, per post, what the CrossTransformer exchanged in each exchange layer (see
 `MuSEPipeline.postprocess`); `modeling_muse.visualize.draw_exchange` draws it.
+
+``return_image_effect=True`` also runs each post with the placeholder picture in place of its own (the grey picture
+a post without one gets, in training and with ``allow_missing_image=True``) and says what the prediction is without
+the picture: per entity for NER, for the label for sentiment (see each pipeline's docs for the output).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import IterableDataset as TorchIterableDataset
 from torch.utils.data import get_worker_info
 from transformers import Pipeline
 
@@ -86,6 +109,8 @@ _IMAGE_NOT_OBTAINED = (FileNotFoundError, ConnectionError, UnreadableImageError)
 # The notes of the calls running in each thread, by pipeline: per thread, so that concurrent calls (a web server's
 # request threads) keep their counts apart; module-level, so that a pipeline stays picklable for DataLoader workers.
 _notes_of_calls = threading.local()
+# The prefix of the model outputs of the posts with the placeholder picture (return_image_effect=True).
+_WITHOUT_IMAGE = "without_image_"
 # What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
 
@@ -97,6 +122,42 @@ class _ListedPost:
 
     position: int
     post: Any
+
+
+def _stored_image(image: Any, argument: str) -> Any:
+    """An image in `datasets`' storage form ``{"bytes": ..., "path": ...}`` (an ``Image(decode=False)`` column) as
+    what the pipeline reads: its bytes when it has them, else its path as a local file (never fetched, under the
+    same rules as a path given directly); None for neither. Any other image is returned as it is."""
+    if not isinstance(image, Mapping):
+        return image
+    unknown = sorted(set(image) - {"bytes", "path"}, key=str)
+    if unknown:
+        raise ValueError(
+            f"{argument}: a dict image is datasets' storage form {{'bytes': ..., 'path': ...}}; this one also has "
+            f"{unknown}."
+        )
+    if image.get("bytes") is not None:
+        return image["bytes"]
+    path = image.get("path")
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{argument}: the stored image's path must be a str, got {type(path).__name__}.")
+    return Path(path)
+
+
+class _PostsOfDataset(TorchDataset):
+    """The items of a sized dataset (a `datasets.Dataset`, transformers' `KeyDataset`, any torch `Dataset`) with
+    their 0-based positions, read one at a time as the base class's DataLoader asks for them."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, position: int) -> _ListedPost:
+        return _ListedPost(position, self.dataset[position])
 
 
 @dataclass(frozen=True)
@@ -169,6 +230,9 @@ class MuSEPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_video_processor = False
+    # The text columns a `datasets.Dataset` is read from when text_column= is not given, first found first: what the
+    # training scripts read by default (--text_column_name).
+    _dataset_text_columns: tuple[str, ...] = ("text",)
 
     def __init__(self, *args: Any, torch_compile: bool | Mapping[str, Any] = False, **kwargs: Any):
         """``torch_compile=True`` (or a dict of `torch.compile` options) compiles the model's evaluation forward and
@@ -195,6 +259,10 @@ class MuSEPipeline(Pipeline):
         # and the training-only regularizer decoders must stay off.
         self.model.eval()
         if torch_compile is not False:
+            if not isinstance(self.model, torch.nn.Module):
+                raise ValueError(
+                    f"torch_compile: compiles a PyTorch model, and this pipeline runs a {type(self.model).__name__}."
+                )
             from .compilation import compile_for_inference
 
             compile_for_inference(self.model, None if torch_compile is True else torch_compile)
@@ -210,14 +278,38 @@ class MuSEPipeline(Pipeline):
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory, **kwargs)
 
-    def __call__(self, inputs: Mapping[str, Any] | list[Mapping[str, Any]], **kwargs: Any) -> Any:
-        """Run the pipeline on one post ``{"text": ..., "image": ...}`` or a list of posts (see the module docs)."""
+    def __call__(
+        self,
+        inputs: Any = None,
+        *,
+        text: str | list[str] | list[list[str]] | None = None,
+        image: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the pipeline on one post ``{"text": ..., "image": ...}``, a list of posts, a `datasets.Dataset` (or
+        `datasets.IterableDataset`), a generator or a torch `Dataset` of posts (e.g. transformers' `KeyDataset`), or
+        on the keyword form ``pipe(text=..., image=...)`` (see the module docs)."""
+        if text is not None or image is not None:
+            inputs = self._keyword_posts(inputs, text, image)
+        elif inputs is None:
+            raise TypeError(
+                "inputs: nothing to run on; pass a post {'text': ..., 'image': ...}, a list of them, a dataset, or "
+                "text=... and image=..."
+            )
+        datasets = sys.modules.get("datasets")
+        if datasets is not None and isinstance(inputs, (datasets.Dataset, datasets.IterableDataset)):
+            inputs, kwargs = self._dataset_posts(inputs, kwargs)
         if isinstance(inputs, list):
             if not inputs:
                 return []
             inputs = [_ListedPost(position, post) for position, post in enumerate(inputs)]
-        elif not isinstance(inputs, Mapping):
-            # A generator or dataset streams its results: its notes are logged per post as they come.
+        elif isinstance(inputs, TorchDataset) and not isinstance(inputs, (_PostsOfDataset, TorchIterableDataset)):
+            inputs = _PostsOfDataset(inputs)
+        elif isinstance(inputs, (Iterator, TorchIterableDataset)):
+            inputs = (_ListedPost(position, post) for position, post in enumerate(inputs))
+        if not isinstance(inputs, (Mapping, list)):
+            # A generator or dataset streams its results, lazily and in order, through the base class's DataLoader;
+            # its notes are logged per post as they come.
             return super().__call__(inputs, **kwargs)
         notes = _CallNotes(posts=len(inputs) if isinstance(inputs, list) else 1)
         _notes_of_calls.by_pipeline = {**getattr(_notes_of_calls, "by_pipeline", {}), id(self): notes}
@@ -228,6 +320,60 @@ class MuSEPipeline(Pipeline):
         for message in notes.warnings(self.processor):
             logger.warning(message)
         return results
+
+    @staticmethod
+    def _keyword_posts(inputs: Any, text: Any, image: Any) -> dict[str, Any] | list[dict[str, Any]]:
+        """The posts of the keyword form: one post, or as many as ``image`` lists when it is a list (a list
+        ``text`` alone is one post's words)."""
+        if inputs is not None:
+            raise TypeError("inputs: pass the posts either as inputs or as text=... and image=..., not both.")
+        if text is None:
+            raise TypeError("text: the keyword form needs text=... (the post's text or words) beside image=...")
+        if not isinstance(image, list):
+            return {"text": text, "image": image}
+        if not isinstance(text, list) or len(text) != len(image):
+            raise ValueError(
+                f"text, image: image is a list of {len(image)} pictures, so text must be a list of as many posts' "
+                f"texts, got {type(text).__name__}"
+                + (f" of {len(text)}" if isinstance(text, list) else "")
+                + "."
+            )
+        return [{"text": post_text, "image": post_image} for post_text, post_image in zip(text, image)]
+
+    def _dataset_posts(self, dataset: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """A `datasets` dataset as posts of its text and image columns (``text_column=``, ``image_column=``;
+        by default the columns the training scripts read), streamed row by row."""
+        columns = list(dataset.column_names or [])
+        # What was given to pipeline(...) holds for every call, as for the other call arguments.
+        given = {**self._preprocess_params, **kwargs}
+        text_column = given.get("text_column")
+        if text_column is None:
+            text_column = next((name for name in self._dataset_text_columns if name in columns), None)
+        if text_column not in columns:
+            defaults = list(self._dataset_text_columns)
+            named = f"no column {text_column!r}" if text_column else f"none of the columns {defaults}"
+            raise ValueError(
+                f"text_column: the dataset has {named} (its columns: {columns}); name the text column with "
+                f"text_column=<column>, as --text_column_name does for the training scripts."
+            )
+        image_column = given.get("image_column") or "image"
+        text_only = given.get("image_column") is None and given.get("allow_missing_image")
+        if image_column not in columns and not text_only:
+            raise ValueError(
+                f"image_column: the dataset has no column {image_column!r} (its columns: {columns}); name the image "
+                f"column with image_column=<column>, as --image_column_name does for the training scripts"
+                + ("." if given.get("image_column") else ", or pass allow_missing_image=True for text-only posts.")
+            )
+        kept = [text_column] + ([image_column] if image_column in columns else [])
+        dataset = dataset.select_columns(kept)
+        features = getattr(dataset, "features", None) or {}
+        if image_column in columns and type(features.get(image_column)).__name__ == "Image":
+            # Stored, not decoded by datasets: the pipeline reads the bytes with its own limits and rules.
+            dataset = dataset.cast_column(image_column, type(features[image_column])(decode=False))
+        kwargs = {**kwargs, "text_column": text_column, "image_column": image_column}
+        if isinstance(dataset, sys.modules["datasets"].Dataset):
+            return _PostsOfDataset(dataset), kwargs
+        return (row for row in dataset), kwargs
 
     def _call_notes(self) -> _CallNotes | None:
         """The notes of the call on a list or a single post that runs in this thread; None in a stream, or in a
@@ -269,9 +415,17 @@ class MuSEPipeline(Pipeline):
         max_decoded_bytes: int | None = None,
         allow_private_urls: bool | None = None,
         return_exchange: bool | None = None,
+        return_image_effect: bool | None = None,
+        text_column: str | None = None,
+        image_column: str | None = None,
     ) -> tuple[dict, dict, dict]:
         """The call arguments both tasks take (see the module docs)."""
         preprocess_params: dict[str, Any] = {}
+        for name, value in (("text_column", text_column), ("image_column", image_column)):
+            if value is not None:
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"{name}: expected a column name (a non-empty str), got {value!r}.")
+                preprocess_params[name] = value
         forward_params: dict[str, Any] = {}
         postprocess_params: dict[str, Any] = {}
         if allow_missing_image is not None:
@@ -293,6 +447,9 @@ class MuSEPipeline(Pipeline):
         if return_exchange is not None:
             forward_params["return_exchange"] = bool(return_exchange)
             postprocess_params["return_exchange"] = bool(return_exchange)
+        if return_image_effect is not None:
+            forward_params["return_image_effect"] = bool(return_image_effect)
+            postprocess_params["return_image_effect"] = bool(return_image_effect)
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(
@@ -304,21 +461,38 @@ class MuSEPipeline(Pipeline):
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_decoded_bytes: int | None = None,
         allow_private_urls: bool = False,
+        text_column: str | None = None,
+        image_column: str | None = None,
     ) -> dict[str, Any]:
         position = None
         if isinstance(inputs, _ListedPost):
             position, inputs = inputs.position, inputs.post
         where = "" if position is None else f"post {position}: "
         if not isinstance(inputs, Mapping):
+            one_column = (
+                " A KeyDataset passes one column only: pass the dataset itself, with text_column= and image_column=."
+                if isinstance(inputs, (str, list))
+                else ""
+            )
             raise TypeError(
                 f"{where}inputs: expected a post {{'text': ..., 'image': ...}} or a list of them, got "
-                f"{type(inputs).__name__}."
+                f"{type(inputs).__name__}.{one_column}"
             )
-        unknown = sorted(set(inputs) - {"text", "image"}, key=str)
-        if unknown:
-            raise ValueError(f"{where}inputs: unknown keys {unknown}; a post has the keys 'text' and 'image'.")
-        post = PostText.from_input(inputs.get("text"), argument=f"{where}text")
-        image = inputs.get("image")
+        if text_column is None and image_column is None:
+            unknown = sorted(set(inputs) - {"text", "image"}, key=str)
+            if unknown:
+                raise ValueError(
+                    f"{where}inputs: unknown keys {unknown}; a post has the keys 'text' and 'image' (for rows of "
+                    f"other columns, name them with text_column= and image_column=)."
+                )
+        text_column, image_column = text_column or "text", image_column or "image"
+        if text_column not in inputs:
+            raise ValueError(
+                f"{where}{text_column}: the post has no {text_column!r} (its keys: {sorted(inputs, key=str)}); name "
+                f"the text's key with text_column=<key>."
+            )
+        post = PostText.from_input(inputs[text_column], argument=f"{where}{text_column}")
+        image = _stored_image(inputs.get(image_column), f"{where}{image_column}")
         if image is None:
             if not allow_missing_image:
                 raise ValueError(
@@ -359,7 +533,21 @@ class MuSEPipeline(Pipeline):
     def _head_outputs(self, outputs: Any, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The task's per-post tensors, batch first (the first one is how the base class counts the batch)."""
 
-    def _forward(self, model_inputs: dict[str, Any], return_exchange: bool = False) -> dict[str, Any]:
+    def _placeholder_pixel_values(self, like: torch.Tensor) -> torch.Tensor:
+        """The processor's pixel values of the placeholder picture, one per post of ``like`` (a batch of
+        ``pixel_values``): what a post without a picture looks like to the model in training (the dataset builders
+        store this placeholder) and in the pipelines (allow_missing_image=True)."""
+        if getattr(self, "_placeholder_pixels", None) is None:
+            encoded = self.processor(
+                images=[placeholder_image()], text=[["placeholder"]], return_tensors="pt", warn=False
+            )
+            self._placeholder_pixels = encoded["pixel_values"]
+        pixels = self._placeholder_pixels.to(device=like.device, dtype=like.dtype)
+        return pixels.expand(like.shape[0], *pixels.shape[1:])
+
+    def _forward(
+        self, model_inputs: dict[str, Any], return_exchange: bool = False, return_image_effect: bool = False
+    ) -> dict[str, Any]:
         # "post" is a PostText (one post) or a list of them (a batch); it passes through untouched and the base
         # class hands each post's own entry to postprocess.
         post = model_inputs.pop("post")
@@ -367,6 +555,12 @@ class MuSEPipeline(Pipeline):
             **model_inputs, output_cls_attentions=return_exchange, output_exchange_masks=return_exchange
         )
         result = self._head_outputs(outputs, model_inputs)
+        if return_image_effect:
+            # The same posts with the grey placeholder that stands for a missing picture (docs/design.md, section 7),
+            # in the same batch: the prediction without the picture.
+            without = {**model_inputs, "pixel_values": self._placeholder_pixel_values(model_inputs["pixel_values"])}
+            blind = self._head_outputs(self.model(**without), without)
+            result.update({f"{_WITHOUT_IMAGE}{name}": value for name, value in blind.items()})
         if return_exchange:
             exchange_layers = [layer - 1 for layer in self.model.config.exchange_layers]
             result.update(
@@ -440,6 +634,13 @@ class MultimodalNERPipeline(MuSEPipeline):
             `aggregate_word_tags`.
         return_exchange (`bool`, defaults to `False`): return ``{"entities": [...], "exchange": {...}}`` per post
             instead of the entity list (see `MuSEPipeline._exchange_info`).
+        return_image_effect (`bool`, defaults to `False`): return ``{"entities": [...], "only_without_image":
+            [...]}`` per post: each entity gets ``"without_image"``, the entity the model finds on the same words
+            (same ``start`` and ``end``) with the placeholder picture instead of the post's, as ``{"entity_group"
+            (or "entity"): ..., "score": ...}`` (the type may differ), or None where it finds none there;
+            ``only_without_image`` lists, in the entity format, what it finds with the placeholder on words where
+            the picture's prediction has no entity of the same span. Combines with ``return_exchange``.
+        text_column, image_column (`str`): the columns of a dataset's rows to read (see the module docs).
         allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), total_timeout
             (`float`, defaults to none), max_image_bytes (`int`, defaults to 20 MiB), max_decoded_bytes (`int`,
             defaults to 128 MiB), allow_private_urls (`bool`, defaults to `False`): see the module docs.
@@ -450,6 +651,9 @@ class MultimodalNERPipeline(MuSEPipeline):
     predicted (Viterbi) tag at each word, from the forward-backward algorithm (`CRFTaggingHead.tag_confidences`); a
     multi-word entity gets the mean of its words' scores. Words cut by the model's ``max_text_length`` get no tag.
     """
+
+    # The NER script reads "tokens" (word lists) by default; a column of raw texts is read too.
+    _dataset_text_columns = ("tokens", "text")
 
     def _sanitize_parameters(
         self, aggregation_strategy: str | WordAggregation | None = None, **common: Any
@@ -465,21 +669,40 @@ class MultimodalNERPipeline(MuSEPipeline):
         word_scores = self.model.tagger.tag_confidences(outputs.logits, words, outputs.predicted_tag_ids)
         return {"word_tags": word_tags, "word_scores": word_scores, "word_counts": words.counts}
 
+    def _entities(
+        self, model_outputs: dict[str, Any], aggregation_strategy: WordAggregation, prefix: str = ""
+    ) -> list[dict[str, Any]]:
+        count = int(model_outputs[f"{prefix}word_counts"][0])
+        id2label = self.model.config.id2label
+        tags = [id2label[tag] for tag in model_outputs[f"{prefix}word_tags"][0, :count].tolist()]
+        scores = model_outputs[f"{prefix}word_scores"][0, :count].tolist()
+        return aggregate_word_tags(model_outputs["post"], tags, scores, aggregation_strategy)
+
     def postprocess(
         self,
         model_outputs: dict[str, Any],
         aggregation_strategy: WordAggregation = WordAggregation.SIMPLE,
         return_exchange: bool = False,
+        return_image_effect: bool = False,
     ) -> list[dict[str, Any]] | dict[str, Any]:
-        post = model_outputs["post"]
-        count = int(model_outputs["word_counts"][0])
-        id2label = self.model.config.id2label
-        tags = [id2label[tag] for tag in model_outputs["word_tags"][0, :count].tolist()]
-        scores = model_outputs["word_scores"][0, :count].tolist()
-        entities = aggregate_word_tags(post, tags, scores, aggregation_strategy)
+        entities = self._entities(model_outputs, aggregation_strategy)
+        if not (return_exchange or return_image_effect):
+            return entities
+        result: dict[str, Any] = {"entities": entities}
+        if return_image_effect:
+            # Entities are matched by their words (the same start and end): the type may change without the picture.
+            kind = "entity" if aggregation_strategy is WordAggregation.NONE else "entity_group"
+            unmatched = {
+                (entity["start"], entity["end"]): entity
+                for entity in self._entities(model_outputs, aggregation_strategy, prefix=_WITHOUT_IMAGE)
+            }
+            for entity in entities:
+                blind = unmatched.pop((entity["start"], entity["end"]), None)
+                entity["without_image"] = None if blind is None else {kind: blind[kind], "score": blind["score"]}
+            result["only_without_image"] = list(unmatched.values())
         if return_exchange:
-            return {"entities": entities, "exchange": self._exchange_info(model_outputs, post)}
-        return entities
+            result["exchange"] = self._exchange_info(model_outputs, model_outputs["post"])
+        return result
 
 
 class MultimodalSentimentPipeline(MuSEPipeline):
@@ -494,6 +717,13 @@ class MultimodalSentimentPipeline(MuSEPipeline):
             "multi_label_classification"``, or one output without a problem type) or ``"none"`` (the raw value;
             ``"regression"``, e.g. sentiment intensity).
         return_exchange (`bool`, defaults to `False`): return ``{"prediction": ..., "exchange": {...}}`` per post.
+        return_image_effect (`bool`, defaults to `False`): return ``{"prediction": ..., "without_image": ...,
+            "image_effect": ...}`` per post: ``without_image`` is the prediction (in the same form, per ``top_k``)
+            with the placeholder picture instead of the post's, and ``image_effect`` the score of the predicted
+            (best) label minus that label's score without the picture: near +1 where the picture made the
+            prediction, near 0 where it did not matter, negative where the picture lowered the winner's score.
+            Combines with ``return_exchange``.
+        text_column, image_column (`str`): the columns of a dataset's rows to read (see the module docs).
         allow_missing_image (`bool`, defaults to `False`), timeout (`float`, defaults to 10), total_timeout
             (`float`, defaults to none), max_image_bytes (`int`, defaults to 20 MiB), max_decoded_bytes (`int`,
             defaults to 128 MiB), allow_private_urls (`bool`, defaults to `False`): see the module docs.
@@ -536,21 +766,37 @@ class MultimodalSentimentPipeline(MuSEPipeline):
         top_k: int | None | str = "",
         return_exchange: bool = False,
         function_to_apply: str | None = None,
+        return_image_effect: bool = False,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        id2label = self.model.config.id2label
-        logits = model_outputs["logits"][0]
         function = function_to_apply or self._default_function()
+        scores = self._scores(model_outputs["logits"][0], function)
+        prediction = self._ranked(scores, top_k)
+        if not (return_exchange or return_image_effect):
+            return prediction
+        result: dict[str, Any] = {"prediction": prediction}
+        if return_image_effect:
+            blind_scores = self._scores(model_outputs[f"{_WITHOUT_IMAGE}logits"][0], function)
+            result["without_image"] = self._ranked(blind_scores, top_k)
+            best = max(range(len(scores)), key=scores.__getitem__)
+            result["image_effect"] = scores[best] - blind_scores[best]
+        if return_exchange:
+            result["exchange"] = self._exchange_info(model_outputs, model_outputs["post"])
+        return result
+
+    @staticmethod
+    def _scores(logits: torch.Tensor, function: str) -> list[float]:
         if function == "softmax":
             logits = logits.softmax(dim=-1)
         elif function == "sigmoid":
             logits = logits.sigmoid()
-        scores = logits.tolist()
+        return logits.tolist()
+
+    def _ranked(self, scores: list[float], top_k: int | None | str) -> dict[str, Any] | list[dict[str, Any]]:
+        """The best label (``top_k`` not given), or the ``top_k`` best (all for None), sorted by score."""
+        id2label = self.model.config.id2label
         ranked = sorted(
             ({"label": id2label[index], "score": score} for index, score in enumerate(scores)),
             key=lambda entry: entry["score"],
             reverse=True,
         )
-        prediction = ranked[0] if top_k == "" else ranked[:top_k]
-        if return_exchange:
-            return {"prediction": prediction, "exchange": self._exchange_info(model_outputs, model_outputs["post"])}
-        return prediction
+        return ranked[0] if top_k == "" else ranked[:top_k]

@@ -15,7 +15,14 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["SERVING_REQUIREMENTS", "custom_pipeline_entries", "pipelines_registered_by", "save_serving_files"]
+__all__ = [
+    "ONNX_SERVING_MODULE",
+    "ONNX_SERVING_REQUIREMENTS",
+    "SERVING_REQUIREMENTS",
+    "custom_pipeline_entries",
+    "pipelines_registered_by",
+    "save_serving_files",
+]
 
 # What the saved code imports beyond the standard library (torch, transformers and huggingface_hub come with any
 # transformers environment but are listed for completeness), with the versions this package declares.
@@ -28,6 +35,12 @@ SERVING_REQUIREMENTS = (
     "pillow>=10",
     "numpy",
 )
+
+
+# The module that runs an ONNX export behind the model interface (modeling_muse/onnx_runtime.py), and what serving
+# it needs beyond SERVING_REQUIREMENTS (the versions of pyproject.toml's onnx extra).
+ONNX_SERVING_MODULE = "onnx_runtime.py"
+ONNX_SERVING_REQUIREMENTS = ("onnx>=1.17", "onnxruntime>=1.20")
 
 
 def pipelines_registered_by(package: str) -> dict[str, dict[str, Any]]:
@@ -73,6 +86,16 @@ def save_serving_files(model: nn.Module, save_directory: str | os.PathLike) -> N
         for file in [source, *map(Path, get_relative_import_files(source))]:
             shutil.copy(file, folder / file.name)
     shutil.copy(_code_file("handler.py", code_folder, model), folder / "handler.py")
+    # The handler serves an ONNX export placed in the folder through this module (and what it imports).
+    try:
+        onnx_serving = _code_file(ONNX_SERVING_MODULE, code_folder, model)
+    except FileNotFoundError:
+        # A checkpoint saved before the module existed: the handler then names the module when asked for ONNX.
+        onnx_serving = None
+    if onnx_serving is not None:
+        for file in [onnx_serving, *map(Path, get_relative_import_files(onnx_serving))]:
+            if not (folder / file.name).is_file():
+                shutil.copy(file, folder / file.name)
     (folder / "requirements.txt").write_text("\n".join(SERVING_REQUIREMENTS) + "\n")
 
 

@@ -96,6 +96,9 @@ def test_a_request_cannot_name_a_server_file_or_lift_the_limits(folders):
         handler({"inputs": {"text": TEXT, "image": str(secret)}})
     with pytest.raises(ValueError, match="not a readable image"):
         handler({"inputs": {"text": TEXT, "image": "/etc/passwdx"}})  # valid base64, decoded as data, never opened
+    # datasets' storage form, which the pipelines read as a local path, is not a request's image.
+    with pytest.raises(ValueError, match=r"inputs: image must be the base64 of an image file .* got dict"):
+        handler({"inputs": {"text": TEXT, "image": {"bytes": None, "path": str(secret)}}})
     with pytest.raises(ValueError, match=r"parameters: \['device'\] are not taken by multimodal-ner"):
         handler({"inputs": {"text": TEXT}, "parameters": {"device": "cuda"}})
     with pytest.raises(ValueError, match="timeout=600 is above this endpoint's limit"):
