@@ -11,6 +11,7 @@ import datasets
 from accelerate.logging import get_logger
 
 from modeling_muse import MuSEConfig, MuSEPreTrainedModel
+from modeling_muse.modeling import ConfigurationWeightsMismatchError
 
 from .arguments import LoadedConfigs
 from .logs import held_back, pass_on, silenced
@@ -67,8 +68,11 @@ def model_label_names(model: MuSEPreTrainedModel) -> list[str]:
     return [model.config.id2label[index] for index in range(model.config.num_labels)]
 
 
-def align_labels(raw_datasets: datasets.DatasetDict, column: str, label_names: Sequence[str]) -> datasets.DatasetDict:
-    """The splits with ``column`` (a ``ClassLabel``, or a list of them) renumbered to ``label_names``' order.
+def align_labels(
+    raw_datasets: datasets.DatasetDict, column: str, label_names: Sequence[str], num_proc: int | None = None
+) -> datasets.DatasetDict:
+    """The splits with ``column`` (a ``ClassLabel``, or a list of them) renumbered to ``label_names``' order, in
+    ``num_proc`` processes (``--preprocessing_num_workers``).
 
     For a trained model whose labels are the data's in another order: the model keeps its head, the data follows.
     """
@@ -89,7 +93,9 @@ def align_labels(raw_datasets: datasets.DatasetDict, column: str, label_names: S
     for split, dataset in raw_datasets.items():
         features = dataset.features.copy()
         features[column] = datasets.List(target) if is_list else target
-        aligned[split] = dataset.map(renumber, batched=True, features=features, desc=f"{split}: the model's label ids")
+        aligned[split] = dataset.map(
+            renumber, batched=True, features=features, desc=f"{split}: the model's label ids", num_proc=num_proc
+        )
     return datasets.DatasetDict(aligned)
 
 
@@ -166,8 +172,16 @@ def build_model(
     config.include_regularizers = config.include_regularizers or args.do_train
     # transformers reports each weight it initialises (some 85 lines for the decoders); the decoders' are told here
     # in one line, and its report is shown only when it says more than that.
-    with held_back(_TRANSFORMERS_LOADING_LOGGER) as loading_report:
-        model, loading = model_class.from_pretrained(source, config=config, output_loading_info=True)
+    ignore_mismatched_sizes = getattr(args, "ignore_mismatched_sizes", False)
+    try:
+        with held_back(_TRANSFORMERS_LOADING_LOGGER) as loading_report:
+            model, loading = model_class.from_pretrained(
+                source, config=config, output_loading_info=True, ignore_mismatched_sizes=ignore_mismatched_sizes
+            )
+    except ConfigurationWeightsMismatchError as error:
+        raise SystemExit(
+            f"--model_name_or_path {source}: {error} On the command line: --ignore_mismatched_sizes."
+        ) from error
     decoder_keys = [key for key in loading["missing_keys"] if _decoder_part(key) is not None]
     if rebuilds_decoders and decoder_keys:
         logger.warning(

@@ -50,6 +50,7 @@ _POSITIVE = (
     "max_train_steps",
     "logging_steps",
     "save_total_limit",
+    "preprocessing_num_workers",
 )
 
 
@@ -256,6 +257,13 @@ def _check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespa
             parser.error(f"--lora_r is the LoRA rank and must be a positive integer, got {args.lora_r}.")
         if not 0.0 <= args.lora_dropout < 1.0:
             parser.error(f"--lora_dropout must lie in [0, 1), got {args.lora_dropout}.")
+    if args.return_entity_level_metrics and args.task != "mner":
+        parser.error(
+            "--return_entity_level_metrics reports NER's entity types (run_mner.py); run_msa.py reports every "
+            "label's F1 anyway: drop it."
+        )
+    if args.ignore_mismatched_sizes and args.model_name_or_path is None:
+        parser.error("--ignore_mismatched_sizes applies to the model of --model_name_or_path, which is not given.")
     if args.do_train is False and args.model_name_or_path is None:
         parser.error(
             "--do_train false needs --model_name_or_path: a fresh MuSE has newly initialised layers and must be "
