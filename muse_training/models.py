@@ -146,10 +146,9 @@ def build_model(
     ones for ``label_names`` and ``problem_type``, with a warning naming the old and the new head.
     """
     id2label = dict(enumerate(label_names))
-    label2id = {label: index for index, label in id2label.items()}
-    problem = {"problem_type": problem_type} if problem_type is not None else {}
     if args.model_name_or_path is None:
         text_config = loaded_configs and loaded_configs.text_config
+        problem = {"problem_type": problem_type} if problem_type is not None else {}
         # This script trains the new layers right away, so the reminder to train them before predicting does not apply.
         with silenced("modeling_muse.pretrained_towers"):
             return model_class.from_text_vision_pretrained(
@@ -158,21 +157,50 @@ def build_model(
                 pretrained_vision=args.pretrained_vision,
                 text_model_kwargs={"config": copy.deepcopy(text_config)} if text_config is not None else None,
                 id2label=id2label,
-                label2id=label2id,
+                label2id={label: index for index, label in id2label.items()},
                 **problem,
                 **args.muse_config,
             )
-    # An adapter folder's weights go onto its base model (`load_model`), which is loaded here.
+    model = _load_trained_model(args, model_class, loaded_configs and loaded_configs.model_config)
+    old_names, old_problem = model_label_names(model), problem_type_of(model.config)
+    same_problem = problem_type is None or old_problem == problem_type
+    # A regression head's one output fits any target; its name is the model's.
+    same_labels = sorted(old_names) == sorted(label_names) or problem_type == "regression"
+    if same_problem and same_labels:
+        return model
+    old_head = f"the labels {old_names}" + (f" ({old_problem})" if problem_type is not None else "")
+    new_head = f"{list(label_names)}" + (f" ({problem_type})" if problem_type is not None else "")
+    if getattr(args, "use_peft", False):
+        raise SystemExit(
+            f"--use_peft: the model {getattr(args, 'peft_base_model', None) or args.model_name_or_path} was trained "
+            f"for {old_head}, the data has {new_head}. A LoRA adapter keeps its base model's head, so its labels (and "
+            f"problem type) must be the data's (labels in any order); train without --use_peft to replace the head."
+        )
+    logger.warning(
+        "--model_name_or_path %s was trained for %s, the data has %s: its head (%s) is replaced by a newly "
+        "initialised one for the data's labels (the rest of the model is kept).",
+        args.model_name_or_path,
+        old_head,
+        new_head,
+        ", ".join(head_modules),
+    )
+    return _with_new_head(model, model_class, id2label, head_modules, problem_type)
+
+
+def _load_trained_model(
+    args: argparse.Namespace, model_class: type[MuSEPreTrainedModel], loaded_config: MuSEConfig | None
+) -> MuSEPreTrainedModel:
+    """The MuSE model of ``--model_name_or_path`` (an adapter folder's base model: `load_model` puts the adapter on
+    it), with its training-only decoders built afresh for training when it was saved without them."""
     source = getattr(args, "peft_base_model", None) or args.model_name_or_path
-    loaded = loaded_configs and loaded_configs.model_config
     # A copy: the flags set below belong to this model, not to the configuration parse_args checked.
-    config = copy.deepcopy(loaded) if loaded is not None else MuSEConfig.from_pretrained(source)
+    config = copy.deepcopy(loaded_config) if loaded_config is not None else MuSEConfig.from_pretrained(source)
     # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
     rebuilds_decoders = args.do_train and not config.include_regularizers
     config.include_regularizers = config.include_regularizers or args.do_train
+    ignore_mismatched_sizes = getattr(args, "ignore_mismatched_sizes", False)
     # transformers reports each weight it initialises (some 85 lines for the decoders); the decoders' are told here
     # in one line, and its report is shown only when it says more than that.
-    ignore_mismatched_sizes = getattr(args, "ignore_mismatched_sizes", False)
     try:
         with held_back(_TRANSFORMERS_LOADING_LOGGER) as loading_report:
             model, loading = model_class.from_pretrained(
@@ -196,41 +224,28 @@ def build_model(
         _TRANSFORMERS_LOADING_LOGGER,
         [record for record in loading_report if not (explained and "LOAD REPORT" in record.getMessage())],
     )
-    old_names, old_problem = model_label_names(model), problem_type_of(model.config)
-    same_problem = problem_type is None or old_problem == problem_type
-    # A regression head's one output fits any target; its name is the model's.
-    same_labels = sorted(old_names) == sorted(label_names) or problem_type == "regression"
-    if same_problem and same_labels:
-        return model
-    old_head = f"the labels {old_names}" + (f" ({old_problem})" if problem_type is not None else "")
-    new_head = f"{list(label_names)}" + (f" ({problem_type})" if problem_type is not None else "")
-    if getattr(args, "use_peft", False):
-        raise SystemExit(
-            f"--use_peft: the model {source} was trained for {old_head}, the data has {new_head}. A LoRA adapter "
-            f"keeps its base model's head, so its labels (and problem type) must be the data's (labels in any "
-            f"order); train without --use_peft to replace the head."
-        )
-    logger.warning(
-        "--model_name_or_path %s was trained for %s, the data has %s: its head (%s) is replaced by a newly "
-        "initialised one for the data's labels (the rest of the model is kept).",
-        args.model_name_or_path,
-        old_head,
-        new_head,
-        ", ".join(head_modules),
-    )
+    return model
+
+
+def _with_new_head(
+    model: MuSEPreTrainedModel,
+    model_class: type[MuSEPreTrainedModel],
+    id2label: dict[int, str],
+    head_modules: Sequence[str],
+    problem_type: str | None,
+) -> MuSEPreTrainedModel:
+    """``model`` with its ``head_modules`` newly initialised for ``id2label`` (and ``problem_type``), every other
+    weight kept."""
     config = model.config
-    config.id2label, config.label2id = id2label, label2id
+    config.id2label, config.label2id = id2label, {label: index for index, label in id2label.items()}
     if problem_type is not None:
         config.problem_type = problem_type
     with silenced("modeling_muse.modeling"):
         relabelled = model_class(config)
-    kept = {
-        name: value
-        for name, value in model.state_dict().items()
-        if not name.startswith(tuple(f"{head}." for head in head_modules))
-    }
+    heads = tuple(f"{head}." for head in head_modules)
+    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(heads)}
     missing, unexpected = relabelled.load_state_dict(kept, strict=False)
-    stray = [name for name in missing if not name.startswith(tuple(f"{head}." for head in head_modules))]
+    stray = [name for name in missing if not name.startswith(heads)]
     if stray or unexpected:
         raise RuntimeError(f"Relabelling the model left weights unmatched: missing {stray}, unexpected {unexpected}.")
     return relabelled
