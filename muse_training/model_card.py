@@ -84,8 +84,7 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], named_
 def base_model_id(args: argparse.Namespace) -> str | None:
     """What the model card's text names as the base model: the trained MuSE it started from (its Hub id, or the name
     of its folder), else the text encoder's Hub id; None for a text encoder from an unknown folder."""
-    # A LoRA adapter's base is the MuSE model it loads onto, also when the run continued an adapter.
-    source = getattr(args, "peft_base_model", None) or args.model_name_or_path
+    source = _trained_model_source(args)
     if source is not None:
         if is_hub_id(source):
             return source
@@ -96,8 +95,14 @@ def base_model_id(args: argparse.Namespace) -> str | None:
 def hub_base_model(args: argparse.Namespace) -> str | None:
     """The ``base_model`` of the card's metadata, which the Hub reads as a model id and links: `base_model_id` when it
     is a Hub id, None when the run started from a local folder (its name would link to another repository, or none)."""
-    source = getattr(args, "peft_base_model", None) or args.model_name_or_path
+    source = _trained_model_source(args)
     return None if source is not None and not is_hub_id(source) else base_model_id(args)
+
+
+def _trained_model_source(args: argparse.Namespace) -> str | None:
+    """The trained MuSE the run started from; a LoRA adapter's is the model it loads onto, also when the run
+    continued an adapter."""
+    return getattr(args, "peft_base_model", None) or args.model_name_or_path
 
 
 def dataset_id(args: argparse.Namespace) -> str:

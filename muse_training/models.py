@@ -161,7 +161,9 @@ def build_model(
                 **problem,
                 **args.muse_config,
             )
-    model = _load_trained_model(args, model_class, loaded_configs and loaded_configs.model_config)
+    # An adapter folder's weights go onto its base model (`load_model`), which is loaded here.
+    source = getattr(args, "peft_base_model", None) or args.model_name_or_path
+    model = _load_trained_model(args, source, model_class, loaded_configs and loaded_configs.model_config)
     old_names, old_problem = model_label_names(model), problem_type_of(model.config)
     same_problem = problem_type is None or old_problem == problem_type
     # A regression head's one output fits any target; its name is the model's.
@@ -172,9 +174,9 @@ def build_model(
     new_head = f"{list(label_names)}" + (f" ({problem_type})" if problem_type is not None else "")
     if getattr(args, "use_peft", False):
         raise SystemExit(
-            f"--use_peft: the model {getattr(args, 'peft_base_model', None) or args.model_name_or_path} was trained "
-            f"for {old_head}, the data has {new_head}. A LoRA adapter keeps its base model's head, so its labels (and "
-            f"problem type) must be the data's (labels in any order); train without --use_peft to replace the head."
+            f"--use_peft: the model {source} was trained for {old_head}, the data has {new_head}. A LoRA adapter "
+            f"keeps its base model's head, so its labels (and problem type) must be the data's (labels in any "
+            f"order); train without --use_peft to replace the head."
         )
     logger.warning(
         "--model_name_or_path %s was trained for %s, the data has %s: its head (%s) is replaced by a newly "
@@ -188,11 +190,13 @@ def build_model(
 
 
 def _load_trained_model(
-    args: argparse.Namespace, model_class: type[MuSEPreTrainedModel], loaded_config: MuSEConfig | None
+    args: argparse.Namespace,
+    source: str,
+    model_class: type[MuSEPreTrainedModel],
+    loaded_config: MuSEConfig | None,
 ) -> MuSEPreTrainedModel:
-    """The MuSE model of ``--model_name_or_path`` (an adapter folder's base model: `load_model` puts the adapter on
-    it), with its training-only decoders built afresh for training when it was saved without them."""
-    source = getattr(args, "peft_base_model", None) or args.model_name_or_path
+    """The trained MuSE model of ``source`` (``--model_name_or_path``, or the base model of the adapter given there),
+    with its training-only decoders built afresh for training when it was saved without them."""
     # A copy: the flags set below belong to this model, not to the configuration parse_args checked.
     config = copy.deepcopy(loaded_config) if loaded_config is not None else MuSEConfig.from_pretrained(source)
     # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
