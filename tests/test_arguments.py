@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import PretrainedConfig
+from transformers import PreTrainedConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The training scripts are files at the repository root, not package modules.
@@ -39,13 +39,13 @@ from tests.tiny_models import (  # noqa: E402
 def config_reads(monkeypatch) -> list[Path]:
     """The folders whose config.json transformers reads (every configuration load goes through get_config_dict)."""
     reads: list[Path] = []
-    original = PretrainedConfig.get_config_dict.__func__
+    original = PreTrainedConfig.get_config_dict.__func__
 
     def counting(cls, pretrained_model_name_or_path, **kwargs):
         reads.append(Path(pretrained_model_name_or_path).resolve())
         return original(cls, pretrained_model_name_or_path, **kwargs)
 
-    monkeypatch.setattr(PretrainedConfig, "get_config_dict", classmethod(counting))
+    monkeypatch.setattr(PreTrainedConfig, "get_config_dict", classmethod(counting))
     return reads
 
 

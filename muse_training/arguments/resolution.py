@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
 from configuration_muse import ABLATION_VARIANTS, MuSEConfig
 from datasets_scripts.mvsa import LABEL_FILE
@@ -54,8 +54,6 @@ _POSITIVE = (
 )
 
 
-
-
 @dataclass(frozen=True)
 class LoadedConfigs:
     """The configurations `parse_args` loaded to check the run, for `build_model` to build the model from.
@@ -66,7 +64,7 @@ class LoadedConfigs:
             folder given there), else None.
     """
 
-    text_config: PretrainedConfig | None = None
+    text_config: PreTrainedConfig | None = None
     model_config: MuSEConfig | None = None
 
 
