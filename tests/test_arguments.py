@@ -150,8 +150,9 @@ def test_trust_remote_code_loads_the_text_encoders_own_tokenizer(tmp_path, tiny_
     shutil.copytree(tiny_text_model, folder)
     (folder / "tokenization_post.py").write_text(_POST_TOKENIZER)
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
-    tokenizer_config.update(tokenizer_class="PostTokenizer", auto_map={"AutoTokenizer": ["tokenization_post.PostTokenizer",
-                                                                                          None]})  # fmt: skip
+    # A tokenizer class transformers does not have, whose code the folder holds.
+    auto_map = {"AutoTokenizer": ["tokenization_post.PostTokenizer", None]}
+    tokenizer_config.update(tokenizer_class="PostTokenizer", auto_map=auto_map)
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     script = (
         "import sys, types\n"
