@@ -143,6 +143,26 @@ def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Seque
     return rows
 
 
+def entity_level_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dict[str, float | int]:
+    """Each entity type's seqeval precision, recall and number of gold entities (``<TYPE>_precision``,
+    ``<TYPE>_recall``, ``<TYPE>_number``), as `run_ner_no_trainer.py`'s ``--return_entity_level_metrics`` adds them
+    to the results (`ner_metrics` always gives ``<TYPE>_f1``)."""
+    words = [gold != -100 for gold in evaluation.labels]
+    gold_tags = [[label_names[tag] for tag in gold[kept]] for gold, kept in zip(evaluation.labels, words, strict=True)]
+    predicted_tags = [
+        [label_names[tag] for tag in predicted[kept]]
+        for predicted, kept in zip(evaluation.predictions, words, strict=True)
+    ]
+    per_type = classification_report(gold_tags, predicted_tags, output_dict=True, zero_division=0)
+    metrics: dict[str, float | int] = {}
+    for entity_type, scores in per_type.items():
+        if not entity_type.endswith(" avg"):
+            metrics[f"{entity_type}_precision"] = scores["precision"]
+            metrics[f"{entity_type}_recall"] = scores["recall"]
+            metrics[f"{entity_type}_number"] = int(scores["support"])
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train MuSE for MNER, keep the best model by validation F1, score it on test and write its predictions (or,
     with ``--model_name_or_path``, evaluate or fine-tune a trained one); returns ``all_results.json``."""
@@ -156,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new CRF for other tags).
     model = load_model(args, MuSEForTokenClassification, label_names, TASK.head_modules)
     label_names = model_label_names(model)
-    raw_datasets = align_labels(raw_datasets, "ner_tags", label_names)
+    raw_datasets = align_labels(raw_datasets, "ner_tags", label_names, args.preprocessing_num_workers)
 
     # Processor (words, tags and images -> tensors), one report line per split, data loaders.
     processor = build_processor(args, model.config, label_names)
@@ -177,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             scores_of=(lambda outputs, batch: word_confidences(unwrapped, outputs, batch)) if with_confidences else None,
         )
         metrics = ner_metrics(evaluation, label_names)
+        if args.return_entity_level_metrics:
+            metrics.update(entity_level_metrics(evaluation, label_names))
         if with_confidences and accelerator.is_main_process:
             write_predictions(args.output_dir, ner_predictions(raw_datasets[split], evaluation, label_names))
         return metrics

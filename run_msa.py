@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = load_model(args, MuSEForSequenceClassification, label_names, TASK.head_modules, problem_type)
     label_names = model_label_names(model)
     if problem_type != REGRESSION:
-        raw_datasets = align_labels(raw_datasets, "label", label_names)
+        raw_datasets = align_labels(raw_datasets, "label", label_names, args.preprocessing_num_workers)
 
     # Processor (text and images -> tensors), one report line per split, data loaders.
     processor = build_processor(args, model.config, label_names=None)

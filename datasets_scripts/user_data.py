@@ -597,6 +597,7 @@ def load_user_dataset(
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     allow_private_urls: bool = False,
     problem_type: str | None = None,
+    num_proc: int | None = None,
 ) -> datasets.DatasetDict:
     """Load a dataset of the user's as the training scripts' splits (see the module docstring).
 
@@ -616,6 +617,7 @@ def load_user_dataset(
             your own network); by default only public addresses are fetched (see `modeling_muse.url_fetch`).
         problem_type: sentiment only: ``"single_label_classification"``, ``"multi_label_classification"`` or
             ``"regression"``; ``None`` tells it from the label column (see the module docstring).
+        num_proc: processes of the conversion (``datasets.Dataset.map``'s ``num_proc``; None: this process).
 
     Returns:
         A ``DatasetDict`` with the splits the data has (``validation`` cut from train when asked).
@@ -681,6 +683,7 @@ def load_user_dataset(
             remove_columns=dataset.column_names,
             features=_features(task, label_names, problem_type),
             desc=f"reading {split} images",
+            num_proc=num_proc,
         )
     result = datasets.DatasetDict(canonical)
     _check_images(result, missing_images, source.description)

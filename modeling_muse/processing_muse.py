@@ -128,6 +128,7 @@ class MuSEProcessor(ProcessorMixin):
         max_length: int = 64,
         label_names: list[str] | None = None,
         image_size: int | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
     ) -> MuSEProcessor:
         """The text encoder's tokenizer and the image tower's preprocessing (downloads no weights).
 
@@ -141,6 +142,8 @@ class MuSEProcessor(ProcessorMixin):
                 or for timm its pretrained configuration (resize by ``crop_pct``, centre crop to ``input_size``,
                 its interpolation, mean and std). A side in pixels resizes every image to ``image_size`` x
                 ``image_size`` instead (docs/design.md, section 1), with the tower's mean and std.
+            tokenizer_kwargs: extra arguments for the tokenizer's `AutoTokenizer.from_pretrained`
+                (``trust_remote_code``, ``revision``, ...).
         """
         from transformers import AutoTokenizer
 
@@ -148,7 +151,7 @@ class MuSEProcessor(ProcessorMixin):
 
         tower = resolve_vision_tower(vision_model_name_or_path)
         image_processor = tower_image_processor(tower, image_size)
-        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path, **(tokenizer_kwargs or {}))
         return cls(image_processor, tokenizer, max_length=max_length, label_names=label_names)
 
     @property

@@ -71,7 +71,7 @@ BEST_MODEL_MARKER = "best_model.json"
 PROGRESS_FILE = "training_progress.json"
 ARGUMENTS_FILE = "training_arguments.json"
 # Arguments that may differ between an interrupted run and its resumption: where results go, what is logged,
-# uploaded and evaluated, how data is read. Every other argument decides what is trained and must stay the same.
+# uploaded and evaluated, how data and models are read. Every other argument decides what is trained and must stay the same.
 RESUME_FREE_ARGUMENTS = frozenset(
     {
         "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "logging_steps", "with_tracking", "report_to",
@@ -79,7 +79,8 @@ RESUME_FREE_ARGUMENTS = frozenset(
         "save_total_limit",
         "dataloader_num_workers", "dataset_cache_dir", "do_eval", "do_predict", "per_device_eval_batch_size",
         "max_eval_samples", "ignore_changed_arguments", "keep_freed_memory", "gradient_checkpointing",
-        "defaults_used",
+        "defaults_used", "preprocessing_num_workers", "return_entity_level_metrics", "trust_remote_code",
+        "ignore_mismatched_sizes",
     }
 )  # fmt: skip
 _CHECKPOINT_NAME = re.compile(r"^(step|epoch)_(\d+)$")

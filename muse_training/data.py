@@ -68,6 +68,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
                     cache_dir=args.dataset_cache_dir,
                     allow_private_urls=args.allow_private_urls,
                     problem_type=args.problem_type,
+                    num_proc=args.preprocessing_num_workers,
                 )
     except (UserDataError, MissingImagesError, OutsideFolderError) as error:
         raise SystemExit(str(error)) from error
@@ -118,8 +119,10 @@ def build_processor(args: argparse.Namespace, config: MuSEConfig, label_names: S
     """The processor matching the model: the one saved with ``--model_name_or_path``, or the towers' tokenizer and
     image preprocessing (``--image_size`` when set), with text cut at the model's n."""
     label_names = list(label_names) if label_names is not None else None
+    # --trust_remote_code: a tokenizer whose code comes with the text encoder (or with the trained model's processor).
+    tokenizer_kwargs = {"trust_remote_code": True} if args.trust_remote_code else {}
     if args.model_name_or_path is not None:
-        processor = MuSEProcessor.from_pretrained(args.model_name_or_path)
+        processor = MuSEProcessor.from_pretrained(args.model_name_or_path, **tokenizer_kwargs)
         processor.label_names = label_names
         return processor
     return MuSEProcessor.from_text_vision_pretrained(
@@ -128,6 +131,7 @@ def build_processor(args: argparse.Namespace, config: MuSEConfig, label_names: S
         max_length=config.max_text_length,
         label_names=label_names,
         image_size=args.image_size,
+        tokenizer_kwargs=tokenizer_kwargs,
     )
 
 

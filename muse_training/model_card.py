@@ -1,6 +1,7 @@
 """The model card (``output_dir/README.md``) through `huggingface_hub.ModelCard`: metadata the Hub reads (model-index
-evaluation results, datasets, base model, license, pipeline tag), the scores, the data, the hyperparameters and how to
-load the model. It names Hub ids and dataset names only, never a folder of the machine that trained the model.
+evaluation results, datasets, base model, license, no inference widget), the scores, the data, the hyperparameters and
+how to load the model. Its metadata names Hub ids and the paper's dataset names only, never a file or folder of the
+machine that trained the model.
 
 Every value that comes from the data, the arguments or a loaded configuration (labels in the test report, dataset,
 folder and model names) is written as code (`muse_training.markdown`), in the loading snippets as a Python string
@@ -81,15 +82,27 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], named_
 
 
 def base_model_id(args: argparse.Namespace) -> str | None:
-    """What the model card names as ``base_model``: the trained MuSE it started from (its Hub id, or the name of its
-    folder), else the text encoder's Hub id; None for a text encoder from an unknown folder."""
-    # A LoRA adapter's base is the MuSE model it loads onto, also when the run continued an adapter.
-    source = getattr(args, "peft_base_model", None) or args.model_name_or_path
+    """What the model card's text names as the base model: the trained MuSE it started from (its Hub id, or the name
+    of its folder), else the text encoder's Hub id; None for a text encoder from an unknown folder."""
+    source = _trained_model_source(args)
     if source is not None:
         if is_hub_id(source):
             return source
         return Path(source).resolve().name
     return text_encoder_hub_id(args.text_model_name_or_path)
+
+
+def hub_base_model(args: argparse.Namespace) -> str | None:
+    """The ``base_model`` of the card's metadata, which the Hub reads as a model id and links: `base_model_id` when it
+    is a Hub id, None when the run started from a local folder (its name would link to another repository, or none)."""
+    source = _trained_model_source(args)
+    return None if source is not None and not is_hub_id(source) else base_model_id(args)
+
+
+def _trained_model_source(args: argparse.Namespace) -> str | None:
+    """The trained MuSE the run started from; a LoRA adapter's is the model it loads onto, also when the run
+    continued an adapter."""
+    return getattr(args, "peft_base_model", None) or args.model_name_or_path
 
 
 def dataset_id(args: argparse.Namespace) -> str:
@@ -107,7 +120,13 @@ def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any]
     title = "Test" if split == "test" else "Validation"
     f1_title = f"{title} F1 (entity-level micro, seqeval)" if task.name == "mner" else f"{title} F1 (support-weighted)"
     name = dataset_id(args)
-    eval_results = [
+    # The Hub reads a dataset named in the metadata as a dataset id: `datasets` lists Hub datasets only, and the
+    # evaluation results name a Hub dataset or one of the paper's, never a local file or folder. Without a dataset an
+    # evaluation result is incomplete and transformers leaves it out of the model-index
+    # (`TrainingSummary.create_model_index`): so is it here, and the scores stay in the card's text.
+    local_data = args.data_source == "files" or (args.data_source == "dataset" and not is_hub_id(args.dataset_name))
+    on_hub = args.data_source == "dataset" and is_hub_id(args.dataset_name)
+    eval_results = None if local_data else [
         EvalResult(
             task_type=task.pipeline_tag,
             task_name=task.title,
@@ -122,11 +141,15 @@ def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any]
     ]
     return ModelCardData(
         model_name=model_name,
-        base_model=base_model_id(args),
-        datasets=[name] if args.data_source == "paper" or is_hub_id(args.dataset_name) else None,
+        base_model=hub_base_model(args),
+        datasets=[name] if on_hub else None,
         license=LICENSE,
         library_name="peft" if getattr(args, "use_peft", False) else "transformers",
-        pipeline_tag=task.pipeline_tag,
+        # No pipeline_tag, and no inference widget: every widget the Hub has sends text alone or an image alone (the
+        # image-text ones ask a question or chat), while MuSE's pipelines need a post's text and its image. Without
+        # `inference: false` the Hub would still infer token-classification or text-classification from the model's
+        # architecture and offer a text box that fails; the card's text shows the custom pipeline instead.
+        inference=False,
         tags=["muse", "multimodal", task.custom_pipeline, task.name],
         eval_results=eval_results,
     )

@@ -11,6 +11,7 @@ import datasets
 from accelerate.logging import get_logger
 
 from modeling_muse import MuSEConfig, MuSEPreTrainedModel
+from modeling_muse.modeling import ConfigurationWeightsMismatchError
 
 from .arguments import LoadedConfigs
 from .logs import held_back, pass_on, silenced
@@ -67,8 +68,11 @@ def model_label_names(model: MuSEPreTrainedModel) -> list[str]:
     return [model.config.id2label[index] for index in range(model.config.num_labels)]
 
 
-def align_labels(raw_datasets: datasets.DatasetDict, column: str, label_names: Sequence[str]) -> datasets.DatasetDict:
-    """The splits with ``column`` (a ``ClassLabel``, or a list of them) renumbered to ``label_names``' order.
+def align_labels(
+    raw_datasets: datasets.DatasetDict, column: str, label_names: Sequence[str], num_proc: int | None = None
+) -> datasets.DatasetDict:
+    """The splits with ``column`` (a ``ClassLabel``, or a list of them) renumbered to ``label_names``' order, in
+    ``num_proc`` processes (``--preprocessing_num_workers``).
 
     For a trained model whose labels are the data's in another order: the model keeps its head, the data follows.
     """
@@ -89,7 +93,9 @@ def align_labels(raw_datasets: datasets.DatasetDict, column: str, label_names: S
     for split, dataset in raw_datasets.items():
         features = dataset.features.copy()
         features[column] = datasets.List(target) if is_list else target
-        aligned[split] = dataset.map(renumber, batched=True, features=features, desc=f"{split}: the model's label ids")
+        aligned[split] = dataset.map(
+            renumber, batched=True, features=features, desc=f"{split}: the model's label ids", num_proc=num_proc
+        )
     return datasets.DatasetDict(aligned)
 
 
@@ -140,10 +146,9 @@ def build_model(
     ones for ``label_names`` and ``problem_type``, with a warning naming the old and the new head.
     """
     id2label = dict(enumerate(label_names))
-    label2id = {label: index for index, label in id2label.items()}
-    problem = {"problem_type": problem_type} if problem_type is not None else {}
     if args.model_name_or_path is None:
         text_config = loaded_configs and loaded_configs.text_config
+        problem = {"problem_type": problem_type} if problem_type is not None else {}
         # This script trains the new layers right away, so the reminder to train them before predicting does not apply.
         with silenced("modeling_muse.pretrained_towers"):
             return model_class.from_text_vision_pretrained(
@@ -152,36 +157,13 @@ def build_model(
                 pretrained_vision=args.pretrained_vision,
                 text_model_kwargs={"config": copy.deepcopy(text_config)} if text_config is not None else None,
                 id2label=id2label,
-                label2id=label2id,
+                label2id={label: index for index, label in id2label.items()},
                 **problem,
                 **args.muse_config,
             )
     # An adapter folder's weights go onto its base model (`load_model`), which is loaded here.
     source = getattr(args, "peft_base_model", None) or args.model_name_or_path
-    loaded = loaded_configs and loaded_configs.model_config
-    # A copy: the flags set below belong to this model, not to the configuration parse_args checked.
-    config = copy.deepcopy(loaded) if loaded is not None else MuSEConfig.from_pretrained(source)
-    # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
-    rebuilds_decoders = args.do_train and not config.include_regularizers
-    config.include_regularizers = config.include_regularizers or args.do_train
-    # transformers reports each weight it initialises (some 85 lines for the decoders); the decoders' are told here
-    # in one line, and its report is shown only when it says more than that.
-    with held_back(_TRANSFORMERS_LOADING_LOGGER) as loading_report:
-        model, loading = model_class.from_pretrained(source, config=config, output_loading_info=True)
-    decoder_keys = [key for key in loading["missing_keys"] if _decoder_part(key) is not None]
-    if rebuilds_decoders and decoder_keys:
-        logger.warning(
-            "--model_name_or_path %s was saved without its training-only decoders: newly initialised %s (save with "
-            "--keep_regularizers to continue them).",
-            source,
-            _tensor_counts(decoder_keys),
-        )
-    only_decoders_missing = len(decoder_keys) == len(loading["missing_keys"]) and not loading["unexpected_keys"]
-    explained = rebuilds_decoders and only_decoders_missing
-    pass_on(
-        _TRANSFORMERS_LOADING_LOGGER,
-        [record for record in loading_report if not (explained and "LOAD REPORT" in record.getMessage())],
-    )
+    model = _load_trained_model(args, source, model_class, loaded_configs and loaded_configs.model_config)
     old_names, old_problem = model_label_names(model), problem_type_of(model.config)
     same_problem = problem_type is None or old_problem == problem_type
     # A regression head's one output fits any target; its name is the model's.
@@ -204,19 +186,70 @@ def build_model(
         new_head,
         ", ".join(head_modules),
     )
+    return _with_new_head(model, model_class, id2label, head_modules, problem_type)
+
+
+def _load_trained_model(
+    args: argparse.Namespace,
+    source: str,
+    model_class: type[MuSEPreTrainedModel],
+    loaded_config: MuSEConfig | None,
+) -> MuSEPreTrainedModel:
+    """The trained MuSE model of ``source`` (``--model_name_or_path``, or the base model of the adapter given there),
+    with its training-only decoders built afresh for training when it was saved without them."""
+    # A copy: the flags set below belong to this model, not to the configuration parse_args checked.
+    config = copy.deepcopy(loaded_config) if loaded_config is not None else MuSEConfig.from_pretrained(source)
+    # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
+    rebuilds_decoders = args.do_train and not config.include_regularizers
+    config.include_regularizers = config.include_regularizers or args.do_train
+    ignore_mismatched_sizes = getattr(args, "ignore_mismatched_sizes", False)
+    # transformers reports each weight it initialises (some 85 lines for the decoders); the decoders' are told here
+    # in one line, and its report is shown only when it says more than that.
+    try:
+        with held_back(_TRANSFORMERS_LOADING_LOGGER) as loading_report:
+            model, loading = model_class.from_pretrained(
+                source, config=config, output_loading_info=True, ignore_mismatched_sizes=ignore_mismatched_sizes
+            )
+    except ConfigurationWeightsMismatchError as error:
+        raise SystemExit(
+            f"--model_name_or_path {source}: {error} On the command line: --ignore_mismatched_sizes."
+        ) from error
+    decoder_keys = [key for key in loading["missing_keys"] if _decoder_part(key) is not None]
+    if rebuilds_decoders and decoder_keys:
+        logger.warning(
+            "--model_name_or_path %s was saved without its training-only decoders: newly initialised %s (save with "
+            "--keep_regularizers to continue them).",
+            source,
+            _tensor_counts(decoder_keys),
+        )
+    only_decoders_missing = len(decoder_keys) == len(loading["missing_keys"]) and not loading["unexpected_keys"]
+    explained = rebuilds_decoders and only_decoders_missing
+    pass_on(
+        _TRANSFORMERS_LOADING_LOGGER,
+        [record for record in loading_report if not (explained and "LOAD REPORT" in record.getMessage())],
+    )
+    return model
+
+
+def _with_new_head(
+    model: MuSEPreTrainedModel,
+    model_class: type[MuSEPreTrainedModel],
+    id2label: dict[int, str],
+    head_modules: Sequence[str],
+    problem_type: str | None,
+) -> MuSEPreTrainedModel:
+    """``model`` with its ``head_modules`` newly initialised for ``id2label`` (and ``problem_type``), every other
+    weight kept."""
     config = model.config
-    config.id2label, config.label2id = id2label, label2id
+    config.id2label, config.label2id = id2label, {label: index for index, label in id2label.items()}
     if problem_type is not None:
         config.problem_type = problem_type
     with silenced("modeling_muse.modeling"):
         relabelled = model_class(config)
-    kept = {
-        name: value
-        for name, value in model.state_dict().items()
-        if not name.startswith(tuple(f"{head}." for head in head_modules))
-    }
+    heads = tuple(f"{head}." for head in head_modules)
+    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(heads)}
     missing, unexpected = relabelled.load_state_dict(kept, strict=False)
-    stray = [name for name in missing if not name.startswith(tuple(f"{head}." for head in head_modules))]
+    stray = [name for name in missing if not name.startswith(heads)]
     if stray or unexpected:
         raise RuntimeError(f"Relabelling the model left weights unmatched: missing {stray}, unexpected {unexpected}.")
     return relabelled

@@ -400,7 +400,9 @@ def test_run_mner_with_use_peft_trains_resumes_and_continues_an_adapter(
     model_bytes = (base / "model.safetensors").stat().st_size
     print(f"\nrun_mner --use_peft (tiny): adapter {adapter_bytes / 1e3:.1f} kB, base model {model_bytes / 1e3:.1f} kB")
     card = (output_dir / "README.md").read_text()
-    assert "library_name: peft" in card and "base_model: base" in card and "## LoRA adapter" in card
+    assert "library_name: peft" in card and "## LoRA adapter" in card
+    # The base is a local folder: named in the text, not as the metadata's base_model (a Hub model id).
+    assert "base_model" not in card.split("\n---\n")[0] and "LoRA adapter (peft) of the MuSE model `base`" in card
     assert "PeftModel.from_pretrained(base, \"adapter\")" in card
     results = json.loads((output_dir / "all_results.json").read_text())
     # The card's last snippet loads the adapter folder like a whole model (transformers' peft support) and tags a post.

@@ -328,7 +328,8 @@ def test_run_msa_learns_an_intensity_from_a_csv(tiny_text_model, script_env, tmp
     assert np.mean(np.square(errors)) == pytest.approx(results["test_mse"], abs=1e-5)
     card = _card_results(output_dir)
     assert "problem type `regression`" in card and "best validation mse" in card
-    assert "name: Test mean squared error" in card and f"value: {results['test_mse']}" in card
+    # Local files are no dataset the Hub knows: the scores are in the card's table, not in a model-index.
+    assert f"| mse | {results['eval_mse']:.4g} | {results['test_mse']:.4g} |" in card and "model-index" not in card
 
     # The saved model in the pipeline gives the raw value, the number predictions.jsonl holds.
     from transformers import pipeline
@@ -370,7 +371,8 @@ def test_run_msa_learns_label_lists_from_json_lines(tiny_text_model, script_env,
     assert exact == pytest.approx(results["test_exact_match"])
     card = _card_results(output_dir)
     assert "problem type `multi_label_classification`" in card and "best validation micro_f1" in card
-    assert "name: Test micro F1" in card and "exact match" in card
+    assert f"| micro_f1 | {results['eval_micro_f1']:.4g} | {results['test_micro_f1']:.4g} |" in card
+    assert "exact match" in card
 
     # The saved model in the pipeline scores each label with its sigmoid, as predictions.jsonl does.
     from transformers import pipeline

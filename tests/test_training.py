@@ -538,8 +538,9 @@ def test_model_card_metadata_names_hub_ids_and_datasets_only(tmp_path, monkeypat
     path = write_model_card(args, run_mner.TASK, model, progress, results, "report", "`twitter2017`: 3 posts.", 1)
     card = ModelCard.load(path)
     assert card.data.base_model == base_model
-    assert card.data.datasets == ["twitter2017"] and card.data.license == "apache-2.0"
-    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "token-classification"
+    # The paper's dataset names the evaluation results; `datasets` lists Hub dataset ids only, which it is not.
+    assert card.data.datasets is None and card.data.license == "apache-2.0"
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag is None
     assert {"multimodal-ner", "muse"} <= set(card.data.tags)
     scores = {(result.metric_type, result.dataset_name, result.dataset_split): result.metric_value
               for result in card.data.eval_results}
@@ -558,6 +559,48 @@ def test_model_card_metadata_names_hub_ids_and_datasets_only(tmp_path, monkeypat
     args.push_to_hub, args.hub_model_id = True, "someone/muse-twitter17"
     card = ModelCard.load(write_model_card(args, run_mner.TASK, model, progress, results, None, "x.", 1))
     assert 'model_id = "someone/muse-twitter17"' in card.text and card.data.model_name == "muse-twitter17"
+
+
+def _card_metadata(args, tmp_path) -> dict:
+    """The YAML front matter of the card `write_model_card` writes for ``args`` (a tiny NER model, made-up scores)."""
+    import yaml
+
+    from modeling_muse import MuSEForTokenClassification
+    from tests.tiny_models import tiny_config
+
+    results = {"best_epoch": 1, "best_step": 5, "train_runtime_seconds": 1.0, "train_samples_per_second": 1.0,
+               "wall_time_seconds": 2.0, "eval_precision": 0.5, "eval_recall": 0.5, "eval_f1": 0.5}  # fmt: skip
+    progress = TrainingProgress(history=[{"epoch": 1, "step": 5, "precision": 0.5, "recall": 0.5, "f1": 0.5}])
+    model = MuSEForTokenClassification(tiny_config())
+    path = write_model_card(args, run_mner.TASK, model, progress, results, None, "posts.", 1)
+    return yaml.safe_load(path.read_text().split("\n---\n")[0].removeprefix("---\n"))
+
+
+def test_model_card_metadata_names_no_local_data_no_local_base_and_offers_no_widget(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_file = tmp_path / "my_posts_train.jsonl"
+    train_file.write_text("")
+    args = parse_args(run_mner.TASK, ["--output_dir", str(tmp_path / "out")])
+    args.data_source, args.dataset_name, args.train_file = "files", None, str(train_file)
+    metadata = _card_metadata(args, tmp_path)
+    # No widget: the Hub's widgets send text or an image alone, and would infer one from the architecture otherwise.
+    assert metadata["inference"] is False and "pipeline_tag" not in metadata
+    # A local data file is no dataset of the Hub: neither listed nor the model-index's dataset.
+    assert "datasets" not in metadata and "model-index" not in metadata and "my_posts" not in str(metadata)
+    args.data_source, args.dataset_name, args.train_file = "dataset", "someone/posts", None
+    metadata = _card_metadata(args, tmp_path)
+    assert metadata["datasets"] == ["someone/posts"]
+    assert metadata["model-index"][0]["results"][0]["dataset"]["type"] == "someone/posts"
+    # base_model is a Hub id or absent: a trained MuSE (or the base of a LoRA adapter) from a folder is not named.
+    base = tmp_path / "my_local_muse"
+    base.mkdir()
+    args.model_name_or_path = str(base)
+    assert "base_model" not in _card_metadata(args, tmp_path)
+    args.model_name_or_path, args.peft_base_model, args.use_peft = str(tmp_path / "adapter"), str(base), True
+    metadata = _card_metadata(args, tmp_path)
+    assert metadata["library_name"] == "peft" and "base_model" not in metadata and "my_local_muse" not in str(metadata)
+    args.peft_base_model = "someone/muse-twitter17"
+    assert _card_metadata(args, tmp_path)["base_model"] == "someone/muse-twitter17"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -747,7 +790,7 @@ def test_run_mner_end_to_end(tiny_text_model, script_env, tmp_path, monkeypatch,
     # The kept model is the one tested: scoring it again from disk gives the reported test scores.
     _assert_rescored_like_reported(output_dir)
     card = (output_dir / "README.md").read_text()
-    assert "library_name: transformers" in card and "pipeline_tag: token-classification" in card
+    assert "library_name: transformers" in card and "inference: false" in card and "pipeline_tag" not in card
     assert "- multimodal-ner" in card and "license: apache-2.0" in card and "base_model" not in card
     assert "model-index:" in card and f"value: {results['test_f1']}" in card and "twitter2017_sample" in card
     assert "AutoModelForTokenClassification.from_pretrained(model_id, trust_remote_code=True)" in card

@@ -136,6 +136,13 @@ class DataArguments:
         },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader."})
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes for the data preparation's datasets map steps (num_proc): reading your own data's "
+            "images and labels, and renumbering labels to a trained model's order. Default: the main process only."
+        },
+    )
 
 
 @dataclass
@@ -181,6 +188,23 @@ class ModelArguments:
     variant: str = field(
         default="full",
         metadata={"help": "Ablation variant of paper Table 3, configuration_muse.ABLATION_VARIANTS."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run code that the text encoder's repository or folder ships, for a tokenizer of its own (its "
+            "tokenizer_config.json names it in auto_map); only for repositories you trust, since that code runs "
+            "on this machine. The text encoder itself must be a transformers architecture, and a MuSE model given "
+            "as --model_name_or_path always loads with this package's code. datasets no longer runs dataset "
+            "scripts, so this does not apply to --dataset_name."
+        },
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={
+            "help": "--model_name_or_path: load a model whose config.json asks for tensors of other shapes than its "
+            "weight files hold, starting those tensors newly initialised (by default that is refused, naming them)."
+        },
     )
 
 
@@ -324,6 +348,13 @@ class RunArguments:
     save_total_limit: int | None = field(
         default=None,
         metadata={"help": "Keep only the newest N checkpoints of output_dir, deleting older ones (default: all)."},
+    )
+    return_entity_level_metrics: bool = field(
+        default=False,
+        metadata={
+            "help": "run_mner.py: also report each entity type's precision, recall and number of gold entities "
+            "(<TYPE>_precision, <TYPE>_recall, <TYPE>_number; <TYPE>_f1 is always reported) in the results."
+        },
     )
     keep_regularizers: bool = field(
         default=False,

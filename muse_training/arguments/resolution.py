@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
 from configuration_muse import ABLATION_VARIANTS, MuSEConfig
 from datasets_scripts.mvsa import LABEL_FILE
@@ -50,9 +50,8 @@ _POSITIVE = (
     "max_train_steps",
     "logging_steps",
     "save_total_limit",
+    "preprocessing_num_workers",
 )
-
-
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class LoadedConfigs:
             folder given there), else None.
     """
 
-    text_config: PretrainedConfig | None = None
+    text_config: PreTrainedConfig | None = None
     model_config: MuSEConfig | None = None
 
 
@@ -256,6 +255,13 @@ def _check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespa
             parser.error(f"--lora_r is the LoRA rank and must be a positive integer, got {args.lora_r}.")
         if not 0.0 <= args.lora_dropout < 1.0:
             parser.error(f"--lora_dropout must lie in [0, 1), got {args.lora_dropout}.")
+    if args.return_entity_level_metrics and args.task != "mner":
+        parser.error(
+            "--return_entity_level_metrics reports NER's entity types (run_mner.py); run_msa.py reports every "
+            "label's F1 anyway: drop it."
+        )
+    if args.ignore_mismatched_sizes and args.model_name_or_path is None:
+        parser.error("--ignore_mismatched_sizes applies to the model of --model_name_or_path, which is not given.")
     if args.do_train is False and args.model_name_or_path is None:
         parser.error(
             "--do_train false needs --model_name_or_path: a fresh MuSE has newly initialised layers and must be "

@@ -36,7 +36,8 @@ class TaskInfo:
         datasets: the ``--dataset_name`` choices, the bundled sample first (the quick-start default).
         variants: the ``--variant`` choices (names of `ABLATION_VARIANTS`).
         head_modules: names of the model's top-level head modules, trained with ``--head_learning_rate``.
-        pipeline_tag: the Hub pipeline tag of the model card.
+        pipeline_tag: the transformers pipeline task of the model's head class, the task type of the model card's
+            evaluation results (the card sets no pipeline tag: `muse_training.model_card`).
         custom_pipeline: the task of this project's own pipeline (``pipeline("multimodal-ner", ...)``).
         metric_names: headline metrics, in the order they are printed.
         description: one line for ``--help`` and the model card.
