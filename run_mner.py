@@ -19,25 +19,23 @@ predictions (each word's tag and CRF confidence) go to ``predictions.jsonl``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-from transformers import BatchFeature
 
 import modeling_muse  # noqa: F401  (registers MuSE with the transformers Auto classes)
 from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForTokenClassification
 from modeling_muse.heads import WordPositions
 from muse_training.arguments import MNER_DATASETS, TaskInfo
+from muse_training.collators import MNERCollator
 from muse_training.data import build_processor, make_dataloaders, report_splits
 from muse_training.evaluation import EvaluationOutput, evaluate_model
 from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
+from muse_training.metrics import ner_metrics
 from muse_training.models import align_labels, load_model, model_label_names
 from muse_training.predictions import write_predictions
 from muse_training.results import finish
-from processing_muse import MuSEProcessor
 
 TASK = TaskInfo(
     name="mner",
@@ -54,25 +52,6 @@ TASK = TaskInfo(
 COLUMNS = ["tokens", "ner_tags", "image"]
 
 
-@dataclass
-class MNERCollator:
-    """Dataset rows -> model inputs: words, word tags and images through the processor.
-
-    Silent: what the processor does to the text (cut words, unknown words) is reported once per split at load.
-    """
-
-    processor: MuSEProcessor
-
-    def __call__(self, rows: list[dict[str, Any]]) -> BatchFeature:
-        return self.processor(
-            images=[row["image"] for row in rows],
-            text=[row["tokens"] for row in rows],
-            word_labels=[row["ner_tags"] for row in rows],
-            return_tensors="pt",
-            warn=False,
-        )
-
-
 def crf_loss_per_post(model: MuSEForTokenClassification, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The CRF's negative log-likelihood of each post's gold tags, ``(batch,)``; NaN for a post without words
     (`CRFTaggingHead.post_negative_log_likelihoods`).
@@ -81,34 +60,6 @@ def crf_loss_per_post(model: MuSEForTokenClassification, outputs: Any, batch: di
     """
     words = WordPositions(batch["word_start_mask"])
     return model.tagger.post_negative_log_likelihoods(outputs.logits, words, batch["labels"])
-
-
-def ner_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dict[str, Any]:
-    """Entity-level micro precision/recall/F1, per-type F1 (``<TYPE>_f1``), the loss, and the per-type report.
-
-    Words are the positions whose label is not -100 (each word's first sub-token); the CRF's tag sits there too.
-    """
-    gold_tags, predicted_tags = [], []
-    for predicted, gold in zip(evaluation.predictions, evaluation.labels, strict=True):
-        words = gold != -100
-        if (predicted[words] < 0).any():
-            raise ValueError(
-                "The model predicted no tag for some word: predicted_tag_ids must be set at every word start."
-            )
-        gold_tags.append([label_names[tag] for tag in gold[words]])
-        predicted_tags.append([label_names[tag] for tag in predicted[words]])
-    metrics: dict[str, Any] = {
-        "precision": precision_score(gold_tags, predicted_tags, zero_division=0),
-        "recall": recall_score(gold_tags, predicted_tags, zero_division=0),
-        "f1": f1_score(gold_tags, predicted_tags, zero_division=0),
-        "loss": evaluation.loss,
-    }
-    per_type = classification_report(gold_tags, predicted_tags, output_dict=True, zero_division=0)
-    for entity_type, scores in per_type.items():
-        if not entity_type.endswith(" avg"):
-            metrics[f"{entity_type}_f1"] = scores["f1-score"]
-    metrics["report"] = classification_report(gold_tags, predicted_tags, digits=4, zero_division=0)
-    return metrics
 
 
 def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
