@@ -30,7 +30,8 @@ from modeling_muse.heads import WordPositions
 from muse_training.arguments import MNER_DATASETS, TaskInfo
 from muse_training.collators import MNERCollator
 from muse_training.data import build_processor, make_dataloaders, report_splits
-from muse_training.evaluation import EvaluationOutput, evaluate_model
+from muse_training.evaluation import EvaluationOutput, evaluate_with_and_without_pictures
+from muse_training.image_effect import with_image_effect
 from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
 from muse_training.metrics import ner_metrics
 from muse_training.models import align_labels, load_model, model_label_names
@@ -70,16 +71,21 @@ def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dic
     return words.scatter(confidences, fill_value=0)
 
 
-def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per post for ``predictions.jsonl``: its words, each word's predicted tag and CRF confidence, and the gold
-    tags. Words past the model's max_text_length sub-word tokens were not read: their tag and score are null."""
+def ner_predictions(
+    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
+) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its words, each word's predicted tag and CRF confidence, the gold
+    tags, the tags predicted with the picture withheld and whether the picture changed any tag
+    (``image_changed_prediction``). Words past the model's max_text_length sub-word tokens were not read: their tag
+    and score are null."""
     rows = []
-    for index, (post, predicted, gold, scores) in enumerate(
+    for index, (post, predicted, gold, scores, blind) in enumerate(
         zip(split.select_columns(["tokens", "ner_tags"]), evaluation.predictions, evaluation.labels, evaluation.scores,
-            strict=True)
+            without_image.predictions, strict=True)
     ):
         words = gold != -100
         tags = [label_names[tag] for tag in predicted[words]]
+        tags_without_image = [label_names[tag] for tag in blind[words]]
         confidences = [round(float(score), 6) for score in scores[words]]
         cut = len(post["tokens"]) - len(tags)
         rows.append(
@@ -89,6 +95,8 @@ def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Seque
                 "predicted_tags": tags + [None] * cut,
                 "scores": confidences + [None] * cut,
                 "gold_tags": [label_names[tag] for tag in post["ner_tags"]],
+                "predicted_tags_without_image": tags_without_image + [None] * cut,
+                "image_changed_prediction": tags != tags_without_image,
             }
         )
     return rows
@@ -118,8 +126,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model, optimizer, dataloaders = prepare_for_training(accelerator, model, dataloaders, TASK, args)
 
     def evaluate(split: str, with_confidences: bool) -> dict[str, Any]:
+        # Every evaluation also scores the posts with their pictures withheld (muse_training.image_effect).
         unwrapped = accelerator.unwrap_model(model)
-        evaluation = evaluate_model(
+        evaluation, without_image = evaluate_with_and_without_pictures(
             accelerator,
             model,
             dataloaders[split],
@@ -127,9 +136,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             losses_of=lambda outputs, batch: crf_loss_per_post(unwrapped, outputs, batch),
             scores_of=(lambda outputs, batch: word_confidences(unwrapped, outputs, batch)) if with_confidences else None,
         )
-        metrics = ner_metrics(evaluation, label_names)
+        metrics = with_image_effect(ner_metrics(evaluation, label_names), ner_metrics(without_image, label_names))
         if with_confidences and accelerator.is_main_process:
-            write_predictions(args.output_dir, ner_predictions(raw_datasets[split], evaluation, label_names))
+            rows = ner_predictions(raw_datasets[split], evaluation, label_names, without_image)
+            write_predictions(args.output_dir, rows)
         return metrics
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.

@@ -35,7 +35,8 @@ from modeling_muse import MuSEForSequenceClassification
 from muse_training.arguments import MSA_DATASETS, TaskInfo
 from muse_training.collators import MULTI_LABEL, REGRESSION, SINGLE_LABEL, MSACollator
 from muse_training.data import build_processor, make_dataloaders, report_splits
-from muse_training.evaluation import EvaluationOutput, evaluate_model
+from muse_training.evaluation import EvaluationOutput, evaluate_with_and_without_pictures
+from muse_training.image_effect import with_image_effect
 from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
 from muse_training.metrics import multi_label_metrics, regression_metrics, sentiment_metrics
 from muse_training.models import align_labels, load_model, model_label_names
@@ -79,9 +80,11 @@ def data_problem_type(feature: Any) -> str:
     return REGRESSION if isinstance(feature, datasets.Value) else MULTI_LABEL
 
 
-def sentiment_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per post for ``predictions.jsonl``: its text, the predicted label, every class's probability and the
-    gold label."""
+def sentiment_predictions(
+    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
+) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its text, the predicted label, every class's probability, the
+    gold label, the label predicted with the picture withheld and whether the picture changed it."""
     return [
         {
             "index": index,
@@ -89,43 +92,59 @@ def sentiment_predictions(split: Any, evaluation: EvaluationOutput, label_names:
             "predicted_label": label_names[predicted],
             "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probabilities, strict=True)},
             "gold_label": label_names[post["label"]],
+            "predicted_label_without_image": label_names[blind],
+            "image_changed_prediction": bool(predicted != blind),
         }
-        for index, (post, predicted, probabilities) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores, strict=True)
+        for index, (post, predicted, probabilities, blind) in enumerate(
+            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores,
+                without_image.predictions, strict=True)
         )
     ]
 
 
 def multi_label_predictions(
-    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]
+    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
 ) -> list[dict[str, Any]]:
     """One row per post for ``predictions.jsonl``: its text, the predicted labels (sigmoid score above 0.5), every
-    label's sigmoid score and the gold labels."""
+    label's sigmoid score, the gold labels, the labels predicted with the picture withheld and whether the picture
+    changed them."""
+
+    def chosen(multi_hot: Any) -> list[str]:
+        return [name for name, on in zip(label_names, multi_hot, strict=True) if on]
+
     return [
         {
             "index": index,
             "text": post["text"],
-            "predicted_labels": [name for name, chosen in zip(label_names, predicted, strict=True) if chosen],
+            "predicted_labels": chosen(predicted),
             "scores": {name: round(float(score), 6) for name, score in zip(label_names, scores, strict=True)},
             "gold_labels": [label_names[class_id] for class_id in post["label"]],
+            "predicted_labels_without_image": chosen(blind),
+            "image_changed_prediction": chosen(predicted) != chosen(blind),
         }
-        for index, (post, predicted, scores) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores, strict=True)
+        for index, (post, predicted, scores, blind) in enumerate(
+            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores,
+                without_image.predictions, strict=True)
         )
     ]
 
 
-def regression_predictions(split: Any, evaluation: EvaluationOutput) -> list[dict[str, Any]]:
-    """One row per post for ``predictions.jsonl``: its text, the predicted value and the gold value."""
+def regression_predictions(
+    split: Any, evaluation: EvaluationOutput, without_image: EvaluationOutput
+) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its text, the predicted value, the gold value, the value predicted
+    with the picture withheld and whether the picture changed it (at the file's 6 decimals)."""
     return [
         {
             "index": index,
             "text": post["text"],
             "predicted_value": round(float(predicted), 6),
             "gold_value": post["label"],
+            "predicted_value_without_image": round(float(blind), 6),
+            "image_changed_prediction": round(float(predicted), 6) != round(float(blind), 6),
         }
-        for index, (post, predicted) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, strict=True)
+        for index, (post, predicted, blind) in enumerate(
+            zip(split.select_columns(["text", "label"]), evaluation.predictions, without_image.predictions, strict=True)
         )
     ]
 
@@ -196,15 +215,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return multi_label_metrics(evaluation, label_names)
         return sentiment_metrics(evaluation, label_names)
 
-    def prediction_rows(split: str, evaluation: EvaluationOutput) -> list[dict[str, Any]]:
+    def prediction_rows(
+        split: str, evaluation: EvaluationOutput, without_image: EvaluationOutput
+    ) -> list[dict[str, Any]]:
         if problem_type == REGRESSION:
-            return regression_predictions(raw_datasets[split], evaluation)
+            return regression_predictions(raw_datasets[split], evaluation, without_image)
         if problem_type == MULTI_LABEL:
-            return multi_label_predictions(raw_datasets[split], evaluation, label_names)
-        return sentiment_predictions(raw_datasets[split], evaluation, label_names)
+            return multi_label_predictions(raw_datasets[split], evaluation, label_names, without_image)
+        return sentiment_predictions(raw_datasets[split], evaluation, label_names, without_image)
 
     def evaluate(split: str, with_predictions: bool) -> dict[str, Any]:
-        evaluation = evaluate_model(
+        # Every evaluation also scores the posts with their pictures withheld (muse_training.image_effect).
+        evaluation, without_image = evaluate_with_and_without_pictures(
             accelerator,
             model,
             dataloaders[split],
@@ -213,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             scores_of=scores_of if with_predictions else None,
         )
         if with_predictions and accelerator.is_main_process:
-            write_predictions(args.output_dir, prediction_rows(split, evaluation))
-        return metrics_of(evaluation)
+            write_predictions(args.output_dir, prediction_rows(split, evaluation, without_image))
+        return with_image_effect(metrics_of(evaluation), metrics_of(without_image))
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
     outcome = train_evaluate_predict(
