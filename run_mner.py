@@ -13,7 +13,8 @@ An explicit Accelerate loop in the manner of transformers' `run_ner_no_trainer.p
 `run_msa.py` (arguments, data, optimizer, the loop, checkpoints, evaluation, model card) are the modules of
 `muse_training`. Scores are entity-level micro precision/recall/F1 (seqeval, CoNLL-style), with a per-type
 report; the model with the best validation F1 is kept in ``--output_dir`` and scored on the test split, whose
-predictions (each word's tag and CRF confidence) go to ``predictions.jsonl``.
+predictions (each word's tag and CRF confidence) go to ``predictions.jsonl``. Every evaluation also scores the posts
+with the picture withheld and reports what the picture adds (`muse_training.image_effect`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ literature the paper compares with (over the data's own classes); for several la
 and exact-match accuracy; for a number, mean squared and absolute error (and Pearson's r). The model with the best
 validation F1 (micro F1; the least mean squared error) is kept in ``--output_dir`` and scored on the test split,
 whose predictions (label and class probabilities; labels and each one's sigmoid score; the predicted number) go to
-``predictions.jsonl``.
+``predictions.jsonl``. Every evaluation also scores the posts with the picture withheld and reports what the picture
+adds (`muse_training.image_effect`).
 """
 
 from __future__ import annotations
