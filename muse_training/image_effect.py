@@ -29,15 +29,28 @@ EFFECT_PREFIX = "image_effect_"
 
 def with_image_effect(metrics: dict[str, Any], metrics_without_image: dict[str, Any]) -> dict[str, Any]:
     """``metrics`` followed by each numeric score's value without the picture and the picture's effect on it; the
-    reports (text) stay those of the posts with their pictures."""
+    reports (text) stay those of the posts with their pictures.
+
+    An entity type or class that only one of the two evaluations names (seqeval reports the types found in the gold
+    tags or the predictions: one the model predicts wrongly only without the picture, say) has F1 0 in the other,
+    where it is neither found nor predicted, and gets ``<TYPE>_f1`` 0 there. A score left out of either (Pearson's r
+    where the predictions are constant) has no effect.
+    """
     combined = dict(metrics)
-    for name, value in metrics.items():
-        if isinstance(value, str):
+    names = [*metrics, *(name for name in metrics_without_image if name not in metrics)]
+    effects = {}
+    for name in names:
+        value, blind = metrics.get(name), metrics_without_image.get(name)
+        if isinstance(value, str) or isinstance(blind, str):
             continue
-        blind = metrics_without_image[name]
-        combined[f"{name}{WITHOUT_IMAGE_SUFFIX}"] = blind
-        combined[f"{EFFECT_PREFIX}{name}"] = value - blind
-    return combined
+        if name.endswith("_f1"):
+            value, blind = value or 0.0, blind or 0.0
+            combined.setdefault(name, value)
+        if value is None or blind is None:
+            continue
+        effects[f"{name}{WITHOUT_IMAGE_SUFFIX}"] = blind
+        effects[f"{EFFECT_PREFIX}{name}"] = value - blind
+    return {**combined, **effects}
 
 
 def _effect_names(results: dict[str, Any], prefix: str, metric_names: Sequence[str]) -> list[str]:

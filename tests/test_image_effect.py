@@ -53,6 +53,14 @@ def test_effect_keys_are_each_score_without_the_picture_and_the_difference():
     ]  # fmt: skip
     assert combined["image_effect_f1"] == pytest.approx(0.5) and combined["image_effect_loss"] == pytest.approx(-1.3)
     assert combined["report"] == "text"
+    # A type only one evaluation names (here ORG, predicted only without the picture) has F1 0 in the other; a score
+    # only one has (Pearson's r, undefined for constant predictions) has no effect.
+    one_sided = with_image_effect({"f1": 0.5, "LOC_f1": 0.5, "pearson": 0.3}, {"f1": 0.2, "ORG_f1": 0.0, "LOC_f1": 0.4})
+    assert one_sided == {
+        "f1": 0.5, "LOC_f1": 0.5, "pearson": 0.3, "ORG_f1": 0.0, "f1_without_image": 0.2,
+        "image_effect_f1": pytest.approx(0.3), "LOC_f1_without_image": 0.4, "image_effect_LOC_f1": pytest.approx(0.1),
+        "ORG_f1_without_image": 0.0, "image_effect_ORG_f1": 0.0,
+    }  # fmt: skip
     results = {f"test_{name}": value for name, value in combined.items() if name != "report"}
     rows = effect_table_rows(results, "test", ["f1"])
     assert rows == [("f1", 0.9, 0.4, pytest.approx(0.5)), ("PER_f1", 1.0, 0.25, 0.75)]
