@@ -13,31 +13,31 @@ An explicit Accelerate loop in the manner of transformers' `run_ner_no_trainer.p
 `run_msa.py` (arguments, data, optimizer, the loop, checkpoints, evaluation, model card) are the modules of
 `muse_training`. Scores are entity-level micro precision/recall/F1 (seqeval, CoNLL-style), with a per-type
 report; the model with the best validation F1 is kept in ``--output_dir`` and scored on the test split, whose
-predictions (each word's tag and CRF confidence) go to ``predictions.jsonl``.
+predictions (each word's tag and CRF confidence) go to ``predictions.jsonl``. Every evaluation also scores the posts
+with the picture withheld and reports what the picture adds (`muse_training.image_effect`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-from transformers import BatchFeature
 
 import modeling_muse  # noqa: F401  (registers MuSE with the transformers Auto classes)
 from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForTokenClassification
 from modeling_muse.heads import WordPositions
 from muse_training.arguments import MNER_DATASETS, TaskInfo
+from muse_training.collators import MNERCollator
 from muse_training.data import build_processor, make_dataloaders, report_splits
-from muse_training.evaluation import EvaluationOutput, evaluate_model
+from muse_training.evaluation import EvaluationOutput, evaluate_with_and_without_pictures
+from muse_training.image_effect import with_image_effect
 from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
+from muse_training.metrics import entity_level_metrics, ner_metrics
 from muse_training.models import align_labels, load_model, model_label_names
 from muse_training.predictions import write_predictions
 from muse_training.results import finish
-from processing_muse import MuSEProcessor
 
 TASK = TaskInfo(
     name="mner",
@@ -54,25 +54,6 @@ TASK = TaskInfo(
 COLUMNS = ["tokens", "ner_tags", "image"]
 
 
-@dataclass
-class MNERCollator:
-    """Dataset rows -> model inputs: words, word tags and images through the processor.
-
-    Silent: what the processor does to the text (cut words, unknown words) is reported once per split at load.
-    """
-
-    processor: MuSEProcessor
-
-    def __call__(self, rows: list[dict[str, Any]]) -> BatchFeature:
-        return self.processor(
-            images=[row["image"] for row in rows],
-            text=[row["tokens"] for row in rows],
-            word_labels=[row["ner_tags"] for row in rows],
-            return_tensors="pt",
-            warn=False,
-        )
-
-
 def crf_loss_per_post(model: MuSEForTokenClassification, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The CRF's negative log-likelihood of each post's gold tags, ``(batch,)``; NaN for a post without words
     (`CRFTaggingHead.post_negative_log_likelihoods`).
@@ -83,34 +64,6 @@ def crf_loss_per_post(model: MuSEForTokenClassification, outputs: Any, batch: di
     return model.tagger.post_negative_log_likelihoods(outputs.logits, words, batch["labels"])
 
 
-def ner_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dict[str, Any]:
-    """Entity-level micro precision/recall/F1, per-type F1 (``<TYPE>_f1``), the loss, and the per-type report.
-
-    Words are the positions whose label is not -100 (each word's first sub-token); the CRF's tag sits there too.
-    """
-    gold_tags, predicted_tags = [], []
-    for predicted, gold in zip(evaluation.predictions, evaluation.labels, strict=True):
-        words = gold != -100
-        if (predicted[words] < 0).any():
-            raise ValueError(
-                "The model predicted no tag for some word: predicted_tag_ids must be set at every word start."
-            )
-        gold_tags.append([label_names[tag] for tag in gold[words]])
-        predicted_tags.append([label_names[tag] for tag in predicted[words]])
-    metrics: dict[str, Any] = {
-        "precision": precision_score(gold_tags, predicted_tags, zero_division=0),
-        "recall": recall_score(gold_tags, predicted_tags, zero_division=0),
-        "f1": f1_score(gold_tags, predicted_tags, zero_division=0),
-        "loss": evaluation.loss,
-    }
-    per_type = classification_report(gold_tags, predicted_tags, output_dict=True, zero_division=0)
-    for entity_type, scores in per_type.items():
-        if not entity_type.endswith(" avg"):
-            metrics[f"{entity_type}_f1"] = scores["f1-score"]
-    metrics["report"] = classification_report(gold_tags, predicted_tags, digits=4, zero_division=0)
-    return metrics
-
-
 def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The CRF's marginal probability of the predicted tag at each position, ``(batch, n)`` (0 off word starts), as the
     pipeline scores words (`CRFTaggingHead.tag_confidences`)."""
@@ -119,16 +72,21 @@ def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dic
     return words.scatter(confidences, fill_value=0)
 
 
-def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per post for ``predictions.jsonl``: its words, each word's predicted tag and CRF confidence, and the gold
-    tags. Words past the model's max_text_length sub-word tokens were not read: their tag and score are null."""
+def ner_predictions(
+    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
+) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its words, each word's predicted tag and CRF confidence, the gold
+    tags, the tags predicted with the picture withheld and whether the picture changed any tag
+    (``image_changed_prediction``). Words past the model's max_text_length sub-word tokens were not read: their tag
+    and score are null."""
     rows = []
-    for index, (post, predicted, gold, scores) in enumerate(
+    for index, (post, predicted, gold, scores, blind) in enumerate(
         zip(split.select_columns(["tokens", "ner_tags"]), evaluation.predictions, evaluation.labels, evaluation.scores,
-            strict=True)
+            without_image.predictions, strict=True)
     ):
         words = gold != -100
         tags = [label_names[tag] for tag in predicted[words]]
+        tags_without_image = [label_names[tag] for tag in blind[words]]
         confidences = [round(float(score), 6) for score in scores[words]]
         cut = len(post["tokens"]) - len(tags)
         rows.append(
@@ -138,29 +96,11 @@ def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Seque
                 "predicted_tags": tags + [None] * cut,
                 "scores": confidences + [None] * cut,
                 "gold_tags": [label_names[tag] for tag in post["ner_tags"]],
+                "predicted_tags_without_image": tags_without_image + [None] * cut,
+                "image_changed_prediction": tags != tags_without_image,
             }
         )
     return rows
-
-
-def entity_level_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dict[str, float | int]:
-    """Each entity type's seqeval precision, recall and number of gold entities (``<TYPE>_precision``,
-    ``<TYPE>_recall``, ``<TYPE>_number``), as `run_ner_no_trainer.py`'s ``--return_entity_level_metrics`` adds them
-    to the results (`ner_metrics` always gives ``<TYPE>_f1``)."""
-    words = [gold != -100 for gold in evaluation.labels]
-    gold_tags = [[label_names[tag] for tag in gold[kept]] for gold, kept in zip(evaluation.labels, words, strict=True)]
-    predicted_tags = [
-        [label_names[tag] for tag in predicted[kept]]
-        for predicted, kept in zip(evaluation.predictions, words, strict=True)
-    ]
-    per_type = classification_report(gold_tags, predicted_tags, output_dict=True, zero_division=0)
-    metrics: dict[str, float | int] = {}
-    for entity_type, scores in per_type.items():
-        if not entity_type.endswith(" avg"):
-            metrics[f"{entity_type}_precision"] = scores["precision"]
-            metrics[f"{entity_type}_recall"] = scores["recall"]
-            metrics[f"{entity_type}_number"] = int(scores["support"])
-    return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -187,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model, optimizer, dataloaders = prepare_for_training(accelerator, model, dataloaders, TASK, args)
 
     def evaluate(split: str, with_confidences: bool) -> dict[str, Any]:
+        # Every evaluation also scores the posts with their pictures withheld (muse_training.image_effect).
         unwrapped = accelerator.unwrap_model(model)
-        evaluation = evaluate_model(
+        evaluation, without_image = evaluate_with_and_without_pictures(
             accelerator,
             model,
             dataloaders[split],
@@ -196,11 +137,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             losses_of=lambda outputs, batch: crf_loss_per_post(unwrapped, outputs, batch),
             scores_of=(lambda outputs, batch: word_confidences(unwrapped, outputs, batch)) if with_confidences else None,
         )
-        metrics = ner_metrics(evaluation, label_names)
+        metrics = with_image_effect(ner_metrics(evaluation, label_names), ner_metrics(without_image, label_names))
         if args.return_entity_level_metrics:
             metrics.update(entity_level_metrics(evaluation, label_names))
         if with_confidences and accelerator.is_main_process:
-            write_predictions(args.output_dir, ner_predictions(raw_datasets[split], evaluation, label_names))
+            rows = ner_predictions(raw_datasets[split], evaluation, label_names, without_image)
+            write_predictions(args.output_dir, rows)
         return metrics
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.

@@ -16,33 +16,33 @@ literature the paper compares with (over the data's own classes); for several la
 and exact-match accuracy; for a number, mean squared and absolute error (and Pearson's r). The model with the best
 validation F1 (micro F1; the least mean squared error) is kept in ``--output_dir`` and scored on the test split,
 whose predictions (label and class probabilities; labels and each one's sigmoid score; the predicted number) go to
-``predictions.jsonl``.
+``predictions.jsonl``. Every evaluation also scores the posts with the picture withheld and reports what the picture
+adds (`muse_training.image_effect`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from torch.nn import functional as F
-from transformers import BatchFeature
 
 import modeling_muse  # noqa: F401  (registers MuSE with the transformers Auto classes)
 from configuration_muse import ABLATION_VARIANTS
 from modeling_muse import MuSEForSequenceClassification
 from muse_training.arguments import MSA_DATASETS, TaskInfo
+from muse_training.collators import MULTI_LABEL, REGRESSION, SINGLE_LABEL, MSACollator
 from muse_training.data import build_processor, make_dataloaders, report_splits
-from muse_training.evaluation import EvaluationOutput, evaluate_model
+from muse_training.evaluation import EvaluationOutput, evaluate_with_and_without_pictures
+from muse_training.image_effect import with_image_effect
 from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
+from muse_training.metrics import multi_label_metrics, regression_metrics, sentiment_metrics
 from muse_training.models import align_labels, load_model, model_label_names
 from muse_training.predictions import write_predictions
 from muse_training.results import finish
-from processing_muse import MuSEProcessor
 
 TASK = TaskInfo(
     name="msa",
@@ -57,7 +57,6 @@ TASK = TaskInfo(
     "with MuSE.",
 )
 COLUMNS = ["text", "label", "image"]
-SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
 # Per problem type: the headline metrics, the one that selects the kept model, and whether higher is better.
 PROBLEM_METRICS = {
     SINGLE_LABEL: (("accuracy", "f1"), "f1", True),
@@ -82,119 +81,11 @@ def data_problem_type(feature: Any) -> str:
     return REGRESSION if isinstance(feature, datasets.Value) else MULTI_LABEL
 
 
-@dataclass
-class MSACollator:
-    """Dataset rows -> model inputs: raw post text and image through the processor, plus the labels that
-    ``problem_type`` asks for (`MuSEForSequenceClassification.forward`): class ids, multi-hot rows over
-    ``num_labels`` classes, or float targets.
-
-    Silent: what the processor does to the text (cut words, unknown words) is reported once per split at load.
-    """
-
-    processor: MuSEProcessor
-    problem_type: str = SINGLE_LABEL
-    num_labels: int = 0
-
-    def __call__(self, rows: list[dict[str, Any]]) -> BatchFeature:
-        batch = self.processor(
-            images=[row["image"] for row in rows], text=[row["text"] for row in rows], return_tensors="pt", warn=False
-        )
-        labels = [row["label"] for row in rows]
-        if self.problem_type == MULTI_LABEL:
-            multi_hot = torch.zeros(len(rows), self.num_labels)
-            for index, class_ids in enumerate(labels):
-                multi_hot[index, class_ids] = 1.0
-            batch["labels"] = multi_hot
-        else:
-            batch["labels"] = torch.tensor(labels, dtype=torch.float32 if self.problem_type == REGRESSION else None)
-        return batch
-
-
-def sentiment_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, support-weighted F1 (``f1``), per-class F1 (``<label>_f1``), the loss, and a per-class report.
-
-    A class never predicted has precision 0 (and never present, recall 0), as with scikit-learn's
-    ``zero_division=0``.
-    """
-    predictions, labels = evaluation.predictions, evaluation.labels
-    rows, weighted_f1 = [], 0.0
-    metrics: dict[str, Any] = {"accuracy": float((predictions == labels).mean()), "loss": evaluation.loss}
-    for class_id, name in enumerate(label_names):
-        true_positives = int(((predictions == class_id) & (labels == class_id)).sum())
-        predicted, support = int((predictions == class_id).sum()), int((labels == class_id).sum())
-        precision = true_positives / predicted if predicted else 0.0
-        recall = true_positives / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        weighted_f1 += f1 * support
-        metrics[f"{name}_f1"] = f1
-        rows.append(f"{name:>12} {precision:10.4f} {recall:10.4f} {f1:10.4f} {support:10d}")
-    metrics["f1"] = weighted_f1 / len(labels) if len(labels) else 0.0
-    header = f"{'':>12} {'precision':>10} {'recall':>10} {'f1-score':>10} {'support':>10}"
-    metrics["report"] = "\n".join([header, *rows, f"{'weighted f1':>12} {metrics['f1']:32.4f} {len(labels):10d}"])
-    return metrics
-
-
-def _f1(true_positives: int, false_positives: int, false_negatives: int) -> tuple[float, float, float]:
-    predicted, present = true_positives + false_positives, true_positives + false_negatives
-    precision = true_positives / predicted if predicted else 0.0
-    recall = true_positives / present if present else 0.0
-    return precision, recall, (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-
-
-def multi_label_metrics(evaluation: EvaluationOutput, label_names: Sequence[str]) -> dict[str, Any]:
-    """Micro and macro F1 over the labels, exact-match accuracy (every label of a post right), per-label F1
-    (``<label>_f1``), the loss, and a per-label report; predictions and labels are multi-hot rows.
-
-    As scikit-learn's ``f1_score(average="micro" / "macro", zero_division=0)`` and ``accuracy_score`` on
-    multi-label indicators.
-    """
-    predicted, gold = evaluation.predictions.astype(bool), evaluation.labels.astype(bool)
-    true_positives = (predicted & gold).sum(axis=0)
-    false_positives = (predicted & ~gold).sum(axis=0)
-    false_negatives = (~predicted & gold).sum(axis=0)
-    metrics: dict[str, Any] = {"exact_match": float((predicted == gold).all(axis=1).mean()), "loss": evaluation.loss}
-    header = f"{'':>12} {'precision':>10} {'recall':>10} {'f1-score':>10} {'support':>10}"
-    rows, per_label = [header], []
-    for index, name in enumerate(label_names):
-        counts = (int(true_positives[index]), int(false_positives[index]), int(false_negatives[index]))
-        precision, recall, f1 = _f1(*counts)
-        per_label.append(f1)
-        metrics[f"{name}_f1"] = f1
-        rows.append(f"{name:>12} {precision:10.4f} {recall:10.4f} {f1:10.4f} {int(gold[:, index].sum()):10d}")
-    precision, recall, metrics["micro_f1"] = _f1(
-        int(true_positives.sum()), int(false_positives.sum()), int(false_negatives.sum())
-    )
-    metrics["macro_f1"] = float(np.mean(per_label)) if per_label else 0.0
-    rows += [
-        f"{'micro avg':>12} {precision:10.4f} {recall:10.4f} {metrics['micro_f1']:10.4f} {int(gold.sum()):10d}",
-        f"{'macro f1':>12} {metrics['macro_f1']:32.4f}",
-        f"{'exact match':>12} {metrics['exact_match']:32.4f} {len(gold):10d}",
-    ]
-    metrics["report"] = "\n".join(rows)
-    return metrics
-
-
-def regression_metrics(evaluation: EvaluationOutput) -> dict[str, Any]:
-    """Mean squared error (``mse``, the loss per post averaged), mean absolute error, and Pearson's r between the
-    predicted and the gold values (``pearson``, left out where either has no variance and r is undefined)."""
-    predicted, gold = evaluation.predictions.astype(np.float64), evaluation.labels.astype(np.float64)
-    errors = predicted - gold
-    metrics: dict[str, Any] = {
-        "mse": float(np.mean(errors**2)) if len(errors) else 0.0,
-        "mae": float(np.mean(np.abs(errors))) if len(errors) else 0.0,
-        "loss": evaluation.loss,
-    }
-    defined = len(gold) > 1 and predicted.std() > 0 and gold.std() > 0
-    if defined:
-        metrics["pearson"] = float(np.corrcoef(predicted, gold)[0, 1])
-    pearson = f" | pearson {metrics['pearson']:.4f}" if defined else " | pearson undefined (a constant)"
-    metrics["report"] = f"{len(gold)} posts | mse {metrics['mse']:.4f} | mae {metrics['mae']:.4f}{pearson}"
-    return metrics
-
-
-def sentiment_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per post for ``predictions.jsonl``: its text, the predicted label, every class's probability and the
-    gold label."""
+def sentiment_predictions(
+    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
+) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its text, the predicted label, every class's probability, the
+    gold label, the label predicted with the picture withheld and whether the picture changed it."""
     return [
         {
             "index": index,
@@ -202,43 +93,59 @@ def sentiment_predictions(split: Any, evaluation: EvaluationOutput, label_names:
             "predicted_label": label_names[predicted],
             "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probabilities, strict=True)},
             "gold_label": label_names[post["label"]],
+            "predicted_label_without_image": label_names[blind],
+            "image_changed_prediction": bool(predicted != blind),
         }
-        for index, (post, predicted, probabilities) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores, strict=True)
+        for index, (post, predicted, probabilities, blind) in enumerate(
+            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores,
+                without_image.predictions, strict=True)
         )
     ]
 
 
 def multi_label_predictions(
-    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]
+    split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
 ) -> list[dict[str, Any]]:
     """One row per post for ``predictions.jsonl``: its text, the predicted labels (sigmoid score above 0.5), every
-    label's sigmoid score and the gold labels."""
+    label's sigmoid score, the gold labels, the labels predicted with the picture withheld and whether the picture
+    changed them."""
+
+    def chosen(multi_hot: Any) -> list[str]:
+        return [name for name, on in zip(label_names, multi_hot, strict=True) if on]
+
     return [
         {
             "index": index,
             "text": post["text"],
-            "predicted_labels": [name for name, chosen in zip(label_names, predicted, strict=True) if chosen],
+            "predicted_labels": chosen(predicted),
             "scores": {name: round(float(score), 6) for name, score in zip(label_names, scores, strict=True)},
             "gold_labels": [label_names[class_id] for class_id in post["label"]],
+            "predicted_labels_without_image": chosen(blind),
+            "image_changed_prediction": chosen(predicted) != chosen(blind),
         }
-        for index, (post, predicted, scores) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores, strict=True)
+        for index, (post, predicted, scores, blind) in enumerate(
+            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores,
+                without_image.predictions, strict=True)
         )
     ]
 
 
-def regression_predictions(split: Any, evaluation: EvaluationOutput) -> list[dict[str, Any]]:
-    """One row per post for ``predictions.jsonl``: its text, the predicted value and the gold value."""
+def regression_predictions(
+    split: Any, evaluation: EvaluationOutput, without_image: EvaluationOutput
+) -> list[dict[str, Any]]:
+    """One row per post for ``predictions.jsonl``: its text, the predicted value, the gold value, the value predicted
+    with the picture withheld and whether the picture changed it (at the file's 6 decimals)."""
     return [
         {
             "index": index,
             "text": post["text"],
             "predicted_value": round(float(predicted), 6),
             "gold_value": post["label"],
+            "predicted_value_without_image": round(float(blind), 6),
+            "image_changed_prediction": round(float(predicted), 6) != round(float(blind), 6),
         }
-        for index, (post, predicted) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, strict=True)
+        for index, (post, predicted, blind) in enumerate(
+            zip(split.select_columns(["text", "label"]), evaluation.predictions, without_image.predictions, strict=True)
         )
     ]
 
@@ -309,15 +216,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return multi_label_metrics(evaluation, label_names)
         return sentiment_metrics(evaluation, label_names)
 
-    def prediction_rows(split: str, evaluation: EvaluationOutput) -> list[dict[str, Any]]:
+    def prediction_rows(
+        split: str, evaluation: EvaluationOutput, without_image: EvaluationOutput
+    ) -> list[dict[str, Any]]:
         if problem_type == REGRESSION:
-            return regression_predictions(raw_datasets[split], evaluation)
+            return regression_predictions(raw_datasets[split], evaluation, without_image)
         if problem_type == MULTI_LABEL:
-            return multi_label_predictions(raw_datasets[split], evaluation, label_names)
-        return sentiment_predictions(raw_datasets[split], evaluation, label_names)
+            return multi_label_predictions(raw_datasets[split], evaluation, label_names, without_image)
+        return sentiment_predictions(raw_datasets[split], evaluation, label_names, without_image)
 
     def evaluate(split: str, with_predictions: bool) -> dict[str, Any]:
-        evaluation = evaluate_model(
+        # Every evaluation also scores the posts with their pictures withheld (muse_training.image_effect).
+        evaluation, without_image = evaluate_with_and_without_pictures(
             accelerator,
             model,
             dataloaders[split],
@@ -326,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             scores_of=scores_of if with_predictions else None,
         )
         if with_predictions and accelerator.is_main_process:
-            write_predictions(args.output_dir, prediction_rows(split, evaluation))
-        return metrics_of(evaluation)
+            write_predictions(args.output_dir, prediction_rows(split, evaluation, without_image))
+        return with_image_effect(metrics_of(evaluation), metrics_of(without_image))
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
     outcome = train_evaluate_predict(

@@ -126,6 +126,16 @@ class MuSEConfig(PreTrainedConfig):
     """
 
     model_type = "muse"
+    # What transformers' Trainer leaves out of its predictions (`Trainer.prediction_step`): the task models' outputs
+    # besides ``logits`` (the loss terms, the CRF's Viterbi path), so that `EvalPrediction.predictions` is the logits
+    # array, as for every transformers head, and compute_metrics functions written for those work unchanged.
+    keys_to_ignore_at_inference = [
+        "task_loss",
+        "caption_loss",
+        "generation_loss",
+        "generation_bits_per_dim",
+        "predicted_tag_ids",
+    ]
     # Checkpoints saved before the image tower could be more than a timm name call the field vision_model_name.
     attribute_map = {"vision_model_name": "vision_model_name_or_path"}
     sub_configs_defaults = {

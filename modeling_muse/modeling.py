@@ -74,6 +74,9 @@ logger = logging.getLogger(__name__)
 class MuSEPreTrainedModel(PreTrainedModel):
     config: MuSEConfig
     config_class = MuSEConfig
+    # forward takes **kwargs for the text encoder, which would tell transformers' Trainer that the loss is normalised
+    # by the num_items_in_batch it passes; MuSE's loss is a batch mean, which the Trainer must scale for accumulation.
+    accepts_loss_kwargs = False
     base_model_prefix = "muse"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True

@@ -12,8 +12,10 @@
 - `logs`: logging set-up, the loss meter and the per-epoch summary line.
 - `divergence`: a NaN or infinite loss term, weight or validation loss stops the run before anything is saved.
 - `checkpoints`: checkpoint/resume, the output folder, the best model kept in it.
-- `evaluation`: a split's predictions, labels and loss, gathered over processes without duplicates;
-  `predictions`: the ``predictions.jsonl`` file.
+- `collators`: dataset rows -> model inputs; `metrics`: the scores (also for `transformers.Trainer`'s
+  ``compute_metrics``).
+- `evaluation`: a split's predictions, labels and loss, gathered over processes without duplicates, with the pictures
+  and without them (`image_effect`: what the picture adds); `predictions`: the ``predictions.jsonl`` file.
 - `results`: `all_results.json`, the console's test line; `model_card`: the model card; `hub_upload`: the Hub upload.
 - `freed_memory`: glibc keeps freed CPU memory in the process for the next step (``--keep_freed_memory``).
 

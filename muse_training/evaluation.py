@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoints import TrainingProgress, load_best_weights
 
-__all__ = ["EvaluationOutput", "evaluate_model", "use_best_model"]
+__all__ = ["EvaluationOutput", "evaluate_model", "evaluate_with_and_without_pictures", "use_best_model"]
 
 
 @dataclass
@@ -36,6 +36,7 @@ def evaluate_model(
     predictions_of: Callable[[Any], torch.Tensor],
     losses_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
     scores_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    withhold_pictures: bool = False,
 ) -> EvaluationOutput:
     """Run ``model`` over ``dataloader`` in eval mode and gather predictions, labels and per-post task losses.
 
@@ -46,10 +47,14 @@ def evaluate_model(
             which `gather_for_metrics` drops, and a batch mean would still carry them.
         scores_of: (model outputs, batch) -> what the predictions file reports with each prediction, one row per
             post (a confidence per position, or a probability per class); None computes nothing more.
+        withhold_pictures: leave ``pixel_values`` out of every batch, so that the model sees its placeholder
+            picture for every post (`MuSEModel.forward`): the posts scored without what their pictures add.
     """
     model.eval()
     stores: list[list[np.ndarray]] = [[], [], [], []]
     for batch in dataloader:
+        if withhold_pictures:
+            batch = {name: value for name, value in batch.items() if name != "pixel_values"}
         outputs = model(**batch)
         per_position = [predictions_of(outputs), batch["labels"]]
         if scores_of is not None:
@@ -70,6 +75,24 @@ def evaluate_model(
         mean_loss,
         _concatenate_rows(scores) if scores else None,
     )
+
+
+def evaluate_with_and_without_pictures(
+    accelerator: Accelerator,
+    model: nn.Module,
+    dataloader: DataLoader,
+    predictions_of: Callable[[Any], torch.Tensor],
+    losses_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
+    scores_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+) -> tuple[EvaluationOutput, EvaluationOutput]:
+    """`evaluate_model` on the posts with their pictures (with ``scores_of``), then with the pictures withheld
+    (`muse_training.image_effect`). A model without an image branch (the only-T variant) ignores pictures: its
+    second evaluation would repeat the first, which is returned twice instead."""
+    with_pictures = evaluate_model(accelerator, model, dataloader, predictions_of, losses_of, scores_of)
+    if not getattr(accelerator.unwrap_model(model).config, "use_image", True):
+        return with_pictures, with_pictures
+    without = evaluate_model(accelerator, model, dataloader, predictions_of, losses_of, withhold_pictures=True)
+    return with_pictures, without
 
 
 def _concatenate_rows(arrays: list[np.ndarray]) -> np.ndarray:

@@ -23,6 +23,7 @@ from modeling_muse.hub import is_hub_id, is_vision_model_id
 
 from .arguments import DATASET_TITLES, MUSE_ARGUMENTS, TaskInfo, text_encoder_hub_id
 from .checkpoints import MODEL_CARD_FILE, TrainingProgress, regularizer_weights_prefix
+from .image_effect import effect_table_rows
 from .lora import adapter_card_section, is_adapter_model
 from .markdown import code_block, code_span, table_cell
 
@@ -155,6 +156,27 @@ def _card_data(args: argparse.Namespace, task: TaskInfo, results: dict[str, Any]
     )
 
 
+def _image_effect_section(task: TaskInfo, results: dict[str, Any], has_test: bool) -> list[str]:
+    """What the picture adds (`muse_training.image_effect`): the scores of the test split (else validation) with the
+    pictures and with the placeholder picture instead, overall and per entity type or class."""
+    split, prefix = ("test", "test") if has_test else ("validation", "eval")
+    rows = effect_table_rows(results, prefix, task.metric_names)
+    if not rows:
+        return []
+    return [
+        "### What the picture adds",
+        "",
+        f"The {split} posts scored with their pictures and again with the picture withheld (the model's grey "
+        "placeholder picture instead); the difference is what the pictures add (for an error, a negative one "
+        "means they help). `all_results.json` has the same as `<split>_<score>_without_image` and "
+        "`<split>_image_effect_<score>`, and `predictions.jsonl` marks the posts whose prediction the picture "
+        "changed (`image_changed_prediction`).",
+        "",
+        _markdown_table(["score", "with the picture", "without", "difference"], rows),
+        "",
+    ]
+
+
 def _decoders_note(kept: bool) -> list[str]:
     if kept:
         return [
@@ -268,6 +290,7 @@ def write_model_card(
     ]
     if not has_test:
         lines += ["The data had no test split.", ""]
+    lines += _image_effect_section(task, results, has_test)
     if test_report:
         lines += ["Test report:", "", *code_block(test_report.rstrip()), ""]
     lines += [

@@ -21,6 +21,7 @@ from .checkpoints import RESULTS_FILE
 from .loop import RunOutcome
 from .data import describe_data
 from .hub_upload import push_to_hub
+from .image_effect import effect_summary, effect_table_rows
 from .model_card import dataset_id, write_model_card
 from .predictions import PREDICTIONS_FILE
 
@@ -66,6 +67,15 @@ def finish(
     if test_report:
         logger.info("test report of the %s:\n%s", f"best model (epoch {results['best_epoch']})" if kept else "model",
                     test_report)
+    for split_name, split_prefix in (("validation", "eval"), ("test", "test")):
+        effect = effect_table_rows(results, split_prefix, task.metric_names)
+        if effect:
+            logger.info(
+                "what the picture adds on %s (score with the pictures, with the placeholder picture instead, "
+                "difference): %s",
+                split_name,
+                effect_summary(effect),
+            )
     split, prefix = ("Test", "test") if test_metrics is not None else ("Validation", "eval")
     if test_metrics is not None or eval_metrics is not None:
         scores = " | ".join(f"{name} {results[f'{prefix}_{name}']:.4f}" for name in task.metric_names)

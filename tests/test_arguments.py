@@ -25,6 +25,7 @@ import run_mner  # noqa: E402
 import run_msa  # noqa: E402
 from modeling_muse import MuSEForTokenClassification  # noqa: E402
 from muse_training.arguments import parse_args  # noqa: E402
+from muse_training.metrics import entity_level_metrics  # noqa: E402
 from muse_training.models import build_model, load_model  # noqa: E402
 from tests.tiny_models import (  # noqa: E402
     MINILM_DIR,
@@ -187,7 +188,7 @@ def test_entity_level_metrics_are_seqeval_s_per_type_scores(capsys):
     gold = np.array([[1, 2, 0, 3, -100], [3, 4, 0, -100, -100]])
     predicted = np.array([[1, 2, 0, 0, 0], [3, 4, 1, 0, 0]])
     evaluation = EvaluationOutput(predictions=predicted, labels=gold, loss=0.5)
-    metrics = run_mner.entity_level_metrics(evaluation, labels)
+    metrics = entity_level_metrics(evaluation, labels)
     expected = classification_report([["B-PER", "I-PER", "O", "B-LOC"], ["B-LOC", "I-LOC", "O"]],
                                      [["B-PER", "I-PER", "O", "O"], ["B-LOC", "I-LOC", "B-PER"]],
                                      output_dict=True, zero_division=0)  # fmt: skip

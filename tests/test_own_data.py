@@ -321,7 +321,13 @@ def test_muse_reads_sentiment_from_the_pictures_of_a_csv(tiny_text_model, tmp_pa
     assert full["test_accuracy"] >= 0.85 and text_only["test_accuracy"] < 0.6, (full, text_only)
     rows = [json.loads(line) for line in (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == picture_data.SIZES["test"]
-    assert set(rows[0]) == {"index", "text", "predicted_label", "probabilities", "gold_label"}
+    assert set(rows[0]) == {
+        "index", "text", "predicted_label", "probabilities", "gold_label", "predicted_label_without_image",
+        "image_changed_prediction",
+    }  # fmt: skip
+    # A model without an image branch is not changed by withholding the picture.
+    assert text_only["test_image_effect_accuracy"] == 0 and text_only["test_accuracy_without_image"] == text_only[
+        "test_accuracy"]
     assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert np.mean([row["predicted_label"] == row["gold_label"] for row in rows]) == full["test_accuracy"]
 
