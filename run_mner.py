@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             accelerator,
             model,
             dataloaders[split],
+            processor,
             predictions_of=lambda outputs: outputs.predicted_tag_ids,
             losses_of=lambda outputs, batch: crf_loss_per_post(unwrapped, outputs, batch),
             scores_of=(lambda outputs, batch: word_confidences(unwrapped, outputs, batch)) if with_confidences else None,

@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             accelerator,
             model,
             dataloaders[split],
+            processor,
             predictions_of=predictions_of,
             losses_of=losses_of,
             scores_of=scores_of if with_predictions else None,

@@ -13,6 +13,9 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from modeling_muse.image_input import placeholder_image
+from processing_muse import MuSEProcessor
+
 from .checkpoints import TrainingProgress, load_best_weights
 
 __all__ = ["EvaluationOutput", "evaluate_model", "evaluate_with_and_without_pictures", "use_best_model"]
@@ -36,7 +39,7 @@ def evaluate_model(
     predictions_of: Callable[[Any], torch.Tensor],
     losses_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
     scores_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
-    withhold_pictures: bool = False,
+    placeholder_pixel_values: torch.Tensor | None = None,
 ) -> EvaluationOutput:
     """Run ``model`` over ``dataloader`` in eval mode and gather predictions, labels and per-post task losses.
 
@@ -47,14 +50,16 @@ def evaluate_model(
             which `gather_for_metrics` drops, and a batch mean would still carry them.
         scores_of: (model outputs, batch) -> what the predictions file reports with each prediction, one row per
             post (a confidence per position, or a probability per class); None computes nothing more.
-        withhold_pictures: leave ``pixel_values`` out of every batch, so that the model sees its placeholder
-            picture for every post (`MuSEModel.forward`): the posts scored without what their pictures add.
+        placeholder_pixel_values: ``(1, 3, H, W)``, the placeholder picture as the processor prepares it; given, it
+            stands in for every post's picture: the posts scored without what their pictures add.
     """
     model.eval()
     stores: list[list[np.ndarray]] = [[], [], [], []]
     for batch in dataloader:
-        if withhold_pictures:
-            batch = {name: value for name, value in batch.items() if name != "pixel_values"}
+        if placeholder_pixel_values is not None:
+            pictures = batch["pixel_values"]
+            placeholder = placeholder_pixel_values.to(device=pictures.device, dtype=pictures.dtype)
+            batch = {**batch, "pixel_values": placeholder.expand(len(pictures), -1, -1, -1)}
         outputs = model(**batch)
         per_position = [predictions_of(outputs), batch["labels"]]
         if scores_of is not None:
@@ -81,17 +86,23 @@ def evaluate_with_and_without_pictures(
     accelerator: Accelerator,
     model: nn.Module,
     dataloader: DataLoader,
+    processor: MuSEProcessor,
     predictions_of: Callable[[Any], torch.Tensor],
     losses_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
     scores_of: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> tuple[EvaluationOutput, EvaluationOutput]:
     """`evaluate_model` on the posts with their pictures (with ``scores_of``), then with the pictures withheld
-    (`muse_training.image_effect`). A model without an image branch (the only-T variant) ignores pictures: its
-    second evaluation would repeat the first, which is returned twice instead."""
+    (`muse_training.image_effect`): each replaced by the grey placeholder picture as ``processor`` prepares it, the
+    picture a post without an image gets in the data and in the pipelines' ``return_image_effect``. A model without
+    an image branch (the only-T variant) ignores pictures: its second evaluation would repeat the first, which is
+    returned twice instead."""
     with_pictures = evaluate_model(accelerator, model, dataloader, predictions_of, losses_of, scores_of)
     if not getattr(accelerator.unwrap_model(model).config, "use_image", True):
         return with_pictures, with_pictures
-    without = evaluate_model(accelerator, model, dataloader, predictions_of, losses_of, withhold_pictures=True)
+    placeholder = processor.image_processor(images=placeholder_image(), return_tensors="pt")["pixel_values"]
+    without = evaluate_model(
+        accelerator, model, dataloader, predictions_of, losses_of, placeholder_pixel_values=placeholder
+    )
     return with_pictures, without
 
 

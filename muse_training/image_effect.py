@@ -1,6 +1,6 @@
 """What the picture adds: every evaluation of `run_mner.py` / `run_msa.py` scores the same posts twice, with their
-pictures and with the picture withheld (``pixel_values`` left out, so the model sees its placeholder picture,
-`ImageEncoder.placeholder_pixel_values`), and reports both and the difference.
+pictures and with the picture withheld (each replaced by the grey placeholder picture as the processor prepares it,
+`muse_training.evaluation.evaluate_with_and_without_pictures`), and reports both and the difference.
 
 For each score ``<name>`` of an evaluation (``f1``, ``precision``, ``accuracy``, ``loss``, the per-type or per-class
 ``<TYPE>_f1``, ...) it adds ``<name>_without_image`` and ``image_effect_<name>`` = ``<name>`` -
