@@ -1,7 +1,8 @@
 """What `run_mner.py` and `run_msa.py` share, one concern per module, in the order a run uses them.
 
-- `arguments`: the command line and argument files (dataclasses for `transformers.HfArgumentParser`) and the one
-  place where unset arguments take the quick-start or the paper's values.
+- `arguments`: the command line and argument files (`arguments.command_line`, dataclasses for
+  `transformers.HfArgumentParser`), the quick-start and paper tables (`arguments.defaults`), the one place where unset
+  arguments take them and the arguments are checked (`arguments.resolution`), and the two tasks (`arguments.tasks`).
 - `data`: the splits (the paper's datasets, or the user's own through `datasets_scripts.user_data`), their one-line
   reports, the processor and the data loaders.
 - `models`: a fresh MuSE around pretrained towers, or a trained one (``--model_name_or_path``) relabelled for the data.

@@ -4,6 +4,7 @@ follows the data's label set."""
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Sequence
 
 import datasets
@@ -11,6 +12,7 @@ from accelerate.logging import get_logger
 
 from modeling_muse import MuSEConfig, MuSEPreTrainedModel
 
+from .arguments import LoadedConfigs
 from .logs import held_back, pass_on, silenced
 
 __all__ = [
@@ -100,7 +102,7 @@ def load_model(
 ) -> MuSEPreTrainedModel:
     """The run's model (`build_model`), with gradient checkpointing on for ``--gradient_checkpointing``, and with LoRA
     for ``--use_peft`` (`muse_training.lora.lora_model_for_run`, a `peft.PeftModel`)."""
-    model = build_model(args, model_class, label_names, head_modules, problem_type)
+    model = build_model(args, model_class, label_names, head_modules, problem_type, args.loaded_configs)
     if getattr(args, "gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
         logger.info("Gradient checkpointing: activations are recomputed in the backward pass.")
@@ -124,8 +126,12 @@ def build_model(
     label_names: Sequence[str],
     head_modules: Sequence[str],
     problem_type: str | None = None,
+    loaded_configs: LoadedConfigs | None = None,
 ) -> MuSEPreTrainedModel:
     """The run's model, labelled with ``label_names`` (for regression, the one output's name).
+
+    ``loaded_configs``: the configurations `parse_args` loaded (the text encoder's, or the trained model's), which the
+    model is built from instead of loading them again; without them they are loaded here.
 
     Without ``--model_name_or_path``: a fresh MuSE around the pretrained towers (`from_text_vision_pretrained`). With
     it: that trained model, all of it, when its head fits the data (the same labels in any order: the caller aligns
@@ -137,12 +143,14 @@ def build_model(
     label2id = {label: index for index, label in id2label.items()}
     problem = {"problem_type": problem_type} if problem_type is not None else {}
     if args.model_name_or_path is None:
+        text_config = loaded_configs and loaded_configs.text_config
         # This script trains the new layers right away, so the reminder to train them before predicting does not apply.
         with silenced("modeling_muse.pretrained_towers"):
             return model_class.from_text_vision_pretrained(
                 args.text_model_name_or_path,
                 args.vision_model_name_or_path,
                 pretrained_vision=args.pretrained_vision,
+                text_model_kwargs={"config": copy.deepcopy(text_config)} if text_config is not None else None,
                 id2label=id2label,
                 label2id=label2id,
                 **problem,
@@ -150,7 +158,9 @@ def build_model(
             )
     # An adapter folder's weights go onto its base model (`load_model`), which is loaded here.
     source = getattr(args, "peft_base_model", None) or args.model_name_or_path
-    config = MuSEConfig.from_pretrained(source)
+    loaded = loaded_configs and loaded_configs.model_config
+    # A copy: the flags set below belong to this model, not to the configuration parse_args checked.
+    config = copy.deepcopy(loaded) if loaded is not None else MuSEConfig.from_pretrained(source)
     # A model saved for serving has no decoders; eq. 14 still weights them, so training builds them afresh.
     rebuilds_decoders = args.do_train and not config.include_regularizers
     config.include_regularizers = config.include_regularizers or args.do_train
