@@ -67,7 +67,8 @@ class MNERCollator:
         return self.processor(
             images=[row["image"] for row in rows],
             text=[row["tokens"] for row in rows],
-            word_labels=[row["ner_tags"] for row in rows],
+            # New posts to tag have no tags.
+            word_labels=[row["ner_tags"] for row in rows] if "ner_tags" in rows[0] else None,
             return_tensors="pt",
             warn=False,
         )
@@ -121,13 +122,16 @@ def word_confidences(model: MuSEForTokenClassification, outputs: Any, batch: dic
 
 def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Sequence[str]) -> list[dict[str, Any]]:
     """One row per post for ``predictions.jsonl``: its words, each word's predicted tag and CRF confidence, and the gold
-    tags. Words past the model's max_text_length sub-word tokens were not read: their tag and score are null."""
+    tags (null for new posts without tags). Words past the model's max_text_length sub-word tokens were not read:
+    their tag and score are null."""
     rows = []
-    for index, (post, predicted, gold, scores) in enumerate(
-        zip(split.select_columns(["tokens", "ner_tags"]), evaluation.predictions, evaluation.labels, evaluation.scores,
-            strict=True)
+    labeled = evaluation.labels is not None
+    for index, (post, predicted, scores) in enumerate(
+        zip(split.select_columns(["tokens", "ner_tags"] if labeled else ["tokens"]), evaluation.predictions,
+            evaluation.scores, strict=True)
     ):
-        words = gold != -100
+        # The CRF's tag sits at each word's first sub-token, -100 elsewhere (as the gold tags).
+        words = predicted != -100
         tags = [label_names[tag] for tag in predicted[words]]
         confidences = [round(float(score), 6) for score in scores[words]]
         cut = len(post["tokens"]) - len(tags)
@@ -137,7 +141,7 @@ def ner_predictions(split: Any, evaluation: EvaluationOutput, label_names: Seque
                 "tokens": post["tokens"],
                 "predicted_tags": tags + [None] * cut,
                 "scores": confidences + [None] * cut,
-                "gold_tags": [label_names[tag] for tag in post["ner_tags"]],
+                "gold_tags": [label_names[tag] for tag in post["ner_tags"]] if labeled else None,
             }
         )
     return rows
@@ -151,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # paper's elsewhere (muse_training.arguments.resolve_defaults).
     run = start_run(TASK, argv)
     args, accelerator, raw_datasets = run.args, run.accelerator, run.raw_datasets
-    label_names = raw_datasets[next(iter(raw_datasets))].features["ner_tags"].feature.names
+    labeled = [split for split in raw_datasets if "ner_tags" in raw_datasets[split].column_names]
+    label_names = raw_datasets[labeled[0]].features["ner_tags"].feature.names if labeled else None
 
     # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new CRF for other tags).
     model = load_model(args, MuSEForTokenClassification, label_names, TASK.head_modules)
@@ -166,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # Optimizer (separate learning rate for the CRF head), devices, schedule, and the state of a resumed run.
     model, optimizer, dataloaders = prepare_for_training(accelerator, model, dataloaders, TASK, args)
 
-    def evaluate(split: str, with_confidences: bool) -> dict[str, Any]:
+    def evaluate(split: str, with_confidences: bool) -> dict[str, Any] | None:
         unwrapped = accelerator.unwrap_model(model)
         evaluation = evaluate_model(
             accelerator,
@@ -176,10 +181,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             losses_of=lambda outputs, batch: crf_loss_per_post(unwrapped, outputs, batch),
             scores_of=(lambda outputs, batch: word_confidences(unwrapped, outputs, batch)) if with_confidences else None,
         )
-        metrics = ner_metrics(evaluation, label_names)
         if with_confidences and accelerator.is_main_process:
             write_predictions(args.output_dir, ner_predictions(raw_datasets[split], evaluation, label_names))
-        return metrics
+        # New posts without tags are tagged, not scored.
+        return ner_metrics(evaluation, label_names) if evaluation.labels is not None else None
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
     outcome = train_evaluate_predict(

@@ -39,7 +39,7 @@ from muse_training.arguments import MSA_DATASETS, TaskInfo
 from muse_training.data import build_processor, make_dataloaders, report_splits
 from muse_training.evaluation import EvaluationOutput, evaluate_model
 from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
-from muse_training.models import align_labels, load_model, model_label_names
+from muse_training.models import align_labels, load_model, model_label_names, problem_type_of
 from muse_training.predictions import write_predictions
 from muse_training.results import finish
 from processing_muse import MuSEProcessor
@@ -99,6 +99,8 @@ class MSACollator:
         batch = self.processor(
             images=[row["image"] for row in rows], text=[row["text"] for row in rows], return_tensors="pt", warn=False
         )
+        if "label" not in rows[0]:
+            return batch  # new posts to tag have no labels
         labels = [row["label"] for row in rows]
         if self.problem_type == MULTI_LABEL:
             multi_hot = torch.zeros(len(rows), self.num_labels)
@@ -201,12 +203,17 @@ def sentiment_predictions(split: Any, evaluation: EvaluationOutput, label_names:
             "text": post["text"],
             "predicted_label": label_names[predicted],
             "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probabilities, strict=True)},
-            "gold_label": label_names[post["label"]],
+            "gold_label": label_names[post["label"]] if "label" in post else None,
         }
         for index, (post, predicted, probabilities) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores, strict=True)
+            zip(_text_and_labels(split), evaluation.predictions, evaluation.scores, strict=True)
         )
     ]
+
+
+def _text_and_labels(split: Any) -> Any:
+    """The split's text and labels, or only its text (new posts without labels)."""
+    return split.select_columns([column for column in ("text", "label") if column in split.column_names])
 
 
 def multi_label_predictions(
@@ -220,10 +227,10 @@ def multi_label_predictions(
             "text": post["text"],
             "predicted_labels": [name for name, chosen in zip(label_names, predicted, strict=True) if chosen],
             "scores": {name: round(float(score), 6) for name, score in zip(label_names, scores, strict=True)},
-            "gold_labels": [label_names[class_id] for class_id in post["label"]],
+            "gold_labels": [label_names[class_id] for class_id in post["label"]] if "label" in post else None,
         }
         for index, (post, predicted, scores) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores, strict=True)
+            zip(_text_and_labels(split), evaluation.predictions, evaluation.scores, strict=True)
         )
     ]
 
@@ -235,10 +242,10 @@ def regression_predictions(split: Any, evaluation: EvaluationOutput) -> list[dic
             "index": index,
             "text": post["text"],
             "predicted_value": round(float(predicted), 6),
-            "gold_value": post["label"],
+            "gold_value": post.get("label"),
         }
         for index, (post, predicted) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, strict=True)
+            zip(_text_and_labels(split), evaluation.predictions, strict=True)
         )
     ]
 
@@ -276,13 +283,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # paper's elsewhere (muse_training.arguments.resolve_defaults).
     run = start_run(TASK, argv)
     args, accelerator, raw_datasets = run.args, run.accelerator, run.raw_datasets
-    feature = raw_datasets[next(iter(raw_datasets))].features["label"]
-    problem_type = data_problem_type(feature)
-    task = task_for(problem_type)
-    if problem_type == REGRESSION:
+    labeled = [split for split in raw_datasets if "label" in raw_datasets[split].column_names]
+    feature = raw_datasets[labeled[0]].features["label"] if labeled else None
+    if feature is None:
+        # New posts without labels: the trained model's labels and problem type are the run's.
+        problem_type, label_names = problem_type_of(args.loaded_configs.model_config), None
+    elif (problem_type := data_problem_type(feature)) == REGRESSION:
         label_names = [args.label_column_name or "label"]
     else:
         label_names = (feature if problem_type == SINGLE_LABEL else feature.feature).names
+    task = task_for(problem_type)
 
     # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new head for other classes
     # or another problem type).
@@ -316,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return multi_label_predictions(raw_datasets[split], evaluation, label_names)
         return sentiment_predictions(raw_datasets[split], evaluation, label_names)
 
-    def evaluate(split: str, with_predictions: bool) -> dict[str, Any]:
+    def evaluate(split: str, with_predictions: bool) -> dict[str, Any] | None:
         evaluation = evaluate_model(
             accelerator,
             model,
@@ -327,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         if with_predictions and accelerator.is_main_process:
             write_predictions(args.output_dir, prediction_rows(split, evaluation))
-        return metrics_of(evaluation)
+        # New posts without labels are labelled, not scored.
+        return metrics_of(evaluation) if evaluation.labels is not None else None
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.
     outcome = train_evaluate_predict(

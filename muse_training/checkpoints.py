@@ -79,7 +79,7 @@ RESUME_FREE_ARGUMENTS = frozenset(
         "save_total_limit",
         "dataloader_num_workers", "dataset_cache_dir", "do_eval", "do_predict", "per_device_eval_batch_size",
         "max_eval_samples", "ignore_changed_arguments", "keep_freed_memory", "gradient_checkpointing",
-        "defaults_used",
+        "defaults_used", "preprocessing_num_workers",
     }
 )  # fmt: skip
 _CHECKPOINT_NAME = re.compile(r"^(step|epoch)_(\d+)$")

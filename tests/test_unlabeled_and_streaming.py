@@ -1,0 +1,174 @@
+"""Tagging new posts (a test split without labels) and training on streamed data (``--streaming``).
+
+The data is real files written here: JSON lines with image paths (tests/picture_data.py), and Parquet shards with a
+`datasets.Image` column and ClassLabel tags written by `datasets.Dataset.to_parquet`, read back with
+`datasets.load_dataset(..., streaming=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import run_mner  # noqa: E402
+import run_msa  # noqa: E402
+from datasets_scripts import MissingImagesError  # noqa: E402
+from datasets_scripts.user_data import UserDataError, load_user_dataset  # noqa: E402
+from tests import picture_data  # noqa: E402
+from tests.picture_data import COLOURS, colour_of  # noqa: E402
+from tests.tiny_models import tiny_script_arguments  # noqa: E402
+
+NER_NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+SENTIMENT_NAMES = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+
+def _without_labels(path: Path, label: str) -> Path:
+    """``path`` as new posts: each row without its ``label`` column."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    unlabeled = path.with_name(f"new-{path.name}")
+    unlabeled.write_text("".join(json.dumps({k: v for k, v in row.items() if k != label}) + "\n" for row in rows))
+    return unlabeled
+
+
+def _write_parquet_shards(folder: Path, task: str, shards: int, sizes: dict[str, int] | None = None,
+                          labeled_test: bool = True) -> Path:
+    """A dataset folder ``data/<split>-0000i-of-0000n.parquet``: the picture posts with a `datasets.Image` column
+    (PNG bytes) and ClassLabel labels, ``shards`` files per split (one for validation and test)."""
+    rng = np.random.default_rng(0)
+    for split, posts in picture_data.all_posts().items():
+        posts = posts[: (sizes or {}).get(split, len(posts))]
+        rows = []
+        for post in posts:
+            # A little noise keeps every picture's bytes distinct, so that a post paired with another's is noticed.
+            pixels = np.clip(np.asarray(COLOURS[post["colour"]]) + rng.integers(-8, 9, (24, 24, 3)), 0, 255)
+            row = {"image": datasets.Image().encode_example(pixels.astype(np.uint8))}
+            if task == "mner":
+                row |= {"tokens": post["tokens"], "ner_tags": [NER_NAMES.index(tag) for tag in post["ner_tags"]]}
+            else:
+                row |= {"text": " ".join(post["tokens"][:5]),
+                        "label": SENTIMENT_NAMES.index(picture_data.SENTIMENT[post["colour"]])}
+            rows.append(row)
+        if task == "mner":
+            features = {"tokens": datasets.List(datasets.Value("string")),
+                        "ner_tags": datasets.List(datasets.ClassLabel(names=NER_NAMES))}
+        else:
+            features = {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=SENTIMENT_NAMES)}
+        if split == "test" and not labeled_test:
+            label = "ner_tags" if task == "mner" else "label"
+            features.pop(label)
+            rows = [{k: v for k, v in row.items() if k != label} for row in rows]
+        dataset = datasets.Dataset.from_list(rows, features=datasets.Features({"image": datasets.Image(), **features}))
+        count = shards if split == "train" else 1
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            dataset.shard(count, index, contiguous=True).to_parquet(
+                folder / "data" / f"{split}-{index:05d}-of-{count:05d}.parquet"
+            )
+    return folder
+
+
+def _tiny(text_model: Path, output_dir: Path, *extra: str, **values: object) -> list[str]:
+    settings = dict(per_device_train_batch_size=16, per_device_eval_batch_size=16, learning_rate=2e-3,
+                    head_learning_rate=1e-2) | values
+    return tiny_script_arguments(text_model, output_dir, *extra, **settings)
+
+
+def _predictions(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tagging new posts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_test_split_without_labels_is_read_as_new_posts(tmp_path):
+    """JSON lines without the tag key (datasets fills the column with nulls across files) and a Parquet file without
+    the label column: the test split has words (text) and images and no label column; train keeps its labels."""
+    files = picture_data.write_jsonl(tmp_path / "jsonl")
+    new = _without_labels(files["test"], "ner_tags")
+    loaded = load_user_dataset("mner", data_files={**files, "test": new})
+    assert loaded["test"].column_names == ["tokens", "image"] and "ner_tags" in loaded["train"].column_names
+    assert loaded["train"].features["ner_tags"].feature.names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER",
+                                                                  "I-PER"]
+    only_new = load_user_dataset("mner", data_files={"test": new})
+    assert only_new["test"].column_names == ["tokens", "image"] and len(only_new["test"]) == 48
+    folder = _write_parquet_shards(tmp_path / "parquet", "msa", shards=1, labeled_test=False)
+    loaded = load_user_dataset("msa", data_files={"test": folder / "data" / "test-00000-of-00001.parquet"})
+    assert loaded["test"].column_names == ["text", "image"]
+    assert colour_of(loaded["test"][0]["image"]) in COLOURS
+    # A labelled split still needs its labels: train without them is an error naming the column.
+    with pytest.raises(UserDataError, match=r"new-test.jsonl: no --label_column_name was given and 'ner_tags' is not one of its columns"):
+        load_user_dataset("mner", data_files={"train": new, "test": new})
+
+
+def test_new_posts_without_a_trained_model_are_an_error_that_says_so(tmp_path, capsys):
+    new = _without_labels(picture_data.write_jsonl(tmp_path / "jsonl")["test"], "ner_tags")
+    with pytest.raises(SystemExit, match="the label names must come from a trained model: give --model_name_or_path"):
+        run_mner.main(["--test_file", str(new), "--output_dir", str(tmp_path / "out")])
+
+
+@pytest.mark.slow
+def test_new_posts_are_tagged_by_both_scripts_without_a_score(tiny_text_model, tmp_path, offline, caplog):
+    """Train each task a little on labelled data, then --do_predict on the same test posts without labels (JSON lines
+    for NER, Parquet for sentiment): predictions.jsonl holds the same predictions as for the labelled posts, gold
+    null, and nothing is scored."""
+    jsonl = picture_data.write_jsonl(tmp_path / "jsonl")
+    files = [f"--{split}_file={path}" for split, path in jsonl.items()]
+    run_mner.main(_tiny(tiny_text_model, tmp_path / "ner", *files, num_train_epochs=2))
+    labelled = _predictions(tmp_path / "ner")
+    caplog.set_level("WARNING")
+    new = _without_labels(jsonl["test"], "ner_tags")
+    results = run_mner.main(["--model_name_or_path", str(tmp_path / "ner"), "--test_file", str(new), "--do_predict",
+                             "--output_dir", str(tmp_path / "ner-tagged")])
+    assert caplog.text.count("The test split has no labels: predictions only") == 1
+    assert not any(name.startswith("test_") for name in results), results
+    saved = json.loads((tmp_path / "ner-tagged" / "all_results.json").read_text())
+    assert not any(name.startswith("test_") for name in saved) and saved["num_test_samples"] == 48
+    tagged = _predictions(tmp_path / "ner-tagged")
+    assert [row["gold_tags"] for row in tagged] == [None] * 48
+    assert [row["predicted_tags"] for row in tagged] == [row["predicted_tags"] for row in labelled]
+    for row, before in zip(tagged, labelled, strict=True):
+        assert row["tokens"] == before["tokens"] and row["scores"] == pytest.approx(before["scores"], abs=1e-5)
+    assert set(tagged[0]["predicted_tags"]) <= set(NER_NAMES)
+
+    parquet = _write_parquet_shards(tmp_path / "msa-data", "msa", shards=1)
+    split_files = {split: parquet / "data" / f"{split}-00000-of-00001.parquet" for split in ("train", "validation",
+                                                                                           "test")}
+    run_msa.main(_tiny(tiny_text_model, tmp_path / "msa", *[f"--{s}_file={p}" for s, p in split_files.items()],
+                       num_train_epochs=2))
+    labelled = _predictions(tmp_path / "msa")
+    unlabeled = _write_parquet_shards(tmp_path / "msa-new", "msa", shards=1, labeled_test=False)
+    caplog.clear()
+    results = run_msa.main(["--model_name_or_path", str(tmp_path / "msa"), "--test_file",
+                            str(unlabeled / "data" / "test-00000-of-00001.parquet"), "--output_dir",
+                            str(tmp_path / "msa-tagged")])
+    assert caplog.text.count("The test split has no labels: predictions only") == 1
+    assert not any(name.startswith("test_") for name in results), results
+    tagged = _predictions(tmp_path / "msa-tagged")
+    assert [row["gold_label"] for row in tagged] == [None] * 48
+    assert [row["predicted_label"] for row in tagged] == [row["predicted_label"] for row in labelled]
+    assert all(sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) for row in tagged)
