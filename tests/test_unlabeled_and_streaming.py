@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -172,3 +173,159 @@ def test_new_posts_are_tagged_by_both_scripts_without_a_score(tiny_text_model, t
     assert [row["gold_label"] for row in tagged] == [None] * 48
     assert [row["predicted_label"] for row in tagged] == [row["predicted_label"] for row in labelled]
     assert all(sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) for row in tagged)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streaming
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _posts(rows, names: list[str]) -> list[tuple]:
+    return sorted(
+        (tuple(row["tokens"]), tuple(names[tag] for tag in row["ner_tags"]), np.asarray(row["image"]).tobytes())
+        for row in rows
+    )
+
+
+def test_streamed_parquet_shards_give_the_same_posts_converted_lazily(tmp_path):
+    """Parquet shards with an Image column, streamed: an IterableDataset per split (nothing converted up front), the
+    label names from the ClassLabel, and the same posts, tags and pictures as the converted (held) dataset."""
+    folder = _write_parquet_shards(tmp_path / "shards", "mner", shards=4)
+    streamed = load_user_dataset("mner", dataset_name=str(folder), streaming=True)
+    assert isinstance(streamed, datasets.IterableDatasetDict) and streamed["train"].num_shards == 4
+    assert streamed["train"].features["ner_tags"].feature.names == NER_NAMES
+    cached = list((tmp_path / "datasets-cache").rglob("*.arrow"))
+    assert not cached, f"streaming converted the data into the cache: {cached}"
+    held = load_user_dataset("mner", dataset_name=str(folder))
+    assert list((tmp_path / "datasets-cache").rglob("*.arrow")), "the held conversion writes the cache (the check's check)"
+    for split in ("train", "validation", "test"):
+        assert _posts(streamed[split], NER_NAMES) == _posts(held[split], NER_NAMES), split
+
+
+def test_streamed_string_labels_need_label_names_and_missing_images_stop_at_the_post(tmp_path):
+    files = picture_data.write_jsonl(tmp_path / "jsonl")
+    with pytest.raises(UserDataError, match=r"--streaming reads the data while training.*--label_names"):
+        load_user_dataset("mner", data_files=files, streaming=True)
+    streamed = load_user_dataset("mner", data_files=files, streaming=True, label_names=NER_NAMES)
+    first = json.loads(files["test"].read_text().splitlines()[0])
+    row = next(iter(streamed["test"]))
+    assert row["tokens"] == first["tokens"] and [NER_NAMES[t] for t in row["ner_tags"]] == first["ner_tags"]
+    short = load_user_dataset("mner", data_files=files, streaming=True, label_names=["O", "B-PER", "I-PER"])
+    with pytest.raises(UserDataError, match=r"is not one of --label_names \['O', 'B-PER', 'I-PER'\]"):
+        list(short["train"])
+    (tmp_path / "jsonl" / "images" / f"{first['image'].split('/')[-1]}").unlink()
+    streamed = load_user_dataset("mner", data_files=files, streaming=True, label_names=NER_NAMES)
+    with pytest.raises(MissingImagesError, match=r"test.jsonl \(a streamed post\): the image is missing.*"
+                                                 r"--missing_images placeholder"):
+        next(iter(streamed["test"]))
+    with pytest.raises(UserDataError, match="--streaming cannot cut a validation split out of train"):
+        load_user_dataset("mner", data_files={"train": files["train"]}, streaming=True, label_names=NER_NAMES,
+                          validation_split_percentage=10)
+
+
+def test_the_streamed_training_loader_reshuffles_each_epoch_and_repeats_it_exactly(tmp_path):
+    """Two DataLoader workers decode the images; each epoch holds every post once, epochs differ (set_epoch reseeds
+    the buffer), and the same epoch comes out the same again (which an exact mid-epoch resumption relies on)."""
+    from accelerate import Accelerator
+
+    from muse_training.arguments import parse_args
+    from muse_training.data import load_splits, make_dataloaders, prepare_streamed_loaders
+
+    folder = _write_parquet_shards(tmp_path / "shards", "mner", shards=4)
+    args = parse_args(run_mner.TASK, ["--dataset_name", str(folder), "--streaming", "--dataloader_num_workers", "2",
+                                      "--per_device_train_batch_size", "16", "--shuffle_buffer_size", "64"])
+    accelerator = Accelerator(cpu=True)
+    splits = load_splits(args, accelerator)
+
+    def words(rows: list[dict]) -> list[tuple]:
+        return [(tuple(row["tokens"]), np.asarray(row["image"]).tobytes()) for row in rows]
+
+    loaders = prepare_streamed_loaders(accelerator, make_dataloaders(splits, run_mner.COLUMNS, words, args))
+    train = loaders["train"]
+    epochs = []
+    for epoch in (0, 1, 0):
+        train.set_epoch(epoch)
+        epochs.append([post for batch in train for post in batch])
+    assert len(epochs[0]) == 192 and sorted(epochs[0]) == sorted(epochs[1])
+    assert len(set(epochs[0])) == 192  # every post once (pictures carry noise, so each is distinct)
+    assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
+
+
+def _streamed_run_arguments(text_model: Path, folder: Path, output_dir: Path, *extra: str) -> list[str]:
+    return _tiny(text_model, output_dir, "--dataset_name", str(folder), "--streaming", *extra,
+                 per_device_train_batch_size=8, dataloader_num_workers=2, num_train_epochs=2, max_train_steps=40,
+                 shuffle_buffer_size=32)
+
+
+def test_streaming_without_max_train_steps_is_an_error_naming_it(tiny_text_model, tmp_path, offline):
+    folder = _write_parquet_shards(tmp_path / "shards", "mner", shards=2, sizes={"train": 32, "validation": 8,
+                                                                               "test": 8})
+    with pytest.raises(SystemExit, match=r"--streaming: the number of training posts is not known.*--max_train_steps"):
+        run_mner.main(_tiny(tiny_text_model, tmp_path / "out", "--dataset_name", str(folder), "--streaming"))
+
+
+@pytest.mark.slow
+def test_a_streamed_run_trains_and_a_killed_one_resumes_mid_epoch_exactly(tiny_text_model, script_env, tmp_path):
+    """A real Parquet folder streamed with two loader workers: 192 posts in batches of 8 (24 steps an epoch, 40 steps
+    in all, so the run stops in its second epoch). A copy killed once step_30 (mid epoch 2) is written and resumed
+    with 'latest' ends with the same weights and results as the uninterrupted run."""
+    folder = _write_parquet_shards(tmp_path / "shards", "mner", shards=4)
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    extra = ("--checkpointing_steps", "15")
+    subprocess.run([sys.executable, "run_mner.py",
+                    *_streamed_run_arguments(tiny_text_model, folder, uninterrupted, *extra)],
+                   cwd=REPO_ROOT, env=script_env, check=True, capture_output=True)  # fmt: skip
+    results = json.loads((uninterrupted / "all_results.json").read_text())
+    assert results["train_steps"] == 40 and results["train_epochs"] == 2 and "test_f1" in results
+    assert "num_train_samples" not in results  # a streamed split's length is not known
+
+    command = [sys.executable, "run_mner.py", *_streamed_run_arguments(tiny_text_model, folder, interrupted, *extra)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=script_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (interrupted / "step_30").is_dir():
+            assert process.poll() is None, "the run ended before its step_30 checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.kill()
+    finally:
+        process.wait()
+    assert not (interrupted / "all_results.json").exists()
+    resumed = subprocess.run(command + ["--resume_from_checkpoint", "latest"], cwd=REPO_ROOT, env=script_env,
+                             check=True, capture_output=True, text=True)
+    assert "Resumed from" in resumed.stderr
+    from safetensors.torch import load_file
+
+    expected, actual = load_file(uninterrupted / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    again = json.loads((interrupted / "all_results.json").read_text())
+    for key in ("train_runtime_seconds", "train_samples_per_second", "wall_time_seconds"):
+        results.pop(key), again.pop(key)
+    assert again == pytest.approx(results, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_each_stream_their_own_shards(tiny_text_model, script_env, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU) over 4 Parquet shards of 48 posts:
+    split_dataset_by_node gives each process 2 shards (96 posts: 12 batches of 8 an epoch), and accelerate does not
+    split them again (that would be 6 an epoch) nor hand both processes everything (24). One epoch, so the steps
+    count the batches; validation and test are scored once each, every post once."""
+    folder = _write_parquet_shards(tmp_path / "shards", "mner", shards=4)
+    output_dir = tmp_path / "two"
+    arguments = _streamed_run_arguments(tiny_text_model, folder, output_dir)
+    arguments[arguments.index("--num_train_epochs") + 1] = "1"
+    result = subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "run_mner.py", *arguments],
+        cwd=REPO_ROOT, env={**script_env, "MASTER_PORT": "29523"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Num processes: 2" in result.stderr
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["train_steps"] == 12 and results["train_epochs"] == 1
+    rows = _predictions(output_dir)
+    assert len(rows) == 48 and len({tuple(row["tokens"]) for row in rows}) == len({
+        tuple(post["tokens"]) for post in picture_data.all_posts()["test"]})
