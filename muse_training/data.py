@@ -348,13 +348,14 @@ def while_every_process_has_a_batch(accelerator: Accelerator, batches: Iterable[
         if bool(accelerator.gather(have).all()):
             yield batch
             continue
-        if batch is not None:
-            left = sum(1 for _ in iterator) + 1
-            logger.info(
-                "process %d: %d batches of this epoch left unread, as another process's share ended first.",
-                accelerator.process_index,
+        left = sum(1 for _ in iterator) + 1 if batch is not None else 0
+        # Counted over the processes, so that the main process, the one that logs, tells them all.
+        left = int(accelerator.gather(torch.tensor([left], device=accelerator.device)).sum())
+        if left:
+            logger.warning(
+                "%d batches of this epoch left unread, as a process's share of the streamed data ended before the "
+                "others' (write the data in shards of equal size to train on every post).",
                 left,
-                main_process_only=False,
             )
         return
 
