@@ -1,0 +1,210 @@
+"""The training data path of ``--streaming`` against the model step, and its memory as the collection grows (issue 29).
+
+Generated posts, written as Parquet shards with a `datasets.Image` column (PNG bytes) and ClassLabel tags, the form
+`datasets.Dataset.to_parquet` and the Hub write: each post 12-30 words with BIO tags and a 64x64 PNG picture (a
+colour gradient with noise, one of 512 pictures taken in turn, about 9 KB each). The collection is streamed by the
+training scripts' own code: `datasets_scripts.user_data.load_user_dataset(..., streaming=True)` (the lazy
+conversion, which reads and checks each picture), `muse_training.data.make_dataloaders` (shuffle buffer,
+``--dataloader_num_workers`` workers) and `run_mner.MNERCollator` (the processor: tokenizer, images resized to the
+paper's 224x224 and normalised, the decoder's 32x32 copy), ``--per_device_train_batch_size`` posts a batch.
+
+Measured: posts/s of one full pass over each collection (every post read, decoded and processed), and the peak
+resident memory of the process and its loader workers together (sampled every 20 ms from /proc while the pass
+runs); then one training step of MuSE at the paper's sizes (as bench/training_step.py: BERT-base-sized text
+encoder, ResNet-152 at 224x224, 6-layer CrossTransformer, both decoders) on a batch the loader made, forward,
+backward and the scripts' AdamW, median of ``--model_steps`` after one warm-up step. The last lines compare the
+data path's posts/s with the model's and the peak memory of the largest collection with the smallest's.
+
+    python bench/data_path.py [--sizes 10000 100000] [--workers 2] [--batch 4] [--model_steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BertConfig, ViTImageProcessor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import run_mner  # noqa: E402
+from configuration_muse import MuSEConfig  # noqa: E402
+from datasets_scripts.user_data import load_user_dataset  # noqa: E402
+from modeling_muse import MuSEForTokenClassification  # noqa: E402
+from muse_training.arguments import offline_text_model_path  # noqa: E402
+from muse_training.data import make_dataloaders  # noqa: E402
+from muse_training.optimization import create_optimizer  # noqa: E402
+from processing_muse import MuSEProcessor  # noqa: E402
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+WORDS = "the a news today about with and we talked at again so it was new shop sale price game team city".split()
+PICTURES = 512
+ROWS_PER_SHARD = 5_000
+
+
+def _pictures() -> list[bytes]:
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, 64)
+    pictures = []
+    for index in range(PICTURES):
+        colour = rng.integers(0, 256, 3)
+        gradient = ramp[:, None, None] * ramp[None, :, None] * colour
+        pixels = np.clip(gradient + rng.normal(0, 12, (64, 64, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        pictures.append(buffer.getvalue())
+    return pictures
+
+
+def write_collection(folder: Path, posts: int, pictures: list[bytes]) -> int:
+    """``posts`` generated posts as ``data/train-*.parquet`` shards of `ROWS_PER_SHARD` (a `datasets.Image` column of
+    PNG bytes, ClassLabel tags) and a small validation shard; returns the bytes written."""
+    features = datasets.Features({
+        "tokens": datasets.List(datasets.Value("string")),
+        "ner_tags": datasets.List(datasets.ClassLabel(names=LABELS)),
+        "image": datasets.Image(),
+    })  # fmt: skip
+    schema = features.arrow_schema
+    rng = np.random.default_rng(posts)
+    (folder / "data").mkdir(parents=True)
+    shards = {"train": max(1, posts // ROWS_PER_SHARD), "validation": 1}
+    for split, count in shards.items():
+        total = posts if split == "train" else 64
+        for shard in range(count):
+            rows = range(shard * total // count, (shard + 1) * total // count)
+            lengths = rng.integers(12, 31, len(rows))
+            tokens = [list(rng.choice(WORDS, length)) for length in lengths]
+            tags = [list(rng.integers(0, len(LABELS), length)) for length in lengths]
+            images = [{"bytes": pictures[row % PICTURES], "path": None} for row in rows]
+            table = pa.Table.from_pydict({"tokens": tokens, "ner_tags": tags, "image": images}, schema=schema)
+            pq.write_table(table, folder / "data" / f"{split}-{shard:05d}-of-{count:05d}.parquet")
+    return sum(path.stat().st_size for path in (folder / "data").iterdir())
+
+
+def _process_tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants (the loader's worker processes), from /proc."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/status") as status:
+                total += next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending += [int(child) for child in children.read().split()]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+class PeakMemory:
+    """Samples `_process_tree_rss` of this process every 20 ms inside the ``with`` block; ``peak`` is the largest."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _process_tree_rss(os.getpid()))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def processor() -> MuSEProcessor:
+    """The offline MiniLM tokenizer and the paper's 224x224 image preprocessing (n = 64 sub-words)."""
+    tokenizer = AutoTokenizer.from_pretrained(offline_text_model_path())
+    images = ViTImageProcessor(size={"height": 224, "width": 224})
+    return MuSEProcessor(images, tokenizer, max_length=64, label_names=LABELS)
+
+
+def data_pass(folder: Path, args: argparse.Namespace) -> tuple[int, float, int, dict]:
+    """One full pass of the streamed training loader: posts, seconds, peak resident bytes and the first batch."""
+    splits = load_user_dataset("mner", dataset_name=str(folder), streaming=True)
+    loader_args = argparse.Namespace(
+        per_device_train_batch_size=args.batch, per_device_eval_batch_size=args.batch, seed=0,
+        dataloader_num_workers=args.workers, shuffle_buffer_size=args.shuffle_buffer_size,
+    )  # fmt: skip
+    loader = make_dataloaders(splits, run_mner.COLUMNS, run_mner.MNERCollator(processor()), loader_args)["train"]
+    posts, first = 0, None
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        for batch in loader:
+            first = first if first is not None else batch
+            posts += batch["input_ids"].shape[0]
+        seconds = time.perf_counter() - start
+    return posts, seconds, memory.peak, first
+
+
+def model_step_seconds(batch: dict, steps: int) -> float:
+    """Median seconds of a training step of MuSE at the paper's sizes on ``batch``, after one warm-up step."""
+    torch.manual_seed(0)
+    config = MuSEConfig(text_config=BertConfig(), vision_model_name_or_path="resnet152", num_labels=len(LABELS))
+    model = MuSEForTokenClassification(config).train()
+    optimizer = create_optimizer(model, ("tagger",), argparse.Namespace(
+        learning_rate=5e-5, head_learning_rate=1e-4, weight_decay=0.01))  # fmt: skip
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="posts per collection")
+    parser.add_argument("--workers", type=int, default=2, help="--dataloader_num_workers")
+    parser.add_argument("--batch", type=int, default=4, help="--per_device_train_batch_size")
+    parser.add_argument("--shuffle_buffer_size", type=int, default=10_000)
+    parser.add_argument("--model_steps", type=int, default=2, help="timed model steps (after one warm-up)")
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    pictures = _pictures()
+    print(f"posts: 12-30 words, a 64x64 PNG each ({np.mean([len(p) for p in pictures]) / 1024:.1f} KB on average, "
+          f"{PICTURES} distinct); {args.workers} loader workers, batches of {args.batch}, shuffle buffer "
+          f"{args.shuffle_buffer_size}; torch threads {torch.get_num_threads()}")
+    rates, peaks, batch = {}, {}, None
+    with tempfile.TemporaryDirectory(prefix="muse-data-path-") as scratch:
+        for size in args.sizes:
+            folder = Path(scratch, f"posts-{size}")
+            written = write_collection(folder, size, pictures)
+            posts, seconds, peak, first = data_pass(folder, args)
+            assert posts == size, (posts, size)
+            rates[size], peaks[size], batch = posts / seconds, peak, batch or first
+            print(f"data path, {size:>7} posts ({written / 2**20:6.0f} MiB of Parquet in {size // ROWS_PER_SHARD or 1} "
+                  f"shards): {rates[size]:7.1f} posts/s over one pass ({seconds:.1f} s), peak RSS of the process and "
+                  f"its workers {peak / 2**20:.0f} MiB")
+    step = model_step_seconds(batch, args.model_steps)
+    print(f"model step at the paper's sizes, batch of {args.batch}: {step:.2f} s (median of {args.model_steps}) = "
+          f"{args.batch / step:.2f} posts/s")
+    smallest, largest = min(args.sizes), max(args.sizes)
+    print(f"data path / model step: {min(rates.values()) / (args.batch / step):.0f}x (the slower pass against the "
+          f"model)")
+    print(f"peak RSS, {largest} against {smallest} posts: {peaks[largest] / peaks[smallest]:.2f}x "
+          f"({peaks[smallest] / 2**20:.0f} -> {peaks[largest] / 2**20:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
