@@ -8,14 +8,17 @@ conversion, which reads and checks each picture), `muse_training.data.make_datal
 ``--dataloader_num_workers`` workers) and `run_mner.MNERCollator` (the processor: tokenizer, images resized to the
 paper's 224x224 and normalised, the decoder's 32x32 copy), ``--per_device_train_batch_size`` posts a batch.
 
-Measured: posts/s of one full pass over each collection (every post read, decoded and processed), and the peak
-resident memory of the process and its loader workers together (sampled every 20 ms from /proc while the pass
-runs); then one training step of MuSE at the paper's sizes (as bench/training_step.py: BERT-base-sized text
+Measured per collection: the seconds to the first batch (each worker fills its shuffle buffer first), then posts/s
+of the whole data path (read, convert, decode, process) over the next ``--timed_posts`` posts; then one full pass over the whole collection through the same loader and workers, every
+post read and its picture decoded and checked (the conversion; batches kept as they come, without the processor,
+whose cost per post does not depend on the collection), with its posts/s and the peak memory of the process and its
+loader workers together: their proportional set sizes (PSS, /proc/<pid>/smaps_rollup, so that the pages the forked
+workers share with the main process count once), sampled every 20 ms; then one training step of MuSE at the paper's sizes (as bench/training_step.py: BERT-base-sized text
 encoder, ResNet-152 at 224x224, 6-layer CrossTransformer, both decoders) on a batch the loader made, forward,
 backward and the scripts' AdamW, median of ``--model_steps`` after one warm-up step. The last lines compare the
 data path's posts/s with the model's and the peak memory of the largest collection with the smallest's.
 
-    python bench/data_path.py [--sizes 10000 100000] [--workers 2] [--batch 4] [--model_steps 2]
+    python bench/data_path.py [--sizes 10000 100000] [--timed_posts 2000] [--workers 2] [--batch 4] [--model_steps 1]
 """
 
 from __future__ import annotations
@@ -95,14 +98,14 @@ def write_collection(folder: Path, posts: int, pictures: list[bytes]) -> int:
     return sum(path.stat().st_size for path in (folder / "data").iterdir())
 
 
-def _process_tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its descendants (the loader's worker processes), from /proc."""
+def _process_tree_pss(pid: int) -> int:
+    """Proportional set size of ``pid`` and its descendants (the loader's worker processes) in bytes, from /proc."""
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
         try:
-            with open(f"/proc/{current}/status") as status:
-                total += next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+            with open(f"/proc/{current}/smaps_rollup") as rollup:
+                total += next(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as children:
                     pending += [int(child) for child in children.read().split()]
@@ -112,7 +115,7 @@ def _process_tree_rss(pid: int) -> int:
 
 
 class PeakMemory:
-    """Samples `_process_tree_rss` of this process every 20 ms inside the ``with`` block; ``peak`` is the largest."""
+    """Samples `_process_tree_pss` of this process every 20 ms inside the ``with`` block; ``peak`` is the largest."""
 
     def __enter__(self) -> PeakMemory:
         self.peak, self._stop = 0, threading.Event()
@@ -122,7 +125,7 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _process_tree_rss(os.getpid()))
+            self.peak = max(self.peak, _process_tree_pss(os.getpid()))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -136,22 +139,38 @@ def processor() -> MuSEProcessor:
     return MuSEProcessor(images, tokenizer, max_length=64, label_names=LABELS)
 
 
-def data_pass(folder: Path, args: argparse.Namespace) -> tuple[int, float, int, dict]:
-    """One full pass of the streamed training loader: posts, seconds, peak resident bytes and the first batch."""
+def _loader(folder: Path, args: argparse.Namespace, collate: object) -> torch.utils.data.DataLoader:
     splits = load_user_dataset("mner", dataset_name=str(folder), streaming=True)
     loader_args = argparse.Namespace(
         per_device_train_batch_size=args.batch, per_device_eval_batch_size=args.batch, seed=0,
         dataloader_num_workers=args.workers, shuffle_buffer_size=args.shuffle_buffer_size,
     )  # fmt: skip
-    loader = make_dataloaders(splits, run_mner.COLUMNS, run_mner.MNERCollator(processor()), loader_args)["train"]
-    posts, first = 0, None
+    return make_dataloaders(splits, run_mner.COLUMNS, collate, loader_args)["train"]
+
+
+def timed_data_path(folder: Path, args: argparse.Namespace) -> tuple[float, float, dict]:
+    """Seconds to the first batch (the shuffle buffer fills first), then posts/s of the whole data path over the
+    next ``--timed_posts`` posts; and the first batch."""
+    loader = iter(_loader(folder, args, run_mner.MNERCollator(processor())))
+    start = time.perf_counter()
+    first = next(loader)
+    started, posts = time.perf_counter(), 0
+    for batch in loader:
+        posts += batch["input_ids"].shape[0]
+        if posts >= args.timed_posts:
+            break
+    return started - start, posts / (time.perf_counter() - started), first
+
+
+def full_pass(folder: Path, args: argparse.Namespace) -> tuple[int, float, int]:
+    """One pass over the whole collection (every picture decoded and checked): posts, seconds, peak PSS."""
+    posts = 0
     with PeakMemory() as memory:
         start = time.perf_counter()
-        for batch in loader:
-            first = first if first is not None else batch
-            posts += batch["input_ids"].shape[0]
+        for rows in _loader(folder, args, lambda rows: len(rows)):
+            posts += rows
         seconds = time.perf_counter() - start
-    return posts, seconds, memory.peak, first
+    return posts, seconds, memory.peak
 
 
 def model_step_seconds(batch: dict, steps: int) -> float:
@@ -178,7 +197,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="--dataloader_num_workers")
     parser.add_argument("--batch", type=int, default=4, help="--per_device_train_batch_size")
     parser.add_argument("--shuffle_buffer_size", type=int, default=10_000)
-    parser.add_argument("--model_steps", type=int, default=2, help="timed model steps (after one warm-up)")
+    parser.add_argument("--timed_posts", type=int, default=2000, help="posts timed through the whole data path")
+    parser.add_argument("--model_steps", type=int, default=1, help="timed model steps (after one warm-up)")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     pictures = _pictures()
@@ -190,19 +210,21 @@ def main() -> None:
         for size in args.sizes:
             folder = Path(scratch, f"posts-{size}")
             written = write_collection(folder, size, pictures)
-            posts, seconds, peak, first = data_pass(folder, args)
+            first_batch_seconds, rates[size], first = timed_data_path(folder, args)
+            batch = batch or first
+            posts, seconds, peaks[size] = full_pass(folder, args)
             assert posts == size, (posts, size)
-            rates[size], peaks[size], batch = posts / seconds, peak, batch or first
-            print(f"data path, {size:>7} posts ({written / 2**20:6.0f} MiB of Parquet in {size // ROWS_PER_SHARD or 1} "
-                  f"shards): {rates[size]:7.1f} posts/s over one pass ({seconds:.1f} s), peak RSS of the process and "
-                  f"its workers {peak / 2**20:.0f} MiB")
+            print(f"{size:>7} posts ({written / 2**20:4.0f} MiB of Parquet, {max(1, size // ROWS_PER_SHARD)} shards): "
+                  f"first batch after {first_batch_seconds:.0f} s, then data path {rates[size]:6.1f} posts/s (next "
+                  f"{args.timed_posts}) | full pass, pictures decoded: "
+                  f"{posts / seconds:6.1f} posts/s ({seconds:.0f} s), peak PSS {peaks[size] / 2**20:.0f} MiB")
     step = model_step_seconds(batch, args.model_steps)
     print(f"model step at the paper's sizes, batch of {args.batch}: {step:.2f} s (median of {args.model_steps}) = "
           f"{args.batch / step:.2f} posts/s")
     smallest, largest = min(args.sizes), max(args.sizes)
-    print(f"data path / model step: {min(rates.values()) / (args.batch / step):.0f}x (the slower pass against the "
-          f"model)")
-    print(f"peak RSS, {largest} against {smallest} posts: {peaks[largest] / peaks[smallest]:.2f}x "
+    print(f"data path / model step: {min(rates.values()) / (args.batch / step):.0f}x (the slower collection's posts/s "
+          f"against the model's)")
+    print(f"peak PSS, {largest} against {smallest} posts: {peaks[largest] / peaks[smallest]:.2f}x "
           f"({peaks[smallest] / 2**20:.0f} -> {peaks[largest] / 2**20:.0f} MiB)")
 
 
