@@ -9,14 +9,15 @@ conversion, which reads and checks each picture), `muse_training.data.make_datal
 paper's 224x224 and normalised, the decoder's 32x32 copy), ``--per_device_train_batch_size`` posts a batch.
 
 Measured per collection: the seconds to the first batch (each worker fills its shuffle buffer first), then posts/s
-of the whole data path (read, convert, decode, process) over the next ``--timed_posts`` posts; then one full pass over the whole collection through the same loader and workers, every
-post read and its picture decoded and checked (the conversion; batches kept as they come, without the processor,
-whose cost per post does not depend on the collection), with its posts/s and the peak memory of the process and its
-loader workers together: their proportional set sizes (PSS, /proc/<pid>/smaps_rollup, so that the pages the forked
-workers share with the main process count once), sampled every 20 ms; then one training step of MuSE at the paper's sizes (as bench/training_step.py: BERT-base-sized text
-encoder, ResNet-152 at 224x224, 6-layer CrossTransformer, both decoders) on a batch the loader made, forward,
-backward and the scripts' AdamW, median of ``--model_steps`` after one warm-up step. The last lines compare the
-data path's posts/s with the model's and the peak memory of the largest collection with the smallest's.
+of the whole data path (read, convert, decode, process) over the next ``--timed_posts`` posts; then one full pass
+over the whole collection through the same loader and workers, every post read and its picture decoded and checked
+(the conversion; batches kept as they come, without the processor, whose cost per post does not depend on the
+collection), with its posts/s and the peak memory of the process and its loader workers together: their proportional
+set sizes (PSS, /proc/<pid>/smaps_rollup, so that the pages the forked workers share with the main process count
+once), sampled every 20 ms; then one training step of MuSE at the paper's sizes (as bench/training_step.py: BERT-
+base-sized text encoder, ResNet-152 at 224x224, 6-layer CrossTransformer, both decoders) on a batch the loader made,
+forward, backward and the scripts' AdamW, median of ``--model_steps`` after one warm-up step. The last lines compare
+the data path's posts/s with the model's and the peak memory of the largest collection with the smallest's.
 
     python bench/data_path.py [--sizes 10000 100000] [--timed_posts 2000] [--workers 2] [--batch 4] [--model_steps 1]
 """

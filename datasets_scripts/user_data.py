@@ -894,6 +894,6 @@ def _load_streamed(
 
 @dataclass
 class _ColumnsOnly:
-    """What `_columns` reads of a split: its column names (a streamed split's are read once, `_streamed_column_names`)."""
+    """What `_columns` reads of a split: its column names (a streamed split's, read once: `_streamed_column_names`)."""
 
     column_names: list[str]

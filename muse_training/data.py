@@ -137,7 +137,8 @@ def _settle_what_to_do(args: argparse.Namespace, raw: datasets.DatasetDict) -> N
         raise SystemExit(f"Nothing to do: --do_train, --do_eval and --do_predict are all off (splits: {sorted(raw)}).")
     label_column = "ner_tags" if args.task == "mner" else "label"
     if unlabeled_splits(raw, label_column):
-        if not any(label_column in dataset.column_names for dataset in raw.values()) and args.model_name_or_path is None:
+        labeled = any(label_column in dataset.column_names for dataset in raw.values())
+        if not labeled and args.model_name_or_path is None:
             raise SystemExit(
                 "No split of the data has labels, so the label names must come from a trained model: give "
                 "--model_name_or_path <a trained MuSE> to tag the test split, or add labels."

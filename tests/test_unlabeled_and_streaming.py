@@ -122,7 +122,8 @@ def test_a_test_split_without_labels_is_read_as_new_posts(tmp_path):
     assert loaded["test"].column_names == ["text", "image"]
     assert colour_of(loaded["test"][0]["image"]) in COLOURS
     # A labelled split still needs its labels: train without them is an error naming the column.
-    with pytest.raises(UserDataError, match=r"new-test.jsonl: no --label_column_name was given and 'ner_tags' is not one of its columns"):
+    with pytest.raises(UserDataError, match=r"new-test.jsonl: no --label_column_name was given and 'ner_tags' is not "
+                                            r"one of its columns"):
         load_user_dataset("mner", data_files={"train": new, "test": new})
 
 
@@ -197,7 +198,7 @@ def test_streamed_parquet_shards_give_the_same_posts_converted_lazily(tmp_path):
     cached = list((tmp_path / "datasets-cache").rglob("*.arrow"))
     assert not cached, f"streaming converted the data into the cache: {cached}"
     held = load_user_dataset("mner", dataset_name=str(folder))
-    assert list((tmp_path / "datasets-cache").rglob("*.arrow")), "the held conversion writes the cache (the check's check)"
+    assert list((tmp_path / "datasets-cache").rglob("*.arrow")), "the held conversion writes the cache"
     for split in ("train", "validation", "test"):
         assert _posts(streamed[split], NER_NAMES) == _posts(held[split], NER_NAMES), split
 
