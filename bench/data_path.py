@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import statistics
 import sys
@@ -95,7 +96,8 @@ def write_collection(folder: Path, posts: int, pictures: list[bytes]) -> int:
             tags = [list(rng.integers(0, len(LABELS), length)) for length in lengths]
             images = [{"bytes": pictures[row % PICTURES], "path": None} for row in rows]
             table = pa.Table.from_pydict({"tokens": tokens, "ner_tags": tags, "image": images}, schema=schema)
-            pq.write_table(table, folder / "data" / f"{split}-{shard:05d}-of-{count:05d}.parquet")
+            path = folder / "data" / f"{split}-{shard:05d}-of-{count:05d}.parquet"
+            pq.write_table(table, path)
     return sum(path.stat().st_size for path in (folder / "data").iterdir())
 
 
@@ -163,15 +165,16 @@ def timed_data_path(folder: Path, args: argparse.Namespace) -> tuple[float, floa
     return started - start, posts / (time.perf_counter() - started), first
 
 
-def full_pass(folder: Path, args: argparse.Namespace) -> tuple[int, float, int]:
-    """One pass over the whole collection (every picture decoded and checked): posts, seconds, peak PSS."""
-    posts = 0
+def full_pass(folder: Path, args: argparse.Namespace) -> tuple[int, float, int, int]:
+    """One pass over the whole collection (every picture decoded and checked): posts, seconds, the PSS before it and
+    its peak."""
+    posts, before = 0, _process_tree_pss(os.getpid())
     with PeakMemory() as memory:
         start = time.perf_counter()
         for rows in _loader(folder, args, lambda rows: len(rows)):
             posts += rows
         seconds = time.perf_counter() - start
-    return posts, seconds, memory.peak
+    return posts, seconds, before, memory.peak
 
 
 def model_step_seconds(batch: dict, steps: int) -> float:
@@ -210,15 +213,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="muse-data-path-") as scratch:
         for size in args.sizes:
             folder = Path(scratch, f"posts-{size}")
-            written = write_collection(folder, size, pictures)
+            # Written by a child process, so that what generating it allocates is not held in this one's heap.
+            with multiprocessing.get_context("spawn").Pool(1) as writer:
+                written = writer.apply(write_collection, (folder, size, pictures))
             first_batch_seconds, rates[size], first = timed_data_path(folder, args)
             batch = batch or first
-            posts, seconds, peaks[size] = full_pass(folder, args)
+            posts, seconds, before, peaks[size] = full_pass(folder, args)
             assert posts == size, (posts, size)
             print(f"{size:>7} posts ({written / 2**20:4.0f} MiB of Parquet, {max(1, size // ROWS_PER_SHARD)} shards): "
                   f"first batch after {first_batch_seconds:.0f} s, then data path {rates[size]:6.1f} posts/s (next "
                   f"{args.timed_posts}) | full pass, pictures decoded: "
-                  f"{posts / seconds:6.1f} posts/s ({seconds:.0f} s), peak PSS {peaks[size] / 2**20:.0f} MiB")
+                  f"{posts / seconds:6.1f} posts/s ({seconds:.0f} s), PSS {before / 2**20:.0f} MiB before it, peak "
+                  f"{peaks[size] / 2**20:.0f} MiB")
     step = model_step_seconds(batch, args.model_steps)
     print(f"model step at the paper's sizes, batch of {args.batch}: {step:.2f} s (median of {args.model_steps}) = "
           f"{args.batch / step:.2f} posts/s")
