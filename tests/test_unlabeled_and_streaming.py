@@ -219,6 +219,10 @@ def test_streamed_string_labels_need_label_names_and_missing_images_stop_at_the_
     with pytest.raises(MissingImagesError, match=r"test.jsonl \(a streamed post\): the image is missing.*"
                                                  r"--missing_images placeholder"):
         next(iter(streamed["test"]))
+    csv = picture_data.write_csv(tmp_path / "csv")
+    streamed = load_user_dataset("msa", data_files=csv, streaming=True, label_names=SENTIMENT_NAMES)
+    for row in streamed["test"]:
+        assert SENTIMENT_NAMES[row["label"]] == picture_data.SENTIMENT[colour_of(row["image"])]
     with pytest.raises(UserDataError, match="--streaming cannot cut a validation split out of train"):
         load_user_dataset("mner", data_files={"train": files["train"]}, streaming=True, label_names=NER_NAMES,
                           validation_split_percentage=10)
