@@ -76,15 +76,17 @@ def ner_predictions(
     split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
 ) -> list[dict[str, Any]]:
     """One row per post for ``predictions.jsonl``: its words, each word's predicted tag and CRF confidence, the gold
-    tags, the tags predicted with the picture withheld and whether the picture changed any tag
-    (``image_changed_prediction``). Words past the model's max_text_length sub-word tokens were not read: their tag
-    and score are null."""
+    tags (null for new posts without tags), the tags predicted with the picture withheld and whether the picture
+    changed any tag (``image_changed_prediction``). Words past the model's max_text_length sub-word tokens were not
+    read: their tag and score are null."""
     rows = []
-    for index, (post, predicted, gold, scores, blind) in enumerate(
-        zip(split.select_columns(["tokens", "ner_tags"]), evaluation.predictions, evaluation.labels, evaluation.scores,
-            without_image.predictions, strict=True)
+    labeled = evaluation.labels is not None
+    for index, (post, predicted, scores, blind) in enumerate(
+        zip(split.select_columns(["tokens", "ner_tags"] if labeled else ["tokens"]), evaluation.predictions,
+            evaluation.scores, without_image.predictions, strict=True)
     ):
-        words = gold != -100
+        # The CRF's tag sits at each word's first sub-token, -100 elsewhere (as the gold tags).
+        words = predicted != -100
         tags = [label_names[tag] for tag in predicted[words]]
         tags_without_image = [label_names[tag] for tag in blind[words]]
         confidences = [round(float(score), 6) for score in scores[words]]
@@ -95,7 +97,7 @@ def ner_predictions(
                 "tokens": post["tokens"],
                 "predicted_tags": tags + [None] * cut,
                 "scores": confidences + [None] * cut,
-                "gold_tags": [label_names[tag] for tag in post["ner_tags"]],
+                "gold_tags": [label_names[tag] for tag in post["ner_tags"]] if labeled else None,
                 "predicted_tags_without_image": tags_without_image + [None] * cut,
                 "image_changed_prediction": tags != tags_without_image,
             }
@@ -111,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # paper's elsewhere (muse_training.arguments.resolve_defaults).
     run = start_run(TASK, argv)
     args, accelerator, raw_datasets = run.args, run.accelerator, run.raw_datasets
-    label_names = raw_datasets[next(iter(raw_datasets))].features["ner_tags"].feature.names
+    labeled = [split for split in raw_datasets if "ner_tags" in raw_datasets[split].column_names]
+    label_names = raw_datasets[labeled[0]].features["ner_tags"].feature.names if labeled else None
 
     # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new CRF for other tags).
     model = load_model(args, MuSEForTokenClassification, label_names, TASK.head_modules)
@@ -126,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # Optimizer (separate learning rate for the CRF head), devices, schedule, and the state of a resumed run.
     model, optimizer, dataloaders = prepare_for_training(accelerator, model, dataloaders, TASK, args)
 
-    def evaluate(split: str, with_confidences: bool) -> dict[str, Any]:
+    def evaluate(split: str, with_confidences: bool) -> dict[str, Any] | None:
         # Every evaluation also scores the posts with their pictures withheld (muse_training.image_effect).
         unwrapped = accelerator.unwrap_model(model)
         evaluation, without_image = evaluate_with_and_without_pictures(
@@ -138,12 +141,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             losses_of=lambda outputs, batch: crf_loss_per_post(unwrapped, outputs, batch),
             scores_of=(lambda outputs, batch: word_confidences(unwrapped, outputs, batch)) if with_confidences else None,
         )
-        metrics = with_image_effect(ner_metrics(evaluation, label_names), ner_metrics(without_image, label_names))
-        if args.return_entity_level_metrics:
-            metrics.update(entity_level_metrics(evaluation, label_names))
         if with_confidences and accelerator.is_main_process:
             rows = ner_predictions(raw_datasets[split], evaluation, label_names, without_image)
             write_predictions(args.output_dir, rows)
+        if evaluation.labels is None:
+            # New posts without tags are tagged, not scored.
+            return None
+        metrics = with_image_effect(ner_metrics(evaluation, label_names), ner_metrics(without_image, label_names))
+        if args.return_entity_level_metrics:
+            metrics.update(entity_level_metrics(evaluation, label_names))
         return metrics
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.

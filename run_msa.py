@@ -40,7 +40,7 @@ from muse_training.evaluation import EvaluationOutput, evaluate_with_and_without
 from muse_training.image_effect import with_image_effect
 from muse_training.loop import prepare_for_training, start_run, train_evaluate_predict
 from muse_training.metrics import multi_label_metrics, regression_metrics, sentiment_metrics
-from muse_training.models import align_labels, load_model, model_label_names
+from muse_training.models import align_labels, load_model, model_label_names, problem_type_of
 from muse_training.predictions import write_predictions
 from muse_training.results import finish
 
@@ -85,22 +85,28 @@ def sentiment_predictions(
     split: Any, evaluation: EvaluationOutput, label_names: Sequence[str], without_image: EvaluationOutput
 ) -> list[dict[str, Any]]:
     """One row per post for ``predictions.jsonl``: its text, the predicted label, every class's probability, the
-    gold label, the label predicted with the picture withheld and whether the picture changed it."""
+    gold label (null for new posts), the label predicted with the picture withheld and whether the picture changed
+    it."""
     return [
         {
             "index": index,
             "text": post["text"],
             "predicted_label": label_names[predicted],
             "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probabilities, strict=True)},
-            "gold_label": label_names[post["label"]],
+            "gold_label": label_names[post["label"]] if "label" in post else None,
             "predicted_label_without_image": label_names[blind],
             "image_changed_prediction": bool(predicted != blind),
         }
         for index, (post, predicted, probabilities, blind) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores,
-                without_image.predictions, strict=True)
+            zip(_text_and_labels(split), evaluation.predictions, evaluation.scores, without_image.predictions,
+                strict=True)
         )
     ]
+
+
+def _text_and_labels(split: Any) -> Any:
+    """The split's text and labels, or only its text (new posts without labels)."""
+    return split.select_columns([column for column in ("text", "label") if column in split.column_names])
 
 
 def multi_label_predictions(
@@ -119,13 +125,13 @@ def multi_label_predictions(
             "text": post["text"],
             "predicted_labels": chosen(predicted),
             "scores": {name: round(float(score), 6) for name, score in zip(label_names, scores, strict=True)},
-            "gold_labels": [label_names[class_id] for class_id in post["label"]],
+            "gold_labels": [label_names[class_id] for class_id in post["label"]] if "label" in post else None,
             "predicted_labels_without_image": chosen(blind),
             "image_changed_prediction": chosen(predicted) != chosen(blind),
         }
         for index, (post, predicted, scores, blind) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, evaluation.scores,
-                without_image.predictions, strict=True)
+            zip(_text_and_labels(split), evaluation.predictions, evaluation.scores, without_image.predictions,
+                strict=True)
         )
     ]
 
@@ -140,12 +146,12 @@ def regression_predictions(
             "index": index,
             "text": post["text"],
             "predicted_value": round(float(predicted), 6),
-            "gold_value": post["label"],
+            "gold_value": post.get("label"),
             "predicted_value_without_image": round(float(blind), 6),
             "image_changed_prediction": round(float(predicted), 6) != round(float(blind), 6),
         }
         for index, (post, predicted, blind) in enumerate(
-            zip(split.select_columns(["text", "label"]), evaluation.predictions, without_image.predictions, strict=True)
+            zip(_text_and_labels(split), evaluation.predictions, without_image.predictions, strict=True)
         )
     ]
 
@@ -183,13 +189,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # paper's elsewhere (muse_training.arguments.resolve_defaults).
     run = start_run(TASK, argv)
     args, accelerator, raw_datasets = run.args, run.accelerator, run.raw_datasets
-    feature = raw_datasets[next(iter(raw_datasets))].features["label"]
-    problem_type = data_problem_type(feature)
-    task = task_for(problem_type)
-    if problem_type == REGRESSION:
+    labeled = [split for split in raw_datasets if "label" in raw_datasets[split].column_names]
+    feature = raw_datasets[labeled[0]].features["label"] if labeled else None
+    if feature is None:
+        # New posts without labels: the trained model's labels and problem type are the run's.
+        problem_type, label_names = problem_type_of(args.loaded_configs.model_config), None
+    elif (problem_type := data_problem_type(feature)) == REGRESSION:
         label_names = [args.label_column_name or "label"]
     else:
         label_names = (feature if problem_type == SINGLE_LABEL else feature.feature).names
+    task = task_for(problem_type)
 
     # Model: pretrained towers around newly initialised MuSE layers, or a trained MuSE (a new head for other classes
     # or another problem type).
@@ -225,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return multi_label_predictions(raw_datasets[split], evaluation, label_names, without_image)
         return sentiment_predictions(raw_datasets[split], evaluation, label_names, without_image)
 
-    def evaluate(split: str, with_predictions: bool) -> dict[str, Any]:
+    def evaluate(split: str, with_predictions: bool) -> dict[str, Any] | None:
         # Every evaluation also scores the posts with their pictures withheld (muse_training.image_effect).
         evaluation, without_image = evaluate_with_and_without_pictures(
             accelerator,
@@ -238,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         if with_predictions and accelerator.is_main_process:
             write_predictions(args.output_dir, prediction_rows(split, evaluation, without_image))
+        if evaluation.labels is None:
+            # New posts without labels are labelled, not scored.
+            return None
         return with_image_effect(metrics_of(evaluation), metrics_of(without_image))
 
     # Train with validation after every epoch, keeping the best model; then score it on validation and test.

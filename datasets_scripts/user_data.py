@@ -171,10 +171,12 @@ def _check_no_links_out(folder: Path) -> None:
                 )
 
 
-def _load_raw(source: _Source, cache_dir: str | os.PathLike | None) -> datasets.DatasetDict:
+def _load_raw(
+    source: _Source, cache_dir: str | os.PathLike | None, streaming: bool = False
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     kwargs = {key: value for key, value in source.load_kwargs.items() if value is not None}
     try:
-        loaded = datasets.load_dataset(*source.load_args, cache_dir=cache_dir, **kwargs)
+        loaded = datasets.load_dataset(*source.load_args, cache_dir=cache_dir, streaming=streaming, **kwargs)
     except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
         hint = (
             " As a Hub dataset id it needs the Hugging Face Hub (or a copy in the datasets cache); a local dataset "
@@ -183,12 +185,14 @@ def _load_raw(source: _Source, cache_dir: str | os.PathLike | None) -> datasets.
             else ""
         )
         raise UserDataError(f"Could not load {source.description}: {error}{hint}") from error
-    if not isinstance(loaded, datasets.DatasetDict):
+    if isinstance(loaded, datasets.IterableDataset):
+        loaded = datasets.IterableDatasetDict({"train": loaded})
+    elif not isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
 
 
-def _rename_splits(raw: datasets.DatasetDict) -> datasets.DatasetDict:
+def _rename_splits(raw: datasets.DatasetDict | datasets.IterableDatasetDict) -> datasets.DatasetDict:
     splits = dict(raw)
     if "validation" not in splits:
         for name in _VALIDATION_NAMES[1:]:
@@ -201,14 +205,18 @@ def _rename_splits(raw: datasets.DatasetDict) -> datasets.DatasetDict:
             f"The data has splits {sorted(splits)}; MuSE trains on 'train', selects the model on 'validation' "
             f"(also read from 'valid' or 'dev') and scores it on 'test'. Rename or remove {unused}."
         )
-    return datasets.DatasetDict(splits)
+    return type(raw)(splits)
 
 
 def _columns(task: str, raw: datasets.DatasetDict, given: Sequence[str | None], source: _Source) -> tuple[str, str, str]:
+    """The (text, label, image) columns; the label column may be absent from the test split only (new posts to tag,
+    `_unlabeled_splits`)."""
     chosen = []
     for name, default, argument in zip(given, DEFAULT_COLUMNS[task], _COLUMN_ARGUMENTS, strict=True):
         column = name or default
         for split, dataset in raw.items():
+            if argument == "--label_column_name" and split == "test":
+                continue
             if column not in dataset.column_names:
                 why = f"{argument} {column!r} is not" if name else f"no {argument} was given and {column!r} is not"
                 raise UserDataError(
@@ -217,6 +225,17 @@ def _columns(task: str, raw: datasets.DatasetDict, given: Sequence[str | None], 
                 )
         chosen.append(column)
     return tuple(chosen)
+
+
+def _unlabeled_splits(raw: Mapping[str, Any], label_column: str) -> set[str]:
+    """The test split when it has no labels (new posts, which the scripts tag without scoring): no label column, or
+    one without a value (`datasets` gives the files of several splits the same columns, filling in nulls)."""
+    test = raw.get("test")
+    if test is None:
+        return set()
+    if label_column not in test.column_names or all(value is None for value in test[label_column]):
+        return {"test"}
+    return set()
 
 
 def _class_label(feature: Any) -> datasets.ClassLabel | None:
@@ -233,7 +252,7 @@ def _split_class_labels(
     whether the column holds lists of it."""
     features = [dataset.features[label_column] for dataset in raw.values()]
     class_labels = [_class_label(feature) for feature in features]
-    if not all(class_labels):
+    if not class_labels or not all(class_labels):
         return None, False
     names = list(class_labels[0].names)
     if any(list(label.names) != names for label in class_labels):
@@ -400,30 +419,49 @@ class _Canonical:
     allow_private_urls: bool = False
     # Sentiment only: the label column's problem type (`_sentiment_labels`).
     problem_type: str | None = None
+    # A test split without labels (`_unlabeled_splits`): its posts are read without them.
+    labeled: bool = True
+    # Streaming: a missing or unreadable image stops the run at its row (under "error"), as nothing is listed first.
+    stop_at_missing_image: bool = False
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         text_column, label_column, image_column = self.columns
+        rows = batch[_ROW] if _ROW in batch else [None] * len(batch[text_column])
         texts, labels, images, problems = [], [], [], []
-        for row, text, label, image in zip(
-            batch[_ROW], batch[text_column], batch[label_column], batch[image_column], strict=True
-        ):
+        for position, (row, text, image) in enumerate(zip(rows, batch[text_column], batch[image_column], strict=True)):
+            label = batch[label_column][position] if label_column in batch else None
+            if not self.labeled and label is not None:
+                # A streamed test split is taken as unlabeled by its first post (`_load_streamed`).
+                raise UserDataError(
+                    f"{self._where(row)}: {label_column!r} is {quoted(label)}, but the split's first post has no "
+                    f"label, so it is read as new posts to tag; give every post its label, or none."
+                )
             if self.task == "mner":
                 words = self._words(row, text)
-                labels.append(self._tags(row, words, label))
+                if self.labeled:
+                    labels.append(self._tags(row, words, label))
                 texts.append(words)
             else:
                 texts.append(self._text(row, text))
-                labels.append(self._sentiment_label(label))
+                if self.labeled:
+                    labels.append(self._sentiment_label(label))
             value, problem = self._image(image)
+            if problem is not None and self.stop_at_missing_image:
+                raise MissingImagesError(
+                    f"{self._where(row)}: the image is {problem}. Pass --missing_images placeholder "
+                    f"(missing_images='placeholder') to replace such images by the grey placeholder."
+                )
             images.append(value)
             problems.append(problem)
         names = ("tokens", "ner_tags") if self.task == "mner" else ("text", "label")
         problems = [None if problem is None else f"{self.split_name} row {row}: {problem}"
-                    for row, problem in zip(batch[_ROW], problems, strict=True)]
-        return {names[0]: texts, names[1]: labels, "image": images, "image_problem": problems}
+                    for row, problem in zip(rows, problems, strict=True)]
+        labels_column = {names[1]: labels} if self.labeled else {}
+        return {names[0]: texts, **labels_column, "image": images, "image_problem": problems}
 
-    def _where(self, row: int) -> str:
-        return f"{self.split_name} row {row}"
+    def _where(self, row: int | None) -> str:
+        # A streamed post has no row number that holds across the loader's workers and processes.
+        return f"{self.split_name} row {row}" if row is not None else f"{self.split_name} (a streamed post)"
 
     def _words(self, row: int, words: Any) -> list[str]:
         if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
@@ -442,6 +480,13 @@ class _Canonical:
             )
         if self.label_is_class:
             return list(tags)
+        unknown = [tag for tag in tags if tag not in self.label_names]
+        if unknown:
+            # Only streamed data can get here: otherwise the label list was built from every tag.
+            raise UserDataError(
+                f"{self._where(row)}: the tag {quoted(unknown[0])} is not one of --label_names {self.label_names}; "
+                f"name every tag of the data there."
+            )
         return [self.label_names.index(tag) for tag in tags]
 
     def _text(self, row: int, text: Any) -> str:
@@ -460,6 +505,12 @@ class _Canonical:
             return list(dict.fromkeys(ids))
         if self.label_is_class:
             return label
+        if str(label) not in self.label_names:
+            # Only streamed data can get here: otherwise the label list was built from every label.
+            raise UserDataError(
+                f"{self._where(None)}: the label {quoted(label)} is not one of --label_names {self.label_names}; "
+                f"name every label of the data there."
+            )
         return self.label_names.index(str(label))
 
     def _image(self, image: Any) -> tuple[dict[str, Any], str | None]:
@@ -541,9 +592,12 @@ def _inside(path: Path, folders: Sequence[str]) -> bool:
     return any(real != folder and os.path.commonpath([real, folder]) == folder for folder in folders)
 
 
-def _features(task: str, label_names: list[str], problem_type: str | None) -> datasets.Features:
+def _features(task: str, label_names: list[str], problem_type: str | None, labeled: bool = True) -> datasets.Features:
     label = datasets.ClassLabel(names=label_names)
-    if task == "mner":
+    if not labeled:
+        columns = {"tokens": datasets.List(datasets.Value("string"))} if task == "mner" else {
+            "text": datasets.Value("string")}
+    elif task == "mner":
         columns = {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(label)}
     elif problem_type == "regression":
         columns = {"text": datasets.Value("string"), "label": datasets.Value("float64")}
@@ -597,8 +651,10 @@ def load_user_dataset(
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     allow_private_urls: bool = False,
     problem_type: str | None = None,
+    streaming: bool = False,
+    label_names: Sequence[str] | None = None,
     num_proc: int | None = None,
-) -> datasets.DatasetDict:
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Load a dataset of the user's as the training scripts' splits (see the module docstring).
 
     Args:
@@ -606,7 +662,8 @@ def load_user_dataset(
         dataset_name: a Hub dataset id or a local dataset folder (what `datasets.load_dataset` reads); or
         data_files: split (``train`` / ``validation`` / ``test``) -> a CSV, JSON (lines) or Parquet file.
         dataset_config_name: the dataset's configuration, if it has several.
-        text_column, label_column, image_column: the columns; ``None`` looks for the task's default names.
+        text_column, label_column, image_column: the columns; ``None`` looks for the task's default names. The test
+            split may lack the label column: its posts are new ones to tag (the split has no label column then).
         image_dir: where relative image paths resolve (default: the data file's folder, or the dataset folder).
         missing_images: ``"error"`` or ``"placeholder"``.
         validation_split_percentage: when the data has no validation split, this share of train (seeded by
@@ -617,10 +674,17 @@ def load_user_dataset(
             your own network); by default only public addresses are fetched (see `modeling_muse.url_fetch`).
         problem_type: sentiment only: ``"single_label_classification"``, ``"multi_label_classification"`` or
             ``"regression"``; ``None`` tells it from the label column (see the module docstring).
-        num_proc: processes of the conversion (``datasets.Dataset.map``'s ``num_proc``; None: this process).
+        streaming: read the data as it is iterated (`datasets.load_dataset(..., streaming=True)`), for collections
+            larger than memory or disk: the conversion runs lazily (``IterableDataset.map``), so images are read
+            and checked where the splits are iterated (a DataLoader's workers). The label names must then be known
+            without reading the data: a ``ClassLabel`` feature (Parquet written by `datasets`) or ``label_names``; a
+            missing image stops the iteration at its post under ``"error"``; a validation split is not cut from train.
+        label_names: streaming: the label list of string labels (NER: every BIO tag; sentiment: every class).
+        num_proc: processes of the conversion's ``Dataset.map`` (not streaming).
 
     Returns:
-        A ``DatasetDict`` with the splits the data has (``validation`` cut from train when asked).
+        A ``DatasetDict`` (``IterableDatasetDict`` when streaming) with the splits the data has (``validation`` cut
+        from train when asked).
 
     Raises:
         UserDataError: a missing column, split or file, a label or words that cannot be read, naming split and row.
@@ -634,6 +698,16 @@ def load_user_dataset(
     if (dataset_name is None) == (not data_files):
         raise UserDataError("Give either dataset_name (a Hub id or a folder) or data_files, not both or neither.")
     source = _source(dataset_name, dataset_config_name, data_files, image_dir)
+    if streaming:
+        return _load_streamed(
+            task, source, (text_column, label_column, image_column), missing_images, validation_split_percentage,
+            cache_dir, timeout, max_image_bytes, allow_private_urls, problem_type, label_names,
+        )  # fmt: skip
+    if label_names is not None:
+        raise UserDataError(
+            "--label_names is for --streaming only: without it the label list is read from the data (or its "
+            "ClassLabel feature); drop --label_names."
+        )
     raw = _rename_splits(_load_raw(source, cache_dir))
     raw = datasets.DatasetDict({split: data.add_column(_ROW, list(range(len(data)))) for split, data in raw.items()})
     origin = {split: split for split in raw}
@@ -654,21 +728,24 @@ def load_user_dataset(
             seed,
         )
     columns = _columns(task, raw, (text_column, label_column, image_column), source)
+    unlabeled = _unlabeled_splits(raw, columns[1])
+    labeled_raw = datasets.DatasetDict({split: data for split, data in raw.items() if split not in unlabeled})
     if task == "mner":
-        label_names = _label_names(raw, columns[1], source, origin)
+        label_names = _label_names(labeled_raw, columns[1], source, origin)
     else:
-        problem_type, label_names = _sentiment_labels(raw, columns[1], source, origin, problem_type)
+        problem_type, label_names = _sentiment_labels(labeled_raw, columns[1], source, origin, problem_type)
     canonical = {}
     for split, dataset in raw.items():
         if isinstance(dataset.features[columns[2]], datasets.Image):
             dataset = dataset.cast_column(columns[2], datasets.Image(decode=False))
         base_folder = source.base_folders.get(origin[split], source.base_folders.get("*"))
+        labeled = split not in unlabeled
         convert = _Canonical(
             task=task,
             split_name=source.split_name(origin[split]),
             columns=columns,
             label_names=label_names,
-            label_is_class=_class_label(dataset.features[columns[1]]) is not None,
+            label_is_class=labeled and _class_label(dataset.features[columns[1]]) is not None,
             problem_type=problem_type,
             base_folder=str(base_folder) if base_folder is not None else None,
             from_hub=source.from_hub,
@@ -676,15 +753,147 @@ def load_user_dataset(
             timeout=timeout,
             max_image_bytes=max_image_bytes,
             allow_private_urls=allow_private_urls,
+            labeled=labeled,
         )
         canonical[split] = dataset.map(
             convert,
             batched=True,
             remove_columns=dataset.column_names,
-            features=_features(task, label_names, problem_type),
-            desc=f"reading {split} images",
+            features=_features(task, label_names, problem_type, labeled),
             num_proc=num_proc,
+            desc=f"reading {split} images",
         )
     result = datasets.DatasetDict(canonical)
     _check_images(result, missing_images, source.description)
     return result.remove_columns("image_problem")
+
+
+def _streamed_column_names(dataset: datasets.IterableDataset) -> list[str]:
+    """A streamed split's columns: from its features, or (JSON lines, CSV: features unknown until read) its first
+    row."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    first = next(iter(dataset.take(1)), None)
+    return list(first) if first is not None else []
+
+
+def _streamed_labels(
+    task: str,
+    raw: datasets.IterableDatasetDict,
+    label_column: str,
+    unlabeled: set[str],
+    source: _Source,
+    problem_type: str | None,
+    label_names: Sequence[str] | None,
+) -> tuple[str | None, list[str]]:
+    """The problem type (sentiment) and label list of streamed data, from the ``ClassLabel`` features or
+    ``label_names``, since the data is not read before training."""
+    labeled = [dataset for split, dataset in raw.items() if split not in unlabeled]
+    features = [dataset.features[label_column] if dataset.features else None for dataset in labeled]
+    class_labels = [_class_label(feature) for feature in features]
+    if labeled and all(class_labels):
+        names = list(class_labels[0].names)
+        if any(list(label.names) != names for label in class_labels):
+            raise UserDataError(
+                f"{source.description}: the splits' {label_column!r} ClassLabels have different names; give every "
+                f"split the same label list."
+            )
+        if label_names is not None and list(label_names) != names:
+            raise UserDataError(
+                f"--label_names {list(label_names)}: the data's {label_column!r} ClassLabel names {names}; drop "
+                f"--label_names (the ClassLabel's are used)."
+            )
+        if task == "msa":
+            found = PROBLEM_TYPES[0] if isinstance(features[0], datasets.ClassLabel) else PROBLEM_TYPES[1]
+            if problem_type not in (None, found):
+                raise UserDataError(
+                    f"{source.description}: {label_column!r} is a ClassLabel column of {found}, not --problem_type "
+                    f"{problem_type}."
+                )
+            problem_type = found
+        return problem_type, names
+    if task == "msa" and (problem_type == "regression" or (
+        features and isinstance(features[0], datasets.Value) and features[0].dtype.startswith("float")
+    )):
+        return "regression", [label_column]
+    if label_names is None or not labeled:
+        if not labeled:
+            return problem_type, []
+        raise UserDataError(
+            f"{source.description}: --streaming reads the data while training, so the label names must be known "
+            f"before: the {label_column!r} column has no ClassLabel feature. Give the label list with --label_names "
+            f"(e.g. --label_names O B-PER I-PER ...), or store the labels as a ClassLabel (datasets.Dataset.to_parquet "
+            f"with a ClassLabel feature)."
+        )
+    if task == "mner":
+        bad = [name for name in label_names if not _BIO_TAG.match(name)]
+        if bad:
+            raise UserDataError(f"--label_names {bad[:LISTED]} are not BIO tags (O, B-<type>, I-<type>).")
+    return problem_type or (PROBLEM_TYPES[0] if task == "msa" else None), list(label_names)
+
+
+def _load_streamed(
+    task: str,
+    source: _Source,
+    given_columns: Sequence[str | None],
+    missing_images: str,
+    validation_split_percentage: int | None,
+    cache_dir: str | os.PathLike | None,
+    timeout: float,
+    max_image_bytes: int,
+    allow_private_urls: bool,
+    problem_type: str | None,
+    label_names: Sequence[str] | None,
+) -> datasets.IterableDatasetDict:
+    """`load_user_dataset` with ``streaming=True``: the same columns, converted lazily."""
+    raw = _rename_splits(_load_raw(source, cache_dir, streaming=True))
+    if "validation" not in raw and "train" in raw and validation_split_percentage:
+        raise UserDataError(
+            f"{source.description}: --streaming cannot cut a validation split out of train (the data is not held); "
+            f"give one: --validation_file, or a validation split in the dataset folder."
+        )
+    names = {split: _streamed_column_names(dataset) for split, dataset in raw.items()}
+    columns = _columns(task, {split: _ColumnsOnly(found) for split, found in names.items()}, given_columns, source)
+    unlabeled = set()
+    if "test" in raw and (
+        columns[1] not in names["test"] or next(iter(raw["test"].take(1)), {}).get(columns[1]) is None
+    ):
+        unlabeled = {"test"}
+    problem_type, label_names = _streamed_labels(task, raw, columns[1], unlabeled, source, problem_type, label_names)
+    streamed = {}
+    for split, dataset in raw.items():
+        if dataset.features is not None and isinstance(dataset.features.get(columns[2]), datasets.Image):
+            dataset = dataset.cast_column(columns[2], datasets.Image(decode=False))
+        base_folder = source.base_folders.get(split, source.base_folders.get("*"))
+        labeled = split not in unlabeled
+        convert = _Canonical(
+            task=task,
+            split_name=source.split_name(split),
+            columns=columns,
+            label_names=label_names,
+            label_is_class=labeled and dataset.features is not None
+            and _class_label(dataset.features.get(columns[1])) is not None,
+            problem_type=problem_type,
+            base_folder=str(base_folder) if base_folder is not None else None,
+            from_hub=source.from_hub,
+            trusted_folders=_download_caches(cache_dir),
+            timeout=timeout,
+            max_image_bytes=max_image_bytes,
+            allow_private_urls=allow_private_urls,
+            labeled=labeled,
+            stop_at_missing_image=missing_images == "error",
+        )
+        streamed[split] = dataset.map(
+            convert,
+            batched=True,
+            remove_columns=names[split],
+            features=_features(task, label_names, problem_type, labeled),
+        ).remove_columns(["image_problem"])
+    return datasets.IterableDatasetDict(streamed)
+
+
+@dataclass
+class _ColumnsOnly:
+    """What `_columns` reads of a split: its column names (a streamed split's, read once: `_streamed_column_names`)."""
+
+    column_names: list[str]

@@ -36,7 +36,8 @@ class MNERCollator:
         return self.processor(
             images=[row["image"] for row in rows],
             text=[row["tokens"] for row in rows],
-            word_labels=[row["ner_tags"] for row in rows],
+            # New posts to tag have no tags.
+            word_labels=[row["ner_tags"] for row in rows] if "ner_tags" in rows[0] else None,
             return_tensors="pt",
             warn=False,
         )
@@ -68,6 +69,8 @@ class MSACollator:
         batch = self.processor(
             images=[row["image"] for row in rows], text=[row["text"] for row in rows], return_tensors="pt", warn=False
         )
+        if "label" not in rows[0]:
+            return batch  # new posts to tag have no labels
         labels = [row["label"] for row in rows]
         if self.problem_type == MULTI_LABEL:
             multi_hot = torch.zeros(len(rows), self.num_labels)

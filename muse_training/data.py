@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.data_loader import prepare_data_loader
 from accelerate.logging import get_logger
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from configuration_muse import MuSEConfig
@@ -22,7 +24,18 @@ from processing_muse import MuSEProcessor, split_words_with_offsets
 from .logs import silenced
 from .markdown import code_span
 
-__all__ = ["SPLITS", "build_processor", "describe_data", "load_splits", "make_dataloaders", "report_splits"]
+__all__ = [
+    "SPLITS",
+    "build_processor",
+    "describe_data",
+    "is_streamed",
+    "load_splits",
+    "make_dataloaders",
+    "prepare_streamed_loaders",
+    "report_splits",
+    "unlabeled_splits",
+    "while_every_process_has_a_batch",
+]
 
 logger = get_logger(__name__)
 
@@ -68,6 +81,8 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
                     cache_dir=args.dataset_cache_dir,
                     allow_private_urls=args.allow_private_urls,
                     problem_type=args.problem_type,
+                    streaming=args.streaming,
+                    label_names=args.label_names,
                     num_proc=args.preprocessing_num_workers,
                 )
     except (UserDataError, MissingImagesError, OutsideFolderError) as error:
@@ -79,6 +94,10 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
         ) from error
     _settle_what_to_do(args, raw)
     limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+    if is_streamed(raw):
+        return datasets.IterableDatasetDict(
+            {split: raw[split].take(limits[split]) if limits[split] else raw[split] for split in SPLITS if split in raw}
+        )
     return datasets.DatasetDict(
         {
             split: raw[split].select(range(min(limits[split], len(raw[split]))))
@@ -88,6 +107,16 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> datasets.
             if split in raw
         }
     )
+
+
+def is_streamed(splits: Any) -> bool:
+    """Whether the splits are read as they are iterated (``--streaming``), their lengths unknown."""
+    return isinstance(splits, datasets.IterableDatasetDict) or isinstance(splits, datasets.IterableDataset)
+
+
+def unlabeled_splits(raw_datasets: Any, label_column: str) -> list[str]:
+    """The splits without labels (a test split of new posts: `datasets_scripts.user_data`), tagged without scores."""
+    return [split for split in raw_datasets if label_column not in raw_datasets[split].column_names]
 
 
 def _settle_what_to_do(args: argparse.Namespace, raw: datasets.DatasetDict) -> None:
@@ -106,6 +135,16 @@ def _settle_what_to_do(args: argparse.Namespace, raw: datasets.DatasetDict) -> N
         )
     if not (args.do_train or args.do_eval or args.do_predict):
         raise SystemExit(f"Nothing to do: --do_train, --do_eval and --do_predict are all off (splits: {sorted(raw)}).")
+    label_column = "ner_tags" if args.task == "mner" else "label"
+    if unlabeled_splits(raw, label_column):
+        labeled = any(label_column in dataset.column_names for dataset in raw.values())
+        if not labeled and args.model_name_or_path is None:
+            raise SystemExit(
+                "No split of the data has labels, so the label names must come from a trained model: give "
+                "--model_name_or_path <a trained MuSE> to tag the test split, or add labels."
+            )
+        if args.do_predict:
+            logger.warning("The test split has no labels: predictions only (predictions.jsonl, no test score).")
     if not args.do_train and args.model_name_or_path is None:
         raise SystemExit(
             "The data has no train split and no --model_name_or_path was given: a fresh MuSE must be trained before "
@@ -150,11 +189,19 @@ def report_splits(
     """
     reports, placeholders, images = {}, 0, 0
     unknown = processor.tokenizer.unk_token
+    if is_streamed(raw_datasets):
+        # Counting would read the whole collection once more before training.
+        logger.info(
+            "%s: streamed (--streaming); posts, placeholder images and cut words are not counted ahead of training.",
+            ", ".join(raw_datasets),
+        )
+        return {}
     for split in raw_datasets:
         rows = raw_datasets[split]
         texts = rows[text_column]
         words = [text if isinstance(text, list) else split_words_with_offsets(text)[0] for text in texts]
-        report = processor.text_report(words, rows[label_column] if label_column else None)
+        labeled = label_column is not None and label_column in rows.column_names
+        report = processor.text_report(words, rows[label_column] if labeled else None)
         replaced = count_placeholder_images(rows)
         reports[split], placeholders, images = report, placeholders + replaced, images + len(rows)
         entities = f" ({report.cut_entities} entities)" if report.cut_entities is not None else ""
@@ -202,8 +249,12 @@ def make_dataloaders(
     ``collate_fn`` (the processor) on the fly; one for each split the data has."""
 
     def loader(split: str, batch_size: int) -> DataLoader:
+        rows = raw_datasets[split]
+        rows = rows.select_columns([column for column in columns if column in rows.column_names])
+        if is_streamed(raw_datasets):
+            return _streamed_loader(rows, split, batch_size, collate_fn, args)
         return DataLoader(
-            raw_datasets[split].select_columns(list(columns)),
+            rows,
             batch_size=batch_size,
             shuffle=split == "train",
             collate_fn=collate_fn,
@@ -221,6 +272,98 @@ def make_dataloaders(
     }
 
 
+def _streamed_loader(
+    rows: datasets.IterableDataset,
+    split: str,
+    batch_size: int,
+    collate_fn: Callable[[list[dict]], Any],
+    args: argparse.Namespace,
+) -> DataLoader:
+    """A loader over a streamed split: training data shuffled in a buffer (seeded; `fit` calls ``set_epoch``, which
+    reseeds it per epoch) and split between the processes with `datasets.distributed.split_dataset_by_node` (whole
+    shards each when their number divides evenly, else every n-th post), each worker reading its own shards.
+    `prepare_streamed_loaders` then keeps accelerate from splitting it again."""
+    if split == "train":
+        rows = rows.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
+        state = PartialState()
+        if state.num_processes > 1:
+            rows = split_dataset_by_node(rows, rank=state.process_index, world_size=state.num_processes)
+    else:
+        # Evaluation batches are read by the main process and sliced for each (`prepare_streamed_loaders`), so
+        # that every process runs as many batches and the last one's padding is dropped by gather_for_metrics.
+        batch_size *= PartialState().num_processes
+    workers = args.dataloader_num_workers
+    if workers > rows.num_shards:
+        logger.warning(
+            "%s: %d data loader workers for %d data files: each worker reads whole files, so %d stay idle; write "
+            "the data in more files (shards) to use them.",
+            split,
+            workers,
+            rows.num_shards,
+            workers - rows.num_shards,
+        )
+    return DataLoader(
+        rows,
+        batch_size=batch_size,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        # Without a generator of its own, starting an iteration draws the workers' base seed from the global RNG
+        # (dropout's), which an exact resumption must not see advance.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def prepare_streamed_loaders(accelerator: Accelerator, loaders: dict[str, DataLoader]) -> dict[str, DataLoader]:
+    """``accelerator.prepare`` for streamed loaders, with each split's own way of sharing the data out.
+
+    Training: batches placed on the device, not split again: `split_dataset_by_node` gave each process its share,
+    and accelerate would otherwise shard the `datasets.IterableDataset` once more (or, its default for an
+    IterableDataset, read every batch on the main process and dispatch slices). Validation and test: the main
+    process reads batches of ``per_device_eval_batch_size`` x processes and hands each process its slice
+    (``dispatch_batches`` with ``split_batches``), so that every process runs the same number of batches and
+    ``gather_for_metrics`` drops the padding of the last one.
+    """
+    prepared = {}
+    for split, loader in loaders.items():
+        training = split == "train"
+        prepared[split] = prepare_data_loader(
+            loader,
+            device=accelerator.device,
+            num_processes=1 if training else accelerator.num_processes,
+            process_index=0 if training else accelerator.process_index,
+            split_batches=not training,
+            put_on_device=True,
+            dispatch_batches=not training,
+            non_blocking=accelerator.non_blocking,
+        )
+    return prepared
+
+
+def while_every_process_has_a_batch(accelerator: Accelerator, batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches of one epoch of a streamed split, up to the first that some process lacks.
+
+    `split_dataset_by_node` may give the processes a few posts more or less; a process that trained on a batch the
+    others lack would wait for their gradients forever. The posts so left over are counted in the log.
+    """
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        have = torch.tensor([batch is not None], device=accelerator.device)
+        if bool(accelerator.gather(have).all()):
+            yield batch
+            continue
+        left = sum(1 for _ in iterator) + 1 if batch is not None else 0
+        # Counted over the processes, so that the main process, the one that logs, tells them all.
+        left = int(accelerator.gather(torch.tensor([left], device=accelerator.device)).sum())
+        if left:
+            logger.warning(
+                "%d batches of this epoch left unread, as a process's share of the streamed data ended before the "
+                "others' (write the data in shards of equal size to train on every post).",
+                left,
+            )
+        return
+
+
 def describe_data(args: argparse.Namespace, raw_datasets: datasets.DatasetDict) -> str:
     """One sentence for the model card: which data, how many posts per split, how many placeholder images.
 
@@ -232,6 +375,8 @@ def describe_data(args: argparse.Namespace, raw_datasets: datasets.DatasetDict) 
         source = "the trainer's own data"
     else:
         source = code_span(args.dataset_name)
+    if is_streamed(raw_datasets):
+        return f"{source}: {', '.join(raw_datasets)} splits, streamed."
     sizes = ", ".join(f"{len(raw_datasets[split])} {split}" for split in raw_datasets)
     placeholders = sum(count_placeholder_images(raw_datasets[split]) for split in raw_datasets)
     images = f"; {placeholders} of the images are grey placeholders for missing ones" if placeholders else ""

@@ -23,10 +23,11 @@ __all__ = ["EvaluationOutput", "evaluate_model", "evaluate_with_and_without_pict
 
 @dataclass
 class EvaluationOutput:
-    """A whole split's predictions and labels, gathered over processes without duplicates, and its mean task loss."""
+    """A whole split's predictions and labels, gathered over processes without duplicates, and its mean task loss
+    (``labels`` None and ``loss`` NaN for a split without labels: new posts, tagged only)."""
 
     predictions: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     loss: float
     scores: np.ndarray | None = None
 
@@ -55,19 +56,25 @@ def evaluate_model(
     """
     model.eval()
     stores: list[list[np.ndarray]] = [[], [], [], []]
+    labeled = True
     for batch in dataloader:
         if placeholder_pixel_values is not None:
             pictures = batch["pixel_values"]
             placeholder = placeholder_pixel_values.to(device=pictures.device, dtype=pictures.dtype)
             batch = {**batch, "pixel_values": placeholder.expand(len(pictures), -1, -1, -1)}
         outputs = model(**batch)
-        per_position = [predictions_of(outputs), batch["labels"]]
+        labeled = "labels" in batch
+        # A split without labels (new posts) stands its predictions in for them, so that the stores keep their places.
+        predictions = predictions_of(outputs)
+        per_position = [predictions, batch["labels"] if labeled else predictions]
         if scores_of is not None:
             per_position.append(scores_of(outputs, batch).detach().float())
         if per_position[0].dim() == 2:
             # Each batch is padded to its own longest post, so processes may hold different widths.
             per_position = [accelerator.pad_across_processes(values, dim=1, pad_index=-100) for values in per_position]
-        per_position.insert(2, losses_of(outputs, batch).detach().float())
+        losses = losses_of(outputs, batch).detach().float() if labeled else predictions.new_full(
+            (predictions.shape[0],), float("nan"), dtype=torch.float32)
+        per_position.insert(2, losses)
         gathered = accelerator.gather_for_metrics(tuple(per_position))
         for store, values in zip(stores, gathered, strict=False):
             store.append(values.cpu().numpy())
@@ -76,7 +83,7 @@ def evaluate_model(
     mean_loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else float("nan")
     return EvaluationOutput(
         _concatenate_rows(predictions),
-        _concatenate_rows(labels),
+        _concatenate_rows(labels) if labeled else None,
         mean_loss,
         _concatenate_rows(scores) if scores else None,
     )

@@ -34,7 +34,7 @@ from .checkpoints import (
     save_model,
     training_arguments,
 )
-from .data import load_splits
+from .data import load_splits, prepare_streamed_loaders, while_every_process_has_a_batch
 from .divergence import NonFiniteLossGuard, check_validation_loss, check_weights_finite
 from .evaluation import use_best_model
 from .hub_upload import create_hub_repo
@@ -130,6 +130,9 @@ def prepare_for_training(
     """The optimizer (a separate learning rate for the task head; none without ``--do_train``), and the model,
     optimizer and data loaders placed by ``accelerator.prepare`` on the devices and processes of the launch."""
     optimizer = create_optimizer(model, task.head_modules, args) if args.do_train else None
+    if args.streaming:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        return model, optimizer, prepare_streamed_loaders(accelerator, dataloaders)
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *dataloaders.values())
     return model, optimizer, dict(zip(dataloaders, prepared, strict=True))
 
@@ -168,13 +171,14 @@ def fit(
     if args.with_tracking:
         accelerator.init_trackers(f"run_{args.task}", _tracker_config(args))
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    streamed = schedule.steps_per_epoch is None
     logger.info(
-        "Training on %d posts: %d epochs, %d optimizer steps (%d per epoch, %d warm-up), %d posts per step "
+        "Training on %s posts: %s epochs, %d optimizer steps (%s per epoch, %d warm-up), %d posts per step "
         "(%d per process x %d processes x %d accumulated batches)",
-        len(train_dataloader.dataset),
-        schedule.num_train_epochs,
+        "streamed" if streamed else len(train_dataloader.dataset),
+        f"at most {schedule.num_train_epochs}" if streamed else schedule.num_train_epochs,
         schedule.max_train_steps,
-        schedule.steps_per_epoch,
+        "unknown" if streamed else schedule.steps_per_epoch,
         schedule.num_warmup_steps,
         total_batch_size,
         args.per_device_train_batch_size,
@@ -240,6 +244,9 @@ class _Training:
                 train_dataloader, progress.epoch_step * args.gradient_accumulation_steps
             )
         progress.epoch = epoch
+        if self.schedule.steps_per_epoch is None and accelerator.num_processes > 1:
+            # Streamed shares differ in length: the epoch ends for every process when one's share ends.
+            batches = while_every_process_has_a_batch(accelerator, batches)
         samples_trained = 0
         for batch in batches:
             # Checked before the step, not after it: a run resumed from its final step must not train further.

@@ -76,7 +76,10 @@ def align_labels(
 
     For a trained model whose labels are the data's in another order: the model keeps its head, the data follows.
     """
-    feature = raw_datasets[next(iter(raw_datasets))].features[column]
+    labeled = [split for split in raw_datasets if column in raw_datasets[split].column_names]
+    if not labeled:
+        return raw_datasets
+    feature = raw_datasets[labeled[0]].features[column]
     is_list = not isinstance(feature, datasets.ClassLabel)
     current = list((feature.feature if is_list else feature).names)
     if current == list(label_names):
@@ -91,18 +94,21 @@ def align_labels(
 
     aligned = {}
     for split, dataset in raw_datasets.items():
+        if split not in labeled:
+            aligned[split] = dataset
+            continue
         features = dataset.features.copy()
         features[column] = datasets.List(target) if is_list else target
         aligned[split] = dataset.map(
             renumber, batched=True, features=features, desc=f"{split}: the model's label ids", num_proc=num_proc
         )
-    return datasets.DatasetDict(aligned)
+    return type(raw_datasets)(aligned)
 
 
 def load_model(
     args: argparse.Namespace,
     model_class: type[MuSEPreTrainedModel],
-    label_names: Sequence[str],
+    label_names: Sequence[str] | None,
     head_modules: Sequence[str],
     problem_type: str | None = None,
 ) -> MuSEPreTrainedModel:
@@ -129,7 +135,7 @@ def enable_gradient_checkpointing(model: MuSEPreTrainedModel) -> None:
 def build_model(
     args: argparse.Namespace,
     model_class: type[MuSEPreTrainedModel],
-    label_names: Sequence[str],
+    label_names: Sequence[str] | None,
     head_modules: Sequence[str],
     problem_type: str | None = None,
     loaded_configs: LoadedConfigs | None = None,
@@ -145,7 +151,9 @@ def build_model(
     ``config.problem_type``, when one is given); otherwise its ``head_modules`` are replaced by newly initialised
     ones for ``label_names`` and ``problem_type``, with a warning naming the old and the new head.
     """
-    id2label = dict(enumerate(label_names))
+    if label_names is None and args.model_name_or_path is None:
+        raise SystemExit("The data has no labels, so they must come from a trained model: give --model_name_or_path.")
+    id2label = dict(enumerate(label_names or ()))
     if args.model_name_or_path is None:
         text_config = loaded_configs and loaded_configs.text_config
         problem = {"problem_type": problem_type} if problem_type is not None else {}
@@ -167,7 +175,8 @@ def build_model(
     old_names, old_problem = model_label_names(model), problem_type_of(model.config)
     same_problem = problem_type is None or old_problem == problem_type
     # A regression head's one output fits any target; its name is the model's.
-    same_labels = sorted(old_names) == sorted(label_names) or problem_type == "regression"
+    # Data without labels (new posts to tag) takes the trained model's.
+    same_labels = label_names is None or sorted(old_names) == sorted(label_names) or problem_type == "regression"
     if same_problem and same_labels:
         return model
     old_head = f"the labels {old_names}" + (f" ({old_problem})" if problem_type is not None else "")

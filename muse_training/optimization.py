@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from transformers import get_scheduler
 
 __all__ = ["Schedule", "create_optimizer", "create_scheduler", "optimizer_parameter_groups"]
@@ -82,9 +82,9 @@ def create_optimizer(model: nn.Module, head_modules: Iterable[str], args: argpar
 
 @dataclass(frozen=True)
 class Schedule:
-    """Optimizer steps of the run, per process."""
+    """Optimizer steps of the run, per process (``steps_per_epoch`` None: streamed data, its length unknown)."""
 
-    steps_per_epoch: int
+    steps_per_epoch: int | None
     max_train_steps: int
     num_train_epochs: int
     num_warmup_steps: int
@@ -97,14 +97,24 @@ def create_scheduler(
 
     Call after `accelerator.prepare` so that ``len(train_dataloader)`` is the per-process number of batches.
     """
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    if isinstance(train_dataloader.dataset, IterableDataset):
+        # Streamed data (--streaming): its length is known only once it has been read.
+        if args.max_train_steps is None:
+            raise SystemExit(
+                "--streaming: the number of training posts is not known before they are read, so the schedule needs "
+                "--max_train_steps N (optimizer steps); the run stops there or after --num_train_epochs passes over "
+                "the data, whichever comes first."
+            )
+        steps_per_epoch, num_train_epochs = None, args.num_train_epochs
+        max_train_steps = args.max_train_steps
+    else:
+        steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+        max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+        num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
     num_warmup_steps = (
         args.num_warmup_steps if args.num_warmup_steps is not None else math.ceil(args.warmup_ratio * max_train_steps)
     )
-    schedule = Schedule(
-        steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch), num_warmup_steps
-    )
+    schedule = Schedule(steps_per_epoch, max_train_steps, num_train_epochs, num_warmup_steps)
     # A prepared scheduler advances num_processes times per optimizer step (accelerate counts samples, not steps),
     # so its horizon is scaled by the same factor.
     scheduler = get_scheduler(

@@ -19,7 +19,7 @@ from modeling_muse.hub import is_hub_id
 from .arguments import TaskInfo
 from .checkpoints import RESULTS_FILE
 from .loop import RunOutcome
-from .data import describe_data
+from .data import describe_data, is_streamed
 from .hub_upload import push_to_hub
 from .image_effect import effect_summary, effect_table_rows
 from .model_card import dataset_id, write_model_card
@@ -59,7 +59,8 @@ def finish(
     if test_metrics is not None:
         results.update(_flat_metrics("test", test_metrics))
     results.update(outcome.training_stats)
-    results.update({f"num_{split}_samples": len(raw_datasets[split]) for split in raw_datasets})
+    if not is_streamed(raw_datasets):
+        results.update({f"num_{split}_samples": len(raw_datasets[split]) for split in raw_datasets})
     results["wall_time_seconds"] = time.perf_counter() - start_time
     results = {name: value.item() if isinstance(value, np.generic) else value for name, value in results.items()}
     test_report = test_metrics.get("report") if test_metrics is not None else None

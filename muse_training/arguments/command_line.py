@@ -135,13 +135,34 @@ class DataArguments:
             "pretrained configuration)."
         },
     )
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader."})
+    dataloader_num_workers: int = field(
+        default=0,
+        metadata={"help": "Worker processes per data loader (they read, decode and process the images; with "
+                  "--streaming, each reads its own share of the data files)."},
+    )
     preprocessing_num_workers: int | None = field(
         default=None,
         metadata={
             "help": "Processes for the data preparation's datasets map steps (num_proc): reading your own data's "
             "images and labels, and renumbering labels to a trained model's order. Default: the main process only."
         },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Your own data: read it while training (datasets.load_dataset(..., streaming=True)) instead of "
+            "converting it first, for collections larger than memory or disk (Parquet shards with an Image column, "
+            "JSON lines). Needs --max_train_steps and a validation split; labels from a ClassLabel feature or "
+            "--label_names; shuffled in a buffer of --shuffle_buffer_size posts."
+        },
+    )
+    label_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "With --streaming and labels stored as strings: every label (NER: every BIO tag), in order."},
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000,
+        metadata={"help": "With --streaming: posts held to shuffle the training data (IterableDataset.shuffle)."},
     )
 
 

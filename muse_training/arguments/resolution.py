@@ -50,6 +50,7 @@ _POSITIVE = (
     "max_train_steps",
     "logging_steps",
     "save_total_limit",
+    "shuffle_buffer_size",
     "preprocessing_num_workers",
 )
 
@@ -190,6 +191,11 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(
             f"--problem_type {args.problem_type} is for run_msa.py on your own data (the paper's datasets are "
             f"single-label); drop it."
+        )
+    if args.streaming and args.data_source == "paper":
+        parser.error(
+            f"--streaming reads your own data (--dataset_name <folder or Hub id>, --train_file etc.); the paper's "
+            f"dataset {args.dataset_name} is converted once and held: drop --streaming."
         )
     if args.data_source != "paper":
         if args.data_dir is not None:
