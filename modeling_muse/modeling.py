@@ -17,18 +17,14 @@ so the fused cls slot is the fusion of the two mean-pooled embeddings.
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
-from torchcrf import CRF
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
@@ -36,16 +32,14 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedModel,
 )
-from transformers import initialization as init
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
 from .configuration_muse import MuSEConfig
 
-from .caption_decoder import UNIFORM_INIT_RANGE
 from .cross_transformer import CrossTransformer, with_mean_summary
 from .heads import CRFTaggingHead, SentimentHead, WordPositions
-from .image_encoder import INITIALISED_BY_TIMM, ImageEncoder
+from .image_encoder import ImageEncoder
 from .outputs import (
     MuSEModelOutput,
     MuSESequenceClassifierOutput,
@@ -58,9 +52,12 @@ from .input_checks import check_inputs
 from .regularizers import EmbeddingRegularizers, total_loss
 from .serving import custom_pipeline_entries, save_serving_files
 from .text_encoder import TextEncoder
+from .weight_initialization import initialize_module, initialize_timm_towers
+from .weights_check import ConfigurationWeightsMismatchError, check_configuration_against_weights
 
 __all__ = [
     "AUTO_MODEL_CLASSES",
+    "ConfigurationWeightsMismatchError",
     "MuSEForSequenceClassification",
     "MuSEForTokenClassification",
     "MuSEModel",
@@ -87,68 +84,17 @@ class MuSEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CrossTransformerLayer", "CaptionDecoder", "PixelCNNPlusPlusDecoder"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Every parameter and buffer gets the initialisation its own library gives it: transformers' for the text
-        encoder and a transformers vision tower (their own `_init_weights`), timm's for a timm tower, torch's for the
-        PixelCNN++ decoder's weight-normalised convolutions, pytorch-crf's for the CRF, and transformers' generic one
-        with MuSE's choices (docs/design.md) for the rest. Also what `from_pretrained` runs on weights a checkpoint
-        lacks (a served model's decoders, a tower left out), and `init_weights` after building on the meta device."""
-        if getattr(module, INITIALISED_BY_TIMM, False):
-            # Given by `initialize_weights`, for the whole backbone at once.
-            return
-        if parametrize.is_parametrized(module, "weight"):
-            # torch.nn.utils.parametrizations.weight_norm (the PixelCNN++ decoder): torch's default initialisation of
-            # the direction v, and the magnitude g = ||v|| that weight_norm starts from, so that weight = v at first.
-            weight_norm = module.parametrizations.weight
-            direction, magnitude = weight_norm.original1, weight_norm.original0
-            init.kaiming_uniform_(direction, a=math.sqrt(5))
-            init.copy_(magnitude, torch.norm_except_dim(direction, 2, weight_norm[0].dim))
-            if getattr(module, "bias", None) is not None:
-                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(direction)
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-                init.uniform_(module.bias, -bound, bound)
-            return
-        uniform_range = getattr(module, UNIFORM_INIT_RANGE, None)
-        if uniform_range is not None:
-            # Layers that ask for a small uniform initialisation (the caption decoder's word embeddings and output
-            # layer), with a zero bias.
-            init.uniform_(module.weight, -uniform_range, uniform_range)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-            return
-        super()._init_weights(module)
-        if isinstance(module, CrossTransformer):
-            # Paper section 4: the cls vectors use Kaiming initialisation.
-            for cls_vector in (module.text_cls, module.image_cls):
-                if cls_vector is not None:
-                    init.kaiming_normal_(cls_vector)
-        elif isinstance(module, nn.LSTMCell):
-            for name, parameter in module.named_parameters():
-                (init.xavier_uniform_ if "weight" in name else init.zeros_)(parameter)
-
-        elif isinstance(module, CRF):
-            # pytorch-crf's own initialisation, which the generic one would otherwise skip.
-            init.uniform_(module.start_transitions, -0.1, 0.1)
-            init.uniform_(module.end_transitions, -0.1, 0.1)
-            init.uniform_(module.transitions, -0.1, 0.1)
+        """Every parameter and buffer gets the initialisation its own library gives it (`initialize_module`); also
+        what `from_pretrained` runs on weights a checkpoint lacks (a served model's decoders, a tower left out), and
+        `init_weights` after building on the meta device."""
+        initialize_module(module, super()._init_weights)
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
         """transformers' `initialize_weights` (every module through `_init_weights`), then timm's initialisation of a
-        timm image tower's parameters and buffers that were not loaded: the tower's modules are skipped one by one by
-        `_init_weights` because timm initialises an architecture as a whole (zero-initialised last batch norms of
-        residual blocks, a ViT's position embeddings)."""
+        timm image tower's parameters and buffers that were not loaded (`initialize_timm_towers`)."""
         super().initialize_weights()
-        for module in self.modules():
-            if not (isinstance(module, ImageEncoder) and module.is_timm):
-                continue
-            tensors = module.backbone.state_dict(keep_vars=True)
-            # A checkpoint that holds the whole tower (every load of a saved model) leaves nothing to initialise:
-            # building a second backbone for its initial values would only cost time and memory.
-            if all(getattr(tensor, "_is_hf_initialized", False) for tensor in tensors.values()):
-                continue
-            initial = module.timm_initial_state()
-            for name, tensor in tensors.items():
-                init.copy_(tensor, initial[name])
+        initialize_timm_towers(self)
 
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, **kwargs
@@ -472,75 +418,6 @@ class MuSEModel(MuSEPreTrainedModel):
             **diagnostics,
         )
         return as_returned(self.config, outputs, return_dict)
-
-
-# How many bytes of weights a folder's configuration may ask for beyond what its weight files hold, whatever they hold:
-# new heads and the decoders of a small model fit in it; a configuration claiming far larger sizes does not.
-NEW_WEIGHTS_ALLOWANCE = 256 * 2**20
-
-
-class ConfigurationWeightsMismatchError(RuntimeError):
-    """A folder's configuration asks for weights its weight files do not hold (a RuntimeError, as transformers' own
-    size-mismatch error is)."""
-
-
-def check_configuration_against_weights(
-    model_class: type[PreTrainedModel],
-    config: PreTrainedConfig,
-    folder: Path,
-    subfolder: str = "",
-    ignore_mismatched_sizes: bool = False,
-) -> None:
-    """Refuse, before any memory is allocated, a configuration whose sizes disagree with the folder's weights.
-
-    ``model_class(config)`` is built on the meta device; each tensor of the folder's ``*.safetensors`` files is read
-    from the file header only. A tensor whose shape differs from the model's is refused (unless
-    ``ignore_mismatched_sizes``), and so is a configuration that asks for more bytes of weights that the files lack
-    (new decoders, heads, towers, and resized tensors) than the files hold, or than `NEW_WEIGHTS_ALLOWANCE`: every
-    legitimate addition to a saved MuSE (decoders for training on, a new head) is smaller than the model it is added
-    to.
-    """
-    weight_files = sorted((folder / subfolder).glob("*.safetensors"))
-    if not weight_files:
-        return
-    from safetensors import safe_open
-
-    with torch.device("meta"):
-        expected = {
-            name: (tuple(tensor.shape), tensor.element_size())
-            for name, tensor in model_class(copy.deepcopy(config)).state_dict().items()
-        }
-    prefix = f"{model_class.base_model_prefix}."
-    found, held_bytes = {}, 0
-    for weight_file in weight_files:
-        with safe_open(weight_file, framework="pt") as weights:
-            for key in weights.keys():
-                shape = tuple(weights.get_slice(key).get_shape())
-                name = key if key in expected else prefix + key if prefix + key in expected else key.removeprefix(prefix)
-                held_bytes += math.prod(shape) * expected.get(name, ((), 4))[1]
-                found[name] = (shape, weight_file.name)
-    new_bytes = 0
-    for name, (shape, element_size) in expected.items():
-        if name not in found:
-            new_bytes += math.prod(shape) * element_size
-            continue
-        file_shape, file_name = found[name]
-        if file_shape != shape:
-            if not ignore_mismatched_sizes:
-                raise ConfigurationWeightsMismatchError(
-                    f"{folder / 'config.json'} asks for {name} of shape {list(shape)}, but {file_name} holds "
-                    f"{list(file_shape)}: the configuration and the weights disagree. Use the configuration saved "
-                    f"with these weights, or pass ignore_mismatched_sizes=True to start the mismatched tensors afresh."
-                )
-            new_bytes += math.prod(shape) * element_size
-    if new_bytes > max(held_bytes, NEW_WEIGHTS_ALLOWANCE):
-        raise ConfigurationWeightsMismatchError(
-            f"{folder / 'config.json'} asks for {new_bytes / 2**20:.1f} MiB of weights that the folder's weight files "
-            f"({', '.join(file.name for file in weight_files)}) do not hold, more than the "
-            f"{held_bytes / 2**20:.1f} MiB they do hold (and than the {NEW_WEIGHTS_ALLOWANCE / 2**20:.0f} MiB any "
-            f"folder may add): the configuration does not describe these weights. Use the configuration saved with "
-            f"them."
-        )
 
 
 def layers_selected(
