@@ -17,23 +17,15 @@ import pytest
 import torch
 from transformers import PreTrainedConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The training scripts are files at the repository root, not package modules.
-sys.path.insert(0, str(REPO_ROOT))
+import run_mner
+import run_msa
+from modeling_muse import MuSEForTokenClassification
+from muse_training.arguments import parse_args
+from muse_training.metrics import entity_level_metrics
+from muse_training.models import build_model, load_model
+from tests.tiny_models import MINILM_DIR, NER_LABELS, save_tiny_checkpoints, tiny_config, tiny_script_arguments
 
-import run_mner  # noqa: E402
-import run_msa  # noqa: E402
-from modeling_muse import MuSEForTokenClassification  # noqa: E402
-from muse_training.arguments import parse_args  # noqa: E402
-from muse_training.metrics import entity_level_metrics  # noqa: E402
-from muse_training.models import build_model, load_model  # noqa: E402
-from tests.tiny_models import (  # noqa: E402
-    MINILM_DIR,
-    NER_LABELS,
-    save_tiny_checkpoints,
-    tiny_config,
-    tiny_script_arguments,
-)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

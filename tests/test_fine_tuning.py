@@ -23,13 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from muse_training.checkpoints import TrainingProgress
+from muse_training.divergence import check_validation_loss, check_weights_finite
+from tests import picture_data
+from tests.tiny_models import tiny_script_arguments
 
-from muse_training.checkpoints import TrainingProgress  # noqa: E402
-from muse_training.divergence import check_validation_loss, check_weights_finite  # noqa: E402
-from tests import picture_data  # noqa: E402
-from tests.tiny_models import tiny_script_arguments  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The small run of every test here: 24 training posts in batches of 4, 2 epochs, every step logged.
 SMALL_RUN = ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--max_train_samples", "24",

@@ -18,23 +18,17 @@ import pytest
 from local_server import QuietHandler, serving
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import reproduce
+import run_msa
+from datasets_scripts import MVSAFormatError, UMTFormatError, load_muse_dataset
+from datasets_scripts.umt import read_umt_file
+from modeling_muse.image_input import MAX_REDIRECTS, ImageFetchError, download_image_bytes, load_post_image
+from modeling_muse.url_fetch import is_usable_address
+from muse_training.arguments import parse_args
+from processing_muse import UnreadableImageError
+from tests.tiny_models import tiny_processor
 
-import reproduce  # noqa: E402
-import run_msa  # noqa: E402
-from datasets_scripts import MVSAFormatError, UMTFormatError, load_muse_dataset  # noqa: E402
-from datasets_scripts.umt import read_umt_file  # noqa: E402
-from modeling_muse.image_input import (  # noqa: E402
-    MAX_REDIRECTS,
-    ImageFetchError,
-    download_image_bytes,
-    load_post_image,
-)
-from modeling_muse.url_fetch import is_usable_address  # noqa: E402
-from muse_training.arguments import parse_args  # noqa: E402
-from processing_muse import UnreadableImageError  # noqa: E402
-from tests.tiny_models import tiny_processor  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------------- downloads
 
@@ -70,7 +64,6 @@ class _HostileServer(QuietHandler):
                     time.sleep(0.01)
         else:
             self.send_body(b"", {}, status=404)
-
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,15 @@ import pytest
 import torch
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import picture_data
+import run_msa
+from datasets_scripts import MissingImagesError, OutsideFolderError, load_muse_dataset
+from datasets_scripts.user_data import UserDataError, load_user_dataset
+from muse_training.checkpoint_files import UnsafeCheckpointFile, check_pickled_files, weights_only_loading
+from muse_training.hub_upload import files_to_upload
+from tests.tiny_models import tiny_msa_arguments
 
-import picture_data  # noqa: E402
-import run_msa  # noqa: E402
-from datasets_scripts import MissingImagesError, OutsideFolderError, load_muse_dataset  # noqa: E402
-from datasets_scripts.user_data import UserDataError, load_user_dataset  # noqa: E402
-from muse_training.checkpoint_files import UnsafeCheckpointFile, check_pickled_files, weights_only_loading  # noqa: E402
-from muse_training.hub_upload import files_to_upload  # noqa: E402
-from tests.tiny_models import tiny_msa_arguments  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Canary:

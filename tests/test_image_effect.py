@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import datasets
@@ -22,19 +21,17 @@ import torch
 from PIL import Image
 from transformers import Trainer, TrainingArguments
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import run_mner  # noqa: E402
-import run_msa  # noqa: E402
-from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification  # noqa: E402
-from muse_training.arguments import parse_args  # noqa: E402
-from muse_training.checkpoints import TrainingProgress  # noqa: E402
-from muse_training.collators import MNERCollator, MSACollator  # noqa: E402
-from muse_training.image_effect import effect_summary, effect_table_rows, with_image_effect  # noqa: E402
-from muse_training.model_card import write_model_card  # noqa: E402
-from tests import picture_data  # noqa: E402
-from tests.tiny_models import tiny_config, tiny_processor  # noqa: E402
+import run_mner
+import run_msa
+from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
+from muse_training.arguments import parse_args
+from muse_training.checkpoints import TrainingProgress
+from muse_training.collators import MNERCollator, MSACollator
+from muse_training.image_effect import effect_summary, effect_table_rows, with_image_effect
+from muse_training.model_card import write_model_card
+from tests import picture_data
+from tests.tiny_models import tiny_config, tiny_processor
 
 NER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 SENTIMENTS = ["negative", "neutral", "positive"]

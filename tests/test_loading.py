@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, ViTImageProcessor
 
-from modeling_muse import MuSEConfig, MuSEForSequenceClassification, MuSEForTokenClassification, MuSEModel
+from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification, MuSEModel
 from modeling_muse.image_input import placeholder_image
 from modeling_muse.modeling import ConfigurationWeightsMismatchError
 from tiny_models import MINILM_DIR, SENTIMENT_LABELS, TINY_DECODERS, tiny_config
@@ -253,7 +253,7 @@ def test_a_config_claiming_sizes_its_weights_lack_is_refused_before_allocating(t
     mismatched = _saved_with_config(tmp_path / "wider", intermediate_size=1 << 20)
     # A caption decoder the folder does not hold, of 2 x 30522 x 20000 weights.
     more_layers = _saved_with_config(tmp_path / "deeper", caption_loss_weight=0.1, caption_decoder_dim=20000)
-    script = f"""
+    script = """
 import resource, sys
 from modeling_muse import MuSEForTokenClassification
 from modeling_muse.modeling import ConfigurationWeightsMismatchError

@@ -10,7 +10,6 @@ MuSE with the text-only variant.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import datasets
@@ -19,20 +18,18 @@ import pytest
 from local_server import QuietHandler, serving
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import run_mner  # noqa: E402
-import run_msa  # noqa: E402
-from datasets_scripts import MissingImagesError  # noqa: E402
-from datasets_scripts.export import export_parquet  # noqa: E402
-from datasets_scripts.loading import load_muse_dataset  # noqa: E402
-from datasets_scripts.user_data import UserDataError, load_user_dataset, ner_label_list  # noqa: E402
-from muse_training.arguments import offline_text_model_path, parse_args  # noqa: E402
-from muse_training.data import load_splits  # noqa: E402
-from tests import picture_data  # noqa: E402
-from tests.picture_data import COLOURS, ENTITY_TYPE, SENTIMENT, colour_of  # noqa: E402
-from tests.tiny_models import tiny_processor, tiny_script_arguments  # noqa: E402
+import run_mner
+import run_msa
+from datasets_scripts import MissingImagesError
+from datasets_scripts.export import export_parquet
+from datasets_scripts.loading import load_muse_dataset
+from datasets_scripts.user_data import UserDataError, load_user_dataset, ner_label_list
+from muse_training.arguments import offline_text_model_path, parse_args
+from muse_training.data import load_splits
+from tests import picture_data
+from tests.picture_data import COLOURS, ENTITY_TYPE, SENTIMENT, colour_of
+from tests.tiny_models import tiny_processor, tiny_script_arguments
 
 
 @pytest.fixture

@@ -41,9 +41,10 @@ from muse_training.lora import (
     save_adapter,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 peft = pytest.importorskip("peft")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 WORDS = [["Lionel", "Messi", "visits", "Paris"], ["Obama", "meets", "Merkel", "in", "Berlin", "today"]]
 
 

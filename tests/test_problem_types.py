@@ -20,15 +20,14 @@ import pytest
 import torch
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import run_msa
+from datasets_scripts.user_data import UserDataError, load_user_dataset
+from muse_training.arguments import parse_args
+from muse_training.evaluation import EvaluationOutput
+from tests import picture_data
+from tests.tiny_models import tiny_config, tiny_processor, tiny_script_arguments
 
-import run_msa  # noqa: E402
-from datasets_scripts.user_data import UserDataError, load_user_dataset  # noqa: E402
-from muse_training.arguments import parse_args  # noqa: E402
-from muse_training.evaluation import EvaluationOutput  # noqa: E402
-from tests import picture_data  # noqa: E402
-from tests.tiny_models import tiny_config, tiny_processor, tiny_script_arguments  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 INTENSITY = {"red": -0.8, "green": 0.9, "blue": 0.1}
 LABEL_SETS = {"red": ["anger"], "green": ["joy", "surprise"], "blue": []}

@@ -25,21 +25,15 @@ from PIL import Image
 from tiny_models import MINILM_DIR, TINY_LENGTH, tiny_config, tiny_processor
 from transformers import pipeline
 
-from datasets_scripts import (
-    MT_PRODUCT_LABELS,
-    TWITTER2015_LABELS,
-    TWITTER2017_LABELS,
-    MissingImagesError,
-    UMTFormatError,
-    count_placeholder_images,
-    load_muse_dataset,
-)
+from datasets_scripts import MT_PRODUCT_LABELS, TWITTER2015_LABELS, TWITTER2017_LABELS, MissingImagesError
+from datasets_scripts import UMTFormatError, count_placeholder_images, load_muse_dataset
 from datasets_scripts.images import check_image_file
 from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
 from modeling_muse.image_input import load_post_image
 from processing_muse import TextReport, UnreadableImageError, load_rgb_image, placeholder_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
 REAL_TWITTER2017 = REPO_ROOT.parent / "shared" / "data" / "twitter2017"
 TEXT = "Lionel Messi visits Paris"
 

@@ -22,15 +22,14 @@ import pytest
 import yaml
 from transformers import BertConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import reproduce
+import run_mner
+import run_msa
+from configuration_muse import ABLATION_VARIANTS, MuSEConfig
+from muse_training.arguments import MUSE_ARGUMENTS, build_parser, read_args_file
+from muse_training.paper import DATASETS, MNER_RESULTS, MSA_RESULTS, SWEEPS, TABLE3_F1
 
-import reproduce  # noqa: E402
-import run_mner  # noqa: E402
-import run_msa  # noqa: E402
-from configuration_muse import ABLATION_VARIANTS, MuSEConfig  # noqa: E402
-from muse_training.arguments import MUSE_ARGUMENTS, build_parser, read_args_file  # noqa: E402
-from muse_training.paper import DATASETS, MNER_RESULTS, MSA_RESULTS, SWEEPS, TABLE3_F1  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = REPO_ROOT / "recipes"
 ALL_RECIPES = sorted(RECIPES.rglob("*.yaml"))

@@ -34,21 +34,15 @@ from test_handler import load_handler
 from test_real_world_inputs import png_chunk, png_header
 from tiny_models import save_tiny_checkpoints
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import run_msa
+from datasets_scripts.user_data import load_user_dataset
+from modeling_muse.image_input import DEFAULT_MAX_DECODED_BYTES, ImageFetchError, UnreadableImageError
+from modeling_muse.image_input import download_image_bytes, load_post_image
+from modeling_muse.url_fetch import is_public_address, is_usable_address
+from muse_training.arguments import parse_args
+from muse_training.data import load_splits
 
-import run_msa  # noqa: E402
-from datasets_scripts.user_data import load_user_dataset  # noqa: E402
-from modeling_muse.image_input import (  # noqa: E402
-    DEFAULT_MAX_DECODED_BYTES,
-    ImageFetchError,
-    UnreadableImageError,
-    download_image_bytes,
-    load_post_image,
-)
-from modeling_muse.url_fetch import is_public_address, is_usable_address  # noqa: E402
-from muse_training.arguments import parse_args  # noqa: E402
-from muse_training.data import load_splits  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TEXT = "Lionel Messi arrives in Paris with Neymar"
 

@@ -9,7 +9,6 @@ Tiny models (tests/tiny_models.py) on a dozen picture-coded posts (tests/picture
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import datasets
@@ -20,23 +19,15 @@ from PIL import Image
 from seqeval.metrics import f1_score as seqeval_f1
 from transformers import EvalPrediction, Trainer, TrainingArguments, pipeline
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import modeling_muse  # noqa: E402, F401  (registers MuSE and its pipelines)
-from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification  # noqa: E402
-from muse_training.collators import MULTI_LABEL, REGRESSION, MNERCollator, MSACollator  # noqa: E402
-from muse_training.evaluation import EvaluationOutput  # noqa: E402
-from muse_training.metrics import (  # noqa: E402
-    CRFTagDecoding,
-    NERMetrics,
-    SentimentMetrics,
-    multi_label_metrics,
-    ner_metrics,
-    regression_metrics,
-)
-from tests import picture_data  # noqa: E402
-from tests.tiny_models import tiny_config, tiny_processor  # noqa: E402
+import modeling_muse  # noqa: F401  (registers MuSE and its pipelines)
+from modeling_muse import MuSEForSequenceClassification, MuSEForTokenClassification
+from muse_training.collators import MULTI_LABEL, REGRESSION, MNERCollator, MSACollator
+from muse_training.evaluation import EvaluationOutput
+from muse_training.metrics import CRFTagDecoding, NERMetrics, SentimentMetrics
+from muse_training.metrics import multi_label_metrics, ner_metrics, regression_metrics
+from tests import picture_data
+from tests.tiny_models import tiny_config, tiny_processor
 
 NER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 SENTIMENTS = ["negative", "neutral", "positive"]

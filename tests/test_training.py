@@ -23,28 +23,21 @@ import numpy as np
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The training scripts are files at the repository root, not package modules.
-sys.path.insert(0, str(REPO_ROOT))
+import run_mner
+import run_msa
+from datasets_scripts import SAMPLE_DIR
+from muse_training import hub_upload
+from muse_training.arguments import offline_text_model_path, parse_args
+from muse_training.checkpoints import BEST_MODEL_MARKER, TrainingProgress, find_latest_checkpoint
+from muse_training.checkpoints import prepare_output_dir, save_checkpoint
+from muse_training.data import report_splits
+from muse_training.evaluation import EvaluationOutput
+from muse_training.hub_upload import files_to_upload, push_to_hub
+from muse_training.model_card import write_model_card
+from muse_training.optimization import create_optimizer, optimizer_parameter_groups
+from tests.tiny_models import tiny_script_arguments
 
-import run_mner  # noqa: E402
-import run_msa  # noqa: E402
-from datasets_scripts import SAMPLE_DIR  # noqa: E402
-from muse_training import hub_upload  # noqa: E402
-from muse_training.arguments import offline_text_model_path, parse_args  # noqa: E402
-from muse_training.checkpoints import (  # noqa: E402
-    BEST_MODEL_MARKER,
-    TrainingProgress,
-    find_latest_checkpoint,
-    prepare_output_dir,
-    save_checkpoint,
-)
-from muse_training.data import report_splits  # noqa: E402
-from muse_training.evaluation import EvaluationOutput  # noqa: E402
-from muse_training.hub_upload import files_to_upload, push_to_hub  # noqa: E402
-from muse_training.model_card import write_model_card  # noqa: E402
-from muse_training.optimization import create_optimizer, optimizer_parameter_groups  # noqa: E402
-from tests.tiny_models import tiny_script_arguments  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Time-derived entries differ between two runs of the same training.
 TIMING_KEYS = ("train_runtime_seconds", "train_samples_per_second", "wall_time_seconds")

@@ -8,7 +8,6 @@ The data is real files written here: JSON lines with image paths (tests/picture_
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import sys
@@ -19,16 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import run_mner
+import run_msa
+from datasets_scripts import MissingImagesError
+from datasets_scripts.user_data import UserDataError, load_user_dataset
+from tests import picture_data
+from tests.picture_data import COLOURS, colour_of
+from tests.tiny_models import tiny_script_arguments
 
-import run_mner  # noqa: E402
-import run_msa  # noqa: E402
-from datasets_scripts import MissingImagesError  # noqa: E402
-from datasets_scripts.user_data import UserDataError, load_user_dataset  # noqa: E402
-from tests import picture_data  # noqa: E402
-from tests.picture_data import COLOURS, colour_of  # noqa: E402
-from tests.tiny_models import tiny_script_arguments  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 NER_NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 SENTIMENT_NAMES = ["negative", "neutral", "positive"]
