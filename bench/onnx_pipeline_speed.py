@@ -16,15 +16,13 @@ difference; it ends with ``ONNX Runtime pipeline / eager pipeline at batch 16: X
 
 from __future__ import annotations
 
-import argparse
-import logging
 import tempfile
 from pathlib import Path
 
-import torch
-from pipeline_speed import BATCH_SIZES, best_time, build_checkpoints, make_posts
+from pipeline_speed import (
+    BATCH_SIZES, best_time, build_checkpoints, make_posts, pipeline_benchmark_parser, quiet_benchmark_process,
+)
 from transformers import pipeline
-from transformers.utils import logging as transformers_logging
 
 from modeling_muse import ORTMuSEModel
 from modeling_muse.export_onnx import export_onnx
@@ -46,18 +44,14 @@ def largest_score_difference(left: list[list[dict]], right: list[list[dict]]) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--posts", type=int, default=64, help="posts per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest counts")
-    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads")
+    parser = pipeline_benchmark_parser(
+        __doc__.split("\n\n")[0], repeats=3, threads_help="torch and ONNX Runtime intra-op threads"
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the eager pipeline (default cpu)")
     args = parser.parse_args()
     import onnxruntime
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    logging.getLogger("processing_muse").setLevel(logging.ERROR)
-    transformers_logging.disable_progress_bar()
+    quiet_benchmark_process(args.threads)
     posts = make_posts(args.posts)
     with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:
         build_checkpoints(Path(muse_folder), Path(tagger_folder))

@@ -167,21 +167,32 @@ def onnx_runtime_convolution_time(session, run: Callable[[], object]) -> tuple[f
     return total, convolutions
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def pipeline_benchmark_parser(description: str, repeats: int, threads_help: str) -> argparse.ArgumentParser:
+    """The arguments every pipeline benchmark takes: posts per measurement, repeats, threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--posts", type=int, default=64, help="posts per measurement")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=repeats, help="runs per measurement; the fastest counts")
+    parser.add_argument("--threads", type=int, default=1, help=threads_help)
+    return parser
+
+
+def quiet_benchmark_process(threads: int) -> None:
+    """``threads`` intra-op threads, a fixed seed, and no per-post warnings or progress bars in the measurement."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    # Posts longer than 64 sub-words would log a truncation warning each; that is not what is measured here.
+    logging.getLogger("processing_muse").setLevel(logging.ERROR)
+    transformers_logging.disable_progress_bar()
+
+
+def main() -> None:
+    parser = pipeline_benchmark_parser(__doc__.split("\n\n")[0], repeats=2, threads_help="torch intra-op threads")
     parser.add_argument(
         "--compile_backend", default="inductor", help="torch.compile backend of the compiled variants (default inductor)"
     )
     add_device_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    # Posts longer than 64 sub-words would log a truncation warning each; that is not what is measured here.
-    logging.getLogger("processing_muse").setLevel(logging.ERROR)
-    transformers_logging.disable_progress_bar()
+    quiet_benchmark_process(args.threads)
 
     posts = make_posts(args.posts)
     with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:

@@ -133,3 +133,18 @@ def finished_msa_run(tiny_text_model, tmp_path_factory):
         run_msa.main(argv)
         assert (output_dir / "step_2" / "random_states_0.pkl").is_file()
         yield output_dir, argv
+
+
+@pytest.fixture
+def onnxruntime_missing(monkeypatch):
+    """Importing onnxruntime fails, as where the ``onnx`` extra is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)

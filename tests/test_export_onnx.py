@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import subprocess
 import sys
 from pathlib import Path
@@ -222,14 +221,6 @@ def test_command_line_reports_errors_with_exit_status_1(tmp_path):
     assert "error: model:" in completed.stderr and "config.json" in completed.stderr
 
 
-def test_missing_onnx_packages_name_the_extra(monkeypatch, checkpoints, tmp_path):
-    real_import = builtins.__import__
-
-    def without_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+def test_missing_onnx_packages_name_the_extra(onnxruntime_missing, checkpoints, tmp_path):
     with pytest.raises(ImportError, match=r'pip install "muse-hf\[onnx\]"'):
         export_onnx(checkpoints["ner"], tmp_path / "out")

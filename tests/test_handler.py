@@ -10,13 +10,12 @@ import base64
 import importlib.util
 import io
 import json
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from isolated_handler import handler_output_without_project
 from local_server import serving, serving_files
 from PIL import Image
 from tiny_models import save_tiny_checkpoints
@@ -113,25 +112,11 @@ def test_a_request_cannot_name_a_server_file_or_lift_the_limits(folders):
 
 
 def test_the_handler_serves_where_the_project_is_not_installed(folders):
-    client = f"""
-import importlib.abc, importlib.util, json, sys, base64
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {{"modeling_muse", "configuration_muse", "processing_muse", "muse_training"}}:
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, Block())
-spec = importlib.util.spec_from_file_location("handler", {str(folders['ner'] / 'handler.py')!r})
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-handler = module.EndpointHandler({str(folders['ner'])!r})
+    request = f"""
 image = base64.b64encode(open({str(folders['photo'])!r}, "rb").read()).decode()
 print(json.dumps(handler({{"inputs": {{"text": {TEXT!r}, "image": image}}}})))
 """
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", client], capture_output=True, text=True, timeout=300, cwd=folders["ner"].parent
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    remote = json.loads(done.stdout.strip().splitlines()[-1])
+    remote = json.loads(handler_output_without_project(folders["ner"], request))
     ner = pipeline("multimodal-ner", model=str(folders["ner"]))
     local = ner({"text": TEXT, "image": Image.open(io.BytesIO(folders["photo"].read_bytes()))})
     assert [entity["word"] for entity in remote] == [entity["word"] for entity in local]

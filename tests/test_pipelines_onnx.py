@@ -4,16 +4,14 @@ the eager pipelines' answers, both tasks."""
 from __future__ import annotations
 
 import base64
-import builtins
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 
 import datasets
 import numpy as np
 import pytest
+from isolated_handler import handler_output_without_project
 from PIL import Image
 from tiny_models import save_tiny_checkpoints
 from transformers import pipeline
@@ -124,15 +122,7 @@ def test_what_the_exported_graph_does_not_compute_is_refused(folders, tmp_path):
     assert again(posts()[1], top_k=None) == sentiment(posts()[1], top_k=None)
 
 
-def test_missing_onnxruntime_names_the_extra(folders, monkeypatch):
-    real_import = builtins.__import__
-
-    def without_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+def test_missing_onnxruntime_names_the_extra(folders, onnxruntime_missing):
     with pytest.raises(ImportError, match=r'needs onnx and onnxruntime.*pip install "muse-hf\[onnx\]"'):
         ORTMuSEModel.from_pretrained(folders["sentiment-onnx"])
 
@@ -162,25 +152,11 @@ def test_the_handler_serves_the_onnx_export_in_its_folder(folders):
 
 def test_the_onnx_handler_serves_where_the_project_is_not_installed(folders):
     served = folders["ner-served"]
-    client = f"""
-import importlib.abc, importlib.util, json, sys, base64
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {{"modeling_muse", "configuration_muse", "processing_muse", "muse_training"}}:
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, Block())
-spec = importlib.util.spec_from_file_location("handler", {str(served / 'handler.py')!r})
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-handler = module.EndpointHandler({str(served)!r})
+    request = f"""
 image = base64.b64encode(open({str(folders['photo'])!r}, "rb").read()).decode()
 print(json.dumps([handler.runtime, handler({{"inputs": {{"text": {TEXTS[0]!r}, "image": image}}}})]))
 """
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", client], capture_output=True, text=True, timeout=300, cwd=served.parent
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    runtime, answer = json.loads(done.stdout.strip().splitlines()[-1])
+    runtime, answer = json.loads(handler_output_without_project(served, request))
     assert runtime == "onnxruntime"
     eager = pipeline("multimodal-ner", model=str(folders["ner"]), device="cpu")
     assert_close(answer, eager({"text": TEXTS[0], "image": Image.open(folders["photo"])}))

@@ -103,6 +103,14 @@ def _example_compute_metrics(label_list: list[str]):
     return compute_metrics
 
 
+def _trainer(model, output_dir, train, test, collator, processor, compute_metrics) -> Trainer:
+    """A `transformers.Trainer` as a user writes it for MuSE: the package's collator and metrics."""
+    return Trainer(
+        model=model, args=_training_arguments(output_dir), train_dataset=train, eval_dataset=test,
+        data_collator=collator, processing_class=processor, compute_metrics=compute_metrics,
+    )  # fmt: skip
+
+
 def _all_finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(value) for value in metrics.values() if isinstance(value, float))
 
@@ -112,15 +120,7 @@ def test_ner_trains_evaluates_predicts_and_serves_through_trainer(tmp_path):
     model = MuSEForTokenClassification(tiny_config(NER_TAGS))
     processor = tiny_processor(label_names=NER_TAGS)
     train, test = _ner_split("train", 16), _ner_split("test", 10)
-    trainer = Trainer(
-        model=model,
-        args=_training_arguments(tmp_path / "run"),
-        train_dataset=train,
-        eval_dataset=test,
-        data_collator=MNERCollator(processor),
-        processing_class=processor,
-        compute_metrics=NERMetrics(NER_TAGS),
-    )
+    trainer = _trainer(model, tmp_path / "run", train, test, MNERCollator(processor), processor, NERMetrics(NER_TAGS))
     # The loss is a batch mean: the Trainer must scale it for gradient accumulation itself.
     assert trainer.model_accepts_loss_kwargs is False
     training = trainer.train()
@@ -182,15 +182,7 @@ def test_sentiment_trains_evaluates_predicts_and_serves_through_trainer(tmp_path
     model = MuSEForSequenceClassification(tiny_config(SENTIMENTS))
     processor = tiny_processor(label_names=None)
     train, test = _sentiment_split("train", 16), _sentiment_split("test", 10)
-    trainer = Trainer(
-        model=model,
-        args=_training_arguments(tmp_path / "run"),
-        train_dataset=train,
-        eval_dataset=test,
-        data_collator=MSACollator(processor),
-        processing_class=processor,
-        compute_metrics=SentimentMetrics(SENTIMENTS),
-    )
+    trainer = _trainer(model, tmp_path / "run", train, test, MSACollator(processor), processor, SentimentMetrics(SENTIMENTS))
     training = trainer.train()
     assert training.global_step == 4 and math.isfinite(training.training_loss)
     metrics = trainer.evaluate()
