@@ -71,14 +71,10 @@ import sys
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset as TorchDataset
-from torch.utils.data import IterableDataset as TorchIterableDataset
 from torch.utils.data import get_worker_info
 from transformers import Pipeline
 
@@ -87,14 +83,22 @@ from .heads import WordPositions
 from .image_input import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_TIMEOUT,
-    PLACEHOLDER_SIZE,
     UnreadableImageError,
     is_http_url,
     load_post_image,
     placeholder_image,
 )
+from .pipeline_inputs import (
+    CallNotes,
+    ListedPost,
+    Placeholder,
+    TextNote,
+    dataset_posts,
+    keyword_posts,
+    listed_posts,
+    stored_image,
+)
 from .processing_muse import MuSEProcessor
-from .reporting import PostCut, TextReport, placeholder_warning, truncation_warning, unknown_words_warning
 
 __all__ = ["MultimodalNERPipeline", "MultimodalSentimentPipeline", "MuSEPipeline"]
 
@@ -113,110 +117,6 @@ _notes_of_calls = threading.local()
 _WITHOUT_IMAGE = "without_image_"
 # What the model reads; the processor's decoder_pixel_values only feed a training-time regularizer.
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "pixel_values")
-
-
-
-@dataclass(frozen=True)
-class _ListedPost:
-    """A post of a list input with its 0-based position, which errors and warnings name."""
-
-    position: int
-    post: Any
-
-
-def _stored_image(image: Any, argument: str) -> Any:
-    """An image in `datasets`' storage form ``{"bytes": ..., "path": ...}`` (an ``Image(decode=False)`` column) as
-    what the pipeline reads: its bytes when it has them, else its path as a local file (never fetched, under the
-    same rules as a path given directly); None for neither. Any other image is returned as it is."""
-    if not isinstance(image, Mapping):
-        return image
-    unknown = sorted(set(image) - {"bytes", "path"}, key=str)
-    if unknown:
-        raise ValueError(
-            f"{argument}: a dict image is datasets' storage form {{'bytes': ..., 'path': ...}}; this one also has "
-            f"{unknown}."
-        )
-    if image.get("bytes") is not None:
-        return image["bytes"]
-    path = image.get("path")
-    if path is None:
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{argument}: the stored image's path must be a str, got {type(path).__name__}.")
-    return Path(path)
-
-
-class _PostsOfDataset(TorchDataset):
-    """The items of a sized dataset (a `datasets.Dataset`, transformers' `KeyDataset`, any torch `Dataset`) with
-    their 0-based positions, read one at a time as the base class's DataLoader asks for them."""
-
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, position: int) -> _ListedPost:
-        return _ListedPost(position, self.dataset[position])
-
-
-@dataclass(frozen=True)
-class _Placeholder:
-    """A post that got the placeholder image (allow_missing_image=True), and why (a message naming the post)."""
-
-    position: int | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class _TextNote:
-    """What the processor did to a post's words."""
-
-    position: int | None
-    post: PostText
-    report: TextReport
-
-
-@dataclass
-class _CallNotes:
-    """What the posts of one call report, gathered into one warning of each kind."""
-
-    posts: int
-    placeholders: list[_Placeholder] = field(default_factory=list)
-    texts: list[_TextNote] = field(default_factory=list)
-    # What is left of total_timeout for the call's URL images; None until the first one.
-    download_seconds_left: float | None = None
-
-    @classmethod
-    def of(cls, record: _Placeholder | _TextNote) -> _CallNotes:
-        notes = cls(posts=1)
-        notes.add(record)
-        return notes
-
-    def add(self, record: _Placeholder | _TextNote) -> None:
-        (self.placeholders if isinstance(record, _Placeholder) else self.texts).append(record)
-
-    def warnings(self, processor: MuSEProcessor) -> list[str]:
-        messages = []
-        if self.placeholders:
-            # The placeholder is the one the dataset builders store for missing images, so that a post without an
-            # image looks to the model exactly like the image-less training posts did.
-            reasons = [note.reason for note in self.placeholders]
-            lone_post = self.placeholders[0].position is None
-            messages.append(placeholder_warning(reasons, self.posts, lone_post, PLACEHOLDER_SIZE))
-        cuts = [
-            PostCut(note.position, note.post.words, note.report.words - note.report.cut_words)
-            for note in self.texts
-            if note.report.cut_words
-        ]
-        if cuts:
-            limit = f"the model's max_text_length={processor.max_length} sub-word tokens"
-            messages.append(truncation_warning(cuts, limit, consequence="words past it get no prediction"))
-        total = sum((note.report for note in self.texts), TextReport.empty())
-        coverage = unknown_words_warning(total, processor.tokenizer.name_or_path)
-        if coverage is not None:
-            messages.append(coverage)
-        return messages
 
 
 class MuSEPipeline(Pipeline):
@@ -290,7 +190,7 @@ class MuSEPipeline(Pipeline):
         `datasets.IterableDataset`), a generator or a torch `Dataset` of posts (e.g. transformers' `KeyDataset`), or
         on the keyword form ``pipe(text=..., image=...)`` (see the module docs)."""
         if text is not None or image is not None:
-            inputs = self._keyword_posts(inputs, text, image)
+            inputs = keyword_posts(inputs, text, image)
         elif inputs is None:
             raise TypeError(
                 "inputs: nothing to run on; pass a post {'text': ..., 'image': ...}, a list of them, a dataset, or "
@@ -298,20 +198,15 @@ class MuSEPipeline(Pipeline):
             )
         datasets = sys.modules.get("datasets")
         if datasets is not None and isinstance(inputs, (datasets.Dataset, datasets.IterableDataset)):
-            inputs, kwargs = self._dataset_posts(inputs, kwargs)
-        if isinstance(inputs, list):
-            if not inputs:
-                return []
-            inputs = [_ListedPost(position, post) for position, post in enumerate(inputs)]
-        elif isinstance(inputs, TorchDataset) and not isinstance(inputs, (_PostsOfDataset, TorchIterableDataset)):
-            inputs = _PostsOfDataset(inputs)
-        elif isinstance(inputs, (Iterator, TorchIterableDataset)):
-            inputs = (_ListedPost(position, post) for position, post in enumerate(inputs))
+            inputs, kwargs = dataset_posts(inputs, kwargs, self._preprocess_params, self._dataset_text_columns)
+        if isinstance(inputs, list) and not inputs:
+            return []
+        inputs = listed_posts(inputs)
         if not isinstance(inputs, (Mapping, list)):
             # A generator or dataset streams its results, lazily and in order, through the base class's DataLoader;
             # its notes are logged per post as they come.
             return super().__call__(inputs, **kwargs)
-        notes = _CallNotes(posts=len(inputs) if isinstance(inputs, list) else 1)
+        notes = CallNotes(posts=len(inputs) if isinstance(inputs, list) else 1)
         _notes_of_calls.by_pipeline = {**getattr(_notes_of_calls, "by_pipeline", {}), id(self): notes}
         try:
             results = super().__call__(inputs, **kwargs)
@@ -321,72 +216,18 @@ class MuSEPipeline(Pipeline):
             logger.warning(message)
         return results
 
-    @staticmethod
-    def _keyword_posts(inputs: Any, text: Any, image: Any) -> dict[str, Any] | list[dict[str, Any]]:
-        """The posts of the keyword form: one post, or as many as ``image`` lists when it is a list (a list
-        ``text`` alone is one post's words)."""
-        if inputs is not None:
-            raise TypeError("inputs: pass the posts either as inputs or as text=... and image=..., not both.")
-        if text is None:
-            raise TypeError("text: the keyword form needs text=... (the post's text or words) beside image=...")
-        if not isinstance(image, list):
-            return {"text": text, "image": image}
-        if not isinstance(text, list) or len(text) != len(image):
-            raise ValueError(
-                f"text, image: image is a list of {len(image)} pictures, so text must be a list of as many posts' "
-                f"texts, got {type(text).__name__}"
-                + (f" of {len(text)}" if isinstance(text, list) else "")
-                + "."
-            )
-        return [{"text": post_text, "image": post_image} for post_text, post_image in zip(text, image)]
-
-    def _dataset_posts(self, dataset: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """A `datasets` dataset as posts of its text and image columns (``text_column=``, ``image_column=``;
-        by default the columns the training scripts read), streamed row by row."""
-        columns = list(dataset.column_names or [])
-        # What was given to pipeline(...) holds for every call, as for the other call arguments.
-        given = {**self._preprocess_params, **kwargs}
-        text_column = given.get("text_column")
-        if text_column is None:
-            text_column = next((name for name in self._dataset_text_columns if name in columns), None)
-        if text_column not in columns:
-            defaults = list(self._dataset_text_columns)
-            named = f"no column {text_column!r}" if text_column else f"none of the columns {defaults}"
-            raise ValueError(
-                f"text_column: the dataset has {named} (its columns: {columns}); name the text column with "
-                f"text_column=<column>, as --text_column_name does for the training scripts."
-            )
-        image_column = given.get("image_column") or "image"
-        text_only = given.get("image_column") is None and given.get("allow_missing_image")
-        if image_column not in columns and not text_only:
-            raise ValueError(
-                f"image_column: the dataset has no column {image_column!r} (its columns: {columns}); name the image "
-                f"column with image_column=<column>, as --image_column_name does for the training scripts"
-                + ("." if given.get("image_column") else ", or pass allow_missing_image=True for text-only posts.")
-            )
-        kept = [text_column] + ([image_column] if image_column in columns else [])
-        dataset = dataset.select_columns(kept)
-        features = getattr(dataset, "features", None) or {}
-        if image_column in columns and type(features.get(image_column)).__name__ == "Image":
-            # Stored, not decoded by datasets: the pipeline reads the bytes with its own limits and rules.
-            dataset = dataset.cast_column(image_column, type(features[image_column])(decode=False))
-        kwargs = {**kwargs, "text_column": text_column, "image_column": image_column}
-        if isinstance(dataset, sys.modules["datasets"].Dataset):
-            return _PostsOfDataset(dataset), kwargs
-        return (row for row in dataset), kwargs
-
-    def _call_notes(self) -> _CallNotes | None:
+    def _call_notes(self) -> CallNotes | None:
         """The notes of the call on a list or a single post that runs in this thread; None in a stream, or in a
         DataLoader worker process, whose notes would not come back."""
         notes = getattr(_notes_of_calls, "by_pipeline", {}).get(id(self))
         return None if get_worker_info() is not None else notes
 
-    def _note(self, record: _Placeholder | _TextNote) -> None:
+    def _note(self, record: Placeholder | TextNote) -> None:
         """Keep what a post reports for its call's single warning of each kind; outside a call on a list or a single
         post, log it now."""
         notes = self._call_notes()
         if notes is None:
-            for message in _CallNotes.of(record).warnings(self.processor):
+            for message in CallNotes.of(record).warnings(self.processor):
                 logger.warning(message)
         else:
             notes.add(record)
@@ -454,7 +295,7 @@ class MuSEPipeline(Pipeline):
 
     def preprocess(
         self,
-        inputs: Mapping[str, Any] | _ListedPost,
+        inputs: Mapping[str, Any] | ListedPost,
         allow_missing_image: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         total_timeout: float | None = None,
@@ -465,7 +306,7 @@ class MuSEPipeline(Pipeline):
         image_column: str | None = None,
     ) -> dict[str, Any]:
         position = None
-        if isinstance(inputs, _ListedPost):
+        if isinstance(inputs, ListedPost):
             position, inputs = inputs.position, inputs.post
         where = "" if position is None else f"post {position}: "
         if not isinstance(inputs, Mapping):
@@ -492,7 +333,7 @@ class MuSEPipeline(Pipeline):
                 f"the text's key with text_column=<key>."
             )
         post = PostText.from_input(inputs[text_column], argument=f"{where}{text_column}")
-        image = _stored_image(inputs.get(image_column), f"{where}{image_column}")
+        image = stored_image(inputs.get(image_column), f"{where}{image_column}")
         if image is None:
             if not allow_missing_image:
                 raise ValueError(
@@ -500,7 +341,7 @@ class MuSEPipeline(Pipeline):
                     f"'image': <PIL image, numpy array, path or URL>}}, or call the pipeline with "
                     f"allow_missing_image=True to use a grey placeholder image (the prediction then rests on the text)."
                 )
-            self._note(_Placeholder(position, f"{where}image: the post has no image."))
+            self._note(Placeholder(position, f"{where}image: the post has no image."))
             image = placeholder_image()
         else:
             try:
@@ -516,12 +357,12 @@ class MuSEPipeline(Pipeline):
             except _IMAGE_NOT_OBTAINED as error:
                 if not allow_missing_image:
                     raise
-                self._note(_Placeholder(position, str(error)))
+                self._note(Placeholder(position, str(error)))
                 image = placeholder_image()
         encoded, report = self.processor(
             images=[image], text=[post.words], return_tensors="pt", warn=False, return_text_report=True
         )
-        self._note(_TextNote(position, post, report))
+        self._note(TextNote(position, post, report))
         model_inputs: dict[str, Any] = {name: encoded[name] for name in _MODEL_INPUT_NAMES if name in encoded}
         # In the model's dtype (bf16 or fp16 when loaded with dtype=), as transformers' image pipelines send them:
         # half the bytes to copy to the device.

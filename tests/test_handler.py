@@ -55,7 +55,7 @@ def test_saved_folders_carry_the_handler_and_the_requirements(folders):
         assert (folders[task] / "handler.py").read_text() == (REPOSITORY / "modeling_muse/handler.py").read_text()
         assert (folders[task] / "requirements.txt").read_text().split() == list(SERVING_REQUIREMENTS)
         # The pipelines' code travels too, though the model code does not import it.
-        for module in ("pipelines.py", "entities.py", "image_input.py", "reporting.py"):
+        for module in ("pipelines.py", "pipeline_inputs.py", "entities.py", "image_input.py", "reporting.py"):
             assert (folders[task] / module).is_file(), module
 
 

@@ -62,7 +62,14 @@ def test_a_saved_folder_holds_the_code_the_auto_map_and_the_pipelines(checkpoint
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_muse.MuSEProcessor"}
     package = Path(configuration_muse.__file__).parent / "modeling_muse"
-    needed = {"configuration_muse.py", "processing_muse.py", "modeling.py", "pipelines.py", "heads.py"}
+    needed = {
+        "configuration_muse.py",
+        "processing_muse.py",
+        "modeling.py",
+        "pipelines.py",
+        "pipeline_inputs.py",
+        "heads.py",
+    }
     for name in needed:
         assert (folder / name).read_bytes() == (package / name).read_bytes(), name
 
