@@ -196,7 +196,7 @@ def _add_serving_requirements(requirements: Path) -> None:
     goes into a checkpoint folder, whose handler then serves the export (`modeling_muse/handler.py`)."""
     if not requirements.is_file():
         return
-    lines = requirements.read_text().split()
+    lines = requirements.read_text().splitlines()
     added = [line for line in ONNX_SERVING_REQUIREMENTS if line not in lines]
     if added:
         requirements.write_text("\n".join([*lines, *added]) + "\n")

@@ -31,13 +31,17 @@ class MNERCollator:
     """
 
     processor: MuSEProcessor
+    # "longest" pads each batch to its own longest post; "max_length" gives every batch one width, which batches
+    # concatenated across processes need.
+    padding: str = "longest"
 
     def __call__(self, rows: list[dict[str, Any]]) -> BatchFeature:
         return self.processor(
             images=[row["image"] for row in rows],
             text=[row["tokens"] for row in rows],
+            padding=self.padding,
             # New posts to tag have no tags.
-            word_labels=[row["ner_tags"] for row in rows] if "ner_tags" in rows[0] else None,
+            word_labels=[row["ner_tags"] for row in rows] if rows[0].get("ner_tags") is not None else None,
             return_tensors="pt",
             warn=False,
         )
@@ -55,6 +59,7 @@ class MSACollator:
     processor: MuSEProcessor
     problem_type: str = SINGLE_LABEL
     num_labels: int = 0
+    padding: str = "longest"
 
     def __post_init__(self) -> None:
         if self.problem_type not in PROBLEM_TYPES:
@@ -67,9 +72,10 @@ class MSACollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> BatchFeature:
         batch = self.processor(
-            images=[row["image"] for row in rows], text=[row["text"] for row in rows], return_tensors="pt", warn=False
+            images=[row["image"] for row in rows], text=[row["text"] for row in rows], padding=self.padding,
+            return_tensors="pt", warn=False,
         )
-        if "label" not in rows[0]:
+        if rows[0].get("label") is None:
             return batch  # new posts to tag have no labels
         labels = [row["label"] for row in rows]
         if self.problem_type == MULTI_LABEL:

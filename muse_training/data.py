@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -290,9 +291,14 @@ def _streamed_loader(
             rows = split_dataset_by_node(rows, rank=state.process_index, world_size=state.num_processes)
     else:
         # Evaluation batches are read by the main process and sliced for each (`prepare_streamed_loaders`), so
-        # that every process runs as many batches and the last one's padding is dropped by gather_for_metrics.
+        # that every process runs as many batches and the last one's padding is dropped by gather_for_metrics; the
+        # last batch is completed with the first one's posts, so all are padded to one width.
         batch_size *= PartialState().num_processes
-    workers = args.dataloader_num_workers
+        if dataclasses.is_dataclass(collate_fn) and hasattr(collate_fn, "padding"):
+            collate_fn = dataclasses.replace(collate_fn, padding="max_length")
+    # Several workers interleave their shards' batches, so an evaluated split would come out in another order than
+    # its posts are read for predictions.jsonl: one worker keeps the order (and still reads ahead).
+    workers = args.dataloader_num_workers if split == "train" else min(args.dataloader_num_workers, 1)
     if workers > rows.num_shards:
         logger.warning(
             "%s: %d data loader workers for %d data files: each worker reads whole files, so %d stay idle; write "

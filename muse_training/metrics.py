@@ -162,11 +162,20 @@ def regression_metrics(evaluation: EvaluationOutput) -> dict[str, Any]:
     return metrics
 
 
-
-
 def _trainer_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers of a script's metrics: `Trainer` adds its own ``loss`` and logs numbers only."""
     return {name: float(value) for name, value in metrics.items() if name not in ("loss", "report")}
+
+
+def _logits_alone(evaluation: EvalPrediction, metrics_name: str) -> Any:
+    """``evaluation.predictions``, refused when they are a tuple (outputs besides the logits)."""
+    if isinstance(evaluation.predictions, tuple):
+        raise TypeError(
+            f"{metrics_name} got a tuple of predictions: the model returned more than its logits (MuSEConfig's "
+            "keys_to_ignore_at_inference leaves the logits alone, but output_hidden_states / output_attentions "
+            "add those); evaluate with them off."
+        )
+    return evaluation.predictions
 
 
 @dataclass
@@ -183,13 +192,7 @@ class NERMetrics:
     label_names: Sequence[str]
 
     def __call__(self, evaluation: EvalPrediction) -> dict[str, float]:
-        predictions = evaluation.predictions
-        if isinstance(predictions, tuple):
-            raise TypeError(
-                "NERMetrics got a tuple of predictions: the model returned more than its logits (MuSEConfig's "
-                "keys_to_ignore_at_inference leaves the logits alone, but output_hidden_states / output_attentions "
-                "add those); evaluate with them off."
-            )
+        predictions = _logits_alone(evaluation, "NERMetrics")
         if predictions.ndim == 3:
             predictions = predictions.argmax(axis=-1)
         return _trainer_metrics(
@@ -214,7 +217,7 @@ class SentimentMetrics:
             raise ValueError(f"SentimentMetrics: problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}.")
 
     def __call__(self, evaluation: EvalPrediction) -> dict[str, float]:
-        logits, labels = np.asarray(evaluation.predictions), np.asarray(evaluation.label_ids)
+        logits, labels = np.asarray(_logits_alone(evaluation, "SentimentMetrics")), np.asarray(evaluation.label_ids)
         if self.problem_type == REGRESSION:
             values = logits[:, 0] if logits.ndim == 2 else logits
             return _trainer_metrics(regression_metrics(EvaluationOutput(values, labels.reshape(len(values)), 0.0)))

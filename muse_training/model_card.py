@@ -166,8 +166,8 @@ def _image_effect_section(task: TaskInfo, results: dict[str, Any], has_test: boo
     return [
         "### What the picture adds",
         "",
-        f"The {split} posts scored with their pictures and again with the picture withheld (the model's grey "
-        "placeholder picture instead); the difference is what the pictures add (for an error, a negative one "
+        f"The {split} posts scored with their pictures and again with the picture withheld (the grey placeholder "
+        "picture as the processor prepares it); the difference is what the pictures add (for an error, a negative one "
         "means they help). `all_results.json` has the same as `<split>_<score>_without_image` and "
         "`<split>_image_effect_<score>`, and `predictions.jsonl` marks the posts whose prediction the picture "
         "changed (`image_changed_prediction`).",
@@ -289,7 +289,9 @@ def write_model_card(
         "",
     ]
     if not has_test:
-        lines += ["The data had no test split.", ""]
+        # A test split without labels (new posts) was tagged into predictions.jsonl, not scored.
+        lines += ["The test split had no labels: its posts were tagged, not scored." if args.do_predict
+                  else "The data had no test split.", ""]
     lines += _image_effect_section(task, results, has_test)
     if test_report:
         lines += ["Test report:", "", *code_block(test_report.rstrip()), ""]

@@ -99,9 +99,9 @@ def align_labels(
             continue
         features = dataset.features.copy()
         features[column] = datasets.List(target) if is_list else target
-        aligned[split] = dataset.map(
-            renumber, batched=True, features=features, desc=f"{split}: the model's label ids", num_proc=num_proc
-        )
+        # A streamed split (IterableDataset) maps lazily, without a progress description or worker processes.
+        held = {"desc": f"{split}: the model's label ids", "num_proc": num_proc} if isinstance(dataset, datasets.Dataset) else {}
+        aligned[split] = dataset.map(renumber, batched=True, features=features, **held)
     return type(raw_datasets)(aligned)
 
 

@@ -197,6 +197,11 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             f"--streaming reads your own data (--dataset_name <folder or Hub id>, --train_file etc.); the paper's "
             f"dataset {args.dataset_name} is converted once and held: drop --streaming."
         )
+    if args.label_names is not None and args.data_source == "paper":
+        parser.error(
+            f"--label_names names the labels of your own streamed data; the paper's dataset {args.dataset_name} "
+            f"has its own: drop --label_names."
+        )
     if args.data_source != "paper":
         if args.data_dir is not None:
             parser.error(
