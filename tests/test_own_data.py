@@ -376,7 +376,7 @@ def test_a_trained_model_is_evaluated_and_fine_tuned_on_other_labels(tiny_text_m
 def test_a_hub_dataset_s_image_paths_are_read_only_where_datasets_downloaded_them(tmp_path):
     """A Hub dataset is someone else's: an Image value's path is read inside the download caches only, a path string
     not at all (unless relative to an image_dir given here)."""
-    from datasets_scripts.user_data import _Canonical
+    from datasets_scripts.user_rows import _Canonical
 
     convert = _Canonical(
         task="msa", split_name="someone/posts (train split)", columns=("text", "label", "image"), label_names=["a"],
