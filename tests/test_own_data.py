@@ -245,23 +245,6 @@ def test_a_validation_split_is_cut_from_train_when_the_data_has_none(tmp_path, c
     assert "has no validation split: 25% of train (5 posts, seed 42)" in caplog.text
 
 
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        (["--dataset_name", "my_posts"], "is none of the paper's datasets"),
-        (["--dataset_name", "mvsa_single"], "is a sentiment dataset"),
-        (["--dataset_name", "user/posts", "--train_file", "t.jsonl"], "both name the data"),
-        (["--train_file", "absent.jsonl"], "--train_file absent.jsonl: no such file"),
-        (["--dataset_name", "user/posts", "--data_dir", "x"], "--data_dir is for the paper's datasets"),
-        (["--do_train", "false"], "--do_train false needs --model_name_or_path"),
-    ],
-)
-def test_bad_data_arguments_are_named(argv, expected, capsys):
-    with pytest.raises(SystemExit):
-        parse_args(run_mner.TASK, argv)
-    assert expected in capsys.readouterr().err
-
-
 def test_a_trained_model_brings_its_towers_and_architecture(tmp_path, capsys):
     from tests.tiny_models import tiny_config
 

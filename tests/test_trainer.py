@@ -111,14 +111,17 @@ def _trainer(model, output_dir, train, test, collator, processor, compute_metric
     )  # fmt: skip
 
 
+def _seeded_model(model_class, labels):
+    torch.manual_seed(0)
+    return model_class(tiny_config(labels))
+
+
 def _all_finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(value) for value in metrics.values() if isinstance(value, float))
 
 
 def test_ner_trains_evaluates_predicts_and_serves_through_trainer(tmp_path):
-    torch.manual_seed(0)
-    model = MuSEForTokenClassification(tiny_config(NER_TAGS))
-    processor = tiny_processor(label_names=NER_TAGS)
+    model, processor = _seeded_model(MuSEForTokenClassification, NER_TAGS), tiny_processor(label_names=NER_TAGS)
     train, test = _ner_split("train", 16), _ner_split("test", 10)
     trainer = _trainer(model, tmp_path / "run", train, test, MNERCollator(processor), processor, NERMetrics(NER_TAGS))
     # The loss is a batch mean: the Trainer must scale it for gradient accumulation itself.
@@ -178,9 +181,7 @@ def test_crf_decoding_needs_labels_to_find_the_words():
 
 
 def test_sentiment_trains_evaluates_predicts_and_serves_through_trainer(tmp_path):
-    torch.manual_seed(0)
-    model = MuSEForSequenceClassification(tiny_config(SENTIMENTS))
-    processor = tiny_processor(label_names=None)
+    model, processor = _seeded_model(MuSEForSequenceClassification, SENTIMENTS), tiny_processor(label_names=None)
     train, test = _sentiment_split("train", 16), _sentiment_split("test", 10)
     trainer = _trainer(model, tmp_path / "run", train, test, MSACollator(processor), processor, SentimentMetrics(SENTIMENTS))
     training = trainer.train()

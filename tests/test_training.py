@@ -113,6 +113,13 @@ def test_explicit_arguments_win_over_defaults_and_variants_apply():
         (["--max_text_length", "50"], "max_text_length=49"),
         (["--warmup_ratio", "2"], "--warmup_ratio"),
         (["--text_model_name_or_path", "/nonexistent/encoder"], "--text_model_name_or_path"),
+        # Your own data's arguments.
+        (["--dataset_name", "my_posts"], "is none of the paper's datasets"),
+        (["--dataset_name", "mvsa_single"], "is a sentiment dataset"),
+        (["--dataset_name", "user/posts", "--train_file", "t.jsonl"], "both name the data"),
+        (["--train_file", "absent.jsonl"], "--train_file absent.jsonl: no such file"),
+        (["--dataset_name", "user/posts", "--data_dir", "x"], "--data_dir is for the paper's datasets"),
+        (["--do_train", "false"], "--do_train false needs --model_name_or_path"),
     ],
 )
 def test_bad_arguments_are_reported_with_the_argument_and_the_fix(argv, expected, capsys):

@@ -338,28 +338,3 @@ def test_two_processes_each_stream_their_own_shards(tiny_text_model, script_env,
     rows = _predictions(output_dir)
     assert len(rows) == 48 and len({tuple(row["tokens"]) for row in rows}) == len({
         tuple(post["tokens"]) for post in picture_data.all_posts()["test"]})
-
-
-def test_preprocessing_num_workers_converts_in_several_processes_to_the_same_splits(tmp_path, monkeypatch):
-    from accelerate import Accelerator
-
-    from muse_training.arguments import parse_args
-    from muse_training.data import load_splits
-
-    files = [f"--{split}_file={path}" for split, path in picture_data.write_jsonl(tmp_path / "jsonl").items()]
-    calls = []
-    original = datasets.Dataset.map
-
-    def recording_map(self, *args, **kwargs):
-        calls.append(kwargs.get("num_proc"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(datasets.Dataset, "map", recording_map)
-    accelerator = Accelerator(cpu=True)
-    parallel = load_splits(parse_args(run_mner.TASK, [*files, "--preprocessing_num_workers", "2"]), accelerator)
-    assert 2 in calls
-    serial = load_splits(parse_args(run_mner.TASK, [*files, "--dataset_cache_dir", str(tmp_path / "other")]),
-                         accelerator)
-    names = serial["train"].features["ner_tags"].feature.names
-    for split in serial:
-        assert _posts(parallel[split], names) == _posts(serial[split], names), split

@@ -104,3 +104,19 @@ def save_tiny_checkpoints(root: Path) -> dict[str, Path]:
     pixels = np.random.default_rng(3).integers(0, 256, (30, 44, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(root / "photo.png")
     return {"ner": root / "ner", "sentiment": root / "sentiment", "photo": root / "photo.png"}
+
+
+def overfitting_losses(loss_of, parameters, steps: int, learning_rate: float = 1e-2) -> list[float]:
+    """The loss of each of ``steps`` Adam steps on one fixed batch (``loss_of()``), each checked finite."""
+    import torch
+
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    losses = []
+    for _ in range(steps):
+        loss = loss_of()
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
