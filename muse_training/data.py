@@ -285,7 +285,10 @@ def _streamed_loader(
     shards each when their number divides evenly, else every n-th post), each worker reading its own shards.
     `prepare_streamed_loaders` then keeps accelerate from splitting it again."""
     if split == "train":
-        rows = rows.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
+        # The buffer is fed one shard at a time, the shards in a seeded order drawn anew each epoch. `datasets`'
+        # default feeds it from up to 10 shards at once, each holding a whole Parquet row group decoded (a 5000-post
+        # shard of 64x64 pictures is ~45 MiB), so memory grew with the number of shards (bench/data_path.py).
+        rows = rows.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size, max_buffer_input_shards=1)
         state = PartialState()
         if state.num_processes > 1:
             rows = split_dataset_by_node(rows, rank=state.process_index, world_size=state.num_processes)

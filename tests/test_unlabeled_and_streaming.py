@@ -254,6 +254,37 @@ def test_the_streamed_training_loader_reshuffles_each_epoch_and_repeats_it_exact
     assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
 
 
+def test_the_streamed_training_buffer_is_fed_one_shard_at_a_time_in_a_new_order_each_epoch(tmp_path):
+    """Memory stays flat as the collection grows only if the shuffle buffer reads one shard (one decoded Parquet row
+    group) at a time: `datasets` by default interleaves up to 10 shards, holding a row group of each. The shards still
+    come in a seeded order drawn anew each epoch."""
+    from accelerate import Accelerator
+
+    from muse_training.arguments import parse_args
+    from muse_training.data import load_splits, make_dataloaders, prepare_streamed_loaders
+
+    folder = _write_parquet_shards(tmp_path / "shards", "mner", shards=4)
+    shard_of = {}
+    for index, file in enumerate(sorted((folder / "data").glob("train-*.parquet"))):
+        for row in datasets.load_dataset("parquet", data_files=str(file), split="train"):
+            shard_of[np.asarray(row["image"]).tobytes()] = index
+    args = parse_args(run_mner.TASK, ["--dataset_name", str(folder), "--streaming", "--dataloader_num_workers", "0",
+                                      "--per_device_train_batch_size", "16", "--shuffle_buffer_size", "8"])
+    accelerator = Accelerator(cpu=True)
+    loaders = prepare_streamed_loaders(accelerator, make_dataloaders(
+        load_splits(args, accelerator), run_mner.COLUMNS,
+        lambda rows: [shard_of[np.asarray(row["image"]).tobytes()] for row in rows], args))
+    shard_orders = []
+    for epoch in range(4):
+        loaders["train"].set_epoch(epoch)
+        shards = [shard for batch in loaders["train"] for shard in batch]
+        assert len(shards) == 192
+        # A shard holds 48 posts and the buffer 8, so the first 40 posts out cannot have met a second shard.
+        assert len(set(shards[:40])) == 1, shards[:40]
+        shard_orders.append(tuple(dict.fromkeys(shards)))
+    assert len(set(shard_orders)) > 1, shard_orders
+
+
 def _streamed_run_arguments(text_model: Path, folder: Path, output_dir: Path, *extra: str) -> list[str]:
     return _tiny(text_model, output_dir, "--dataset_name", str(folder), "--streaming", *extra,
                  per_device_train_batch_size=8, dataloader_num_workers=2, num_train_epochs=2, max_train_steps=40,
