@@ -286,8 +286,9 @@ def _streamed_loader(
     `prepare_streamed_loaders` then keeps accelerate from splitting it again."""
     if split == "train":
         # The buffer is fed one shard at a time, the shards in a seeded order drawn anew each epoch. `datasets`'
-        # default feeds it from up to 10 shards at once, each holding a whole Parquet row group decoded (a 5000-post
-        # shard of 64x64 pictures is ~45 MiB), so memory grew with the number of shards (bench/data_path.py).
+        # default feeds it from up to 10 shards at once, each holding a whole Parquet row group in Arrow memory
+        # (a 5000-post shard of 64x64 PNGs is ~45 MiB), so memory grew with the number of shards
+        # (bench/data_path.py).
         rows = rows.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size, max_buffer_input_shards=1)
         state = PartialState()
         if state.num_processes > 1:
