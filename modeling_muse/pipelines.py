@@ -379,10 +379,7 @@ class MuSEPipeline(Pipeline):
         ``pixel_values``): what a post without a picture looks like to the model in training (the dataset builders
         store this placeholder) and in the pipelines (allow_missing_image=True)."""
         if getattr(self, "_placeholder_pixels", None) is None:
-            encoded = self.processor(
-                images=[placeholder_image()], text=[["placeholder"]], return_tensors="pt", warn=False
-            )
-            self._placeholder_pixels = encoded["pixel_values"]
+            self._placeholder_pixels = self.processor.placeholder_pixel_values()
         pixels = self._placeholder_pixels.to(device=like.device, dtype=like.dtype)
         return pixels.expand(like.shape[0], *pixels.shape[1:])
 

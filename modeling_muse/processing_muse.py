@@ -410,6 +410,13 @@ class MuSEProcessor(ProcessorMixin):
             f"{type(images).__name__}."
         )
 
+    def placeholder_pixel_values(self) -> Any:
+        """``pixel_values`` ``(1, 3, H, W)`` (a torch tensor) of the grey placeholder picture, as this processor
+        prepares every picture: what a post without one looks like to the model in the data (the dataset builders
+        store the placeholder), in the pipelines (``allow_missing_image=True``, ``return_image_effect=True``) and when
+        the training scripts score the posts with the picture withheld."""
+        return self.image_processor(images=[placeholder_image()], return_tensors="pt")["pixel_values"]
+
     def _encode_images(self, images: list[ImageInput]) -> dict[str, Any]:
         rgb = [load_rgb_image(image, argument=f"images[{index}]") for index, image in enumerate(images)]
         pixel_values = self.image_processor(images=rgb, return_tensors="np")["pixel_values"]

@@ -13,7 +13,6 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from modeling_muse.image_input import placeholder_image
 from processing_muse import MuSEProcessor
 
 from .checkpoints import TrainingProgress, load_best_weights
@@ -106,7 +105,7 @@ def evaluate_with_and_without_pictures(
     with_pictures = evaluate_model(accelerator, model, dataloader, predictions_of, losses_of, scores_of)
     if not getattr(accelerator.unwrap_model(model).config, "use_image", True):
         return with_pictures, with_pictures
-    placeholder = processor.image_processor(images=placeholder_image(), return_tensors="pt")["pixel_values"]
+    placeholder = processor.placeholder_pixel_values()
     without = evaluate_model(
         accelerator, model, dataloader, predictions_of, losses_of, placeholder_pixel_values=placeholder
     )
