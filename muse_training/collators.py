@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from transformers import BatchFeature
 
+from datasets_scripts.user_data import PROBLEM_TYPES
 from processing_muse import MuSEProcessor
 
 __all__ = ["MNERCollator", "MSACollator", "MULTI_LABEL", "PROBLEM_TYPES", "REGRESSION", "SINGLE_LABEL"]
 
-# transformers' three ``problem_type`` values of a sequence-classification head.
-SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
-PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+# transformers' three ``problem_type`` values of a sequence-classification head, as the data loader names them.
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = PROBLEM_TYPES
 
 
 @dataclass
